@@ -1,0 +1,181 @@
+//! Wire types shared by the XDP program and the daemon.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding and no `bool`, so that the
+//! user-space side can read the bytes the kernel wrote as plain old data.
+#![no_std]
+
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF. A flow's
+/// capture never copies more than this in total.
+pub const MAX_CAPTURE_BYTES: usize = 512;
+/// A client dribbling one byte per segment cannot make us emit more than this many events.
+pub const MAX_CAPTURE_SEGMENTS: u8 = 32;
+/// The kernel config holds at most this many SMTP ports.
+pub const MAX_SMTP_PORTS: usize = 8;
+
+/// Map names, so both sides agree on them.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Program names (the Rust function names of the `#[xdp]` entry points).
+pub mod programs {
+    pub const CAPTURE: &str = "helo_capture";
+    pub const BASELINE_PASS: &str = "baseline_pass";
+}
+
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// A TCP flow as seen from the client: `saddr:sport` → `daddr:dport`.
+/// IPv4 addresses sit in the first four bytes; ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Capture event flags.
+pub mod flags {
+    /// Not the first segment captured for this flow.
+    pub const CONTINUATION: u32 = 1 << 0;
+    /// The segment had more payload than was copied (per-flow byte cap).
+    pub const TRUNCATED: u32 = 1 << 1;
+    /// The segment carries bytes after the line that ended the capture.
+    pub const PIPELINED: u32 = 1 << 2;
+    /// The kernel stops capturing this flow after this event: it saw the end of the
+    /// first command line that is not NOOP/RSET (usually the HELO/EHLO line).
+    pub const FINAL: u32 = 1 << 3;
+    /// The kernel stops capturing because the flow reached its byte or segment cap
+    /// before such a line ended.
+    pub const CAPPED: u32 = 1 << 4;
+    /// The line that ended the capture is a HELO/EHLO command.
+    pub const HELO_LINE: u32 = 1 << 5;
+}
+
+/// One client payload segment of a flow that is still being captured.
+///
+/// Written by the kernel straight into reserved ring-buffer memory (it is larger than
+/// the BPF stack).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CaptureEvent {
+    pub key: FlowKey,
+    pub ifindex: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_boot_ns` when the segment was seen.
+    pub timestamp_ns: u64,
+    /// Sequence number of the segment's first payload byte.
+    pub seq: u32,
+    /// Sequence number of the flow's first payload byte (ISN + 1, from the SYN): the
+    /// segment's stream offset is `seq - stream_start_seq`, and it tells two uses of
+    /// one 4-tuple apart.
+    pub stream_start_seq: u32,
+    /// Number of valid bytes in `data`.
+    pub len: u16,
+    /// Payload length of the segment on the wire (may exceed `len`).
+    pub wire_len: u16,
+    pub _pad: u32,
+    pub data: [u8; MAX_CAPTURE_BYTES],
+}
+
+impl CaptureEvent {
+    pub fn payload(&self) -> &[u8] {
+        let len = (self.len as usize).min(MAX_CAPTURE_BYTES);
+        &self.data[..len]
+    }
+}
+
+/// Run-time configuration the kernel reads from the `CONFIG` array (index 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// SMTP ports in host byte order; only the first `port_count` are used.
+    pub ports: [u16; MAX_SMTP_PORTS],
+    pub port_count: u32,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        let mut ports = [0; MAX_SMTP_PORTS];
+        ports[0] = 25;
+        KernelConfig {
+            ports,
+            port_count: 1,
+        }
+    }
+}
+
+/// Indices into the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Every packet the program ran on.
+    PacketsSeen = 0,
+    /// TCP packets to a configured SMTP port.
+    SmtpPackets = 1,
+    /// Capture events whose segment completes a HELO/EHLO line.
+    HeloEvents = 2,
+    /// Capture events flagged `CONTINUATION` (a flow's second and later segments).
+    ContinuationEvents = 3,
+    /// Ring-buffer reservations that failed (event lost, packet passed).
+    RingbufReserveFailed = 4,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 5;
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::PacketsSeen,
+        Counter::SmtpPackets,
+        Counter::HeloEvents,
+        Counter::ContinuationEvents,
+        Counter::RingbufReserveFailed,
+    ];
+}
+
+/// Per-flow capture state kept by the kernel in an LRU hash keyed by `FlowKey`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowState {
+    /// Upper-cased first five bytes of the current (unfinished) line, packed little-endian
+    /// into one integer so the line scanner keeps it in a register: enough to recognise
+    /// the verb and the byte after it.
+    pub line_head: u64,
+    /// Sequence number of the first payload byte (ISN + 1).
+    pub stream_start_seq: u32,
+    /// Next in-order sequence number the line scanner expects.
+    pub next_seq: u32,
+    /// Payload bytes copied so far (≤ MAX_CAPTURE_BYTES).
+    pub captured_bytes: u16,
+    /// Bytes of the current (unfinished) line seen by the scanner.
+    pub line_len: u16,
+    pub segments: u8,
+    pub phase: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `FlowState::phase` values.
+pub mod phase {
+    pub const CAPTURING: u8 = 1;
+    pub const DONE: u8 = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for KernelConfig {}
+    unsafe impl aya::Pod for FlowState {}
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<CaptureEvent>() == 40 + 8 + 8 + 8 + 8 + MAX_CAPTURE_BYTES);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 20);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 24);

@@ -1,0 +1,51 @@
+//! The maps shared with user space (names in `helo_filter_common::maps`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use helo_filter_common::{Counter, FlowKey, FlowState, KernelConfig};
+
+/// Capture events for the daemon. 1 MiB holds about 1,700 events: HELOs arrive at most
+/// a few thousand per second, and the daemon drains continuously.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Flows to the SMTP ports, from SYN until their capture ends. LRU so that a SYN flood
+/// evicts old entries instead of failing inserts.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(65_536, 0);
+
+#[map]
+pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, XDP runs with preemption disabled on this CPU.
+        unsafe { *value += 1 };
+    }
+}
+
+/// Whether `port` is one of the configured SMTP ports (25 when no config was written).
+#[inline(always)]
+pub fn is_smtp_port(port: u16) -> bool {
+    let Some(config) = CONFIG.get(0) else {
+        return port == 25;
+    };
+    if config.port_count == 0 {
+        return port == 25;
+    }
+    for (i, configured) in config.ports.iter().enumerate() {
+        if i as u32 >= config.port_count {
+            break;
+        }
+        if *configured == port {
+            return true;
+        }
+    }
+    false
+}

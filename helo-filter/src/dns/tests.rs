@@ -1,0 +1,263 @@
+//! DNS behaviour against a real dnsmasq: answers, TTL and negative caching, deadlines, shared
+//! queries, and a slow name not delaying a fast one.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::fixture::{Dnsmasq, black_hole, free_port};
+use super::*;
+
+fn client(server: SocketAddr, tweak: impl FnOnce(&mut DnsSettings)) -> DnsClient {
+    let mut s = DnsSettings {
+        servers: vec![server],
+        ..DnsSettings::default()
+    };
+    tweak(&mut s);
+    DnsClient::new(s).expect("build the DNS client")
+}
+
+fn addrs(a: &DnsAnswer) -> Vec<IpAddr> {
+    a.addresses().records().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_records_and_negative_answers() {
+    let d = Dnsmasq::start(None, &[]);
+    let c = client(d.addr, |_| {});
+    let a = c.lookup(RecordKind::A, "mail.example.net").await;
+    assert_eq!(addrs(&a), ["203.0.113.10".parse::<IpAddr>().unwrap()]);
+    let aaaa = c.lookup(RecordKind::Aaaa, "v6.example.net.").await;
+    assert_eq!(addrs(&aaaa), ["2001:db8:1::10".parse::<IpAddr>().unwrap()]);
+    let mx = c.lookup(RecordKind::Mx, "MXONLY.example.net").await;
+    assert_eq!(mx.names().records(), ["mail.example.net".to_string()]);
+    let ptr = c
+        .lookup(RecordKind::Ptr, &reverse_name("203.0.113.10".parse().unwrap()))
+        .await;
+    assert!(ptr.names().records().contains(&"mail.example.net".to_string()), "{ptr:?}");
+    assert_eq!(
+        c.lookup(RecordKind::A, "nothing.example.net").await,
+        DnsAnswer::NoRecords { nxdomain: true }
+    );
+    assert_eq!(
+        c.lookup(RecordKind::A, "txtonly.example.net").await,
+        DnsAnswer::NoRecords { nxdomain: false }
+    );
+    assert_eq!(
+        c.lookup(RecordKind::Mx, "mail.example.net").await,
+        DnsAnswer::NoRecords { nxdomain: false }
+    );
+}
+
+#[test]
+fn reverse_names() {
+    assert_eq!(
+        reverse_name("203.0.113.10".parse().unwrap()),
+        "10.113.0.203.in-addr.arpa."
+    );
+    assert_eq!(
+        reverse_name("::ffff:203.0.113.10".parse().unwrap()),
+        "10.113.0.203.in-addr.arpa."
+    );
+    assert_eq!(
+        reverse_name("2001:db8::1".parse().unwrap()),
+        "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positive_answers_are_cached_for_their_ttl() {
+    let d = Dnsmasq::start(Some(300), &[]);
+    let c = client(d.addr, |_| {});
+    let first = c.lookup(RecordKind::A, "mail.example.net").await;
+    let second = c.lookup(RecordKind::A, "mail.example.net").await;
+    assert_eq!(first, second);
+    assert_eq!(d.queries("A", "mail.example.net"), 1, "the second lookup sent no query");
+    let st = c.stats();
+    assert_eq!((st.cache_hits, st.cache_misses, st.wire_queries), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_zero_is_not_cached() {
+    let d = Dnsmasq::start(None, &[]);
+    let c = client(d.addr, |_| {});
+    c.lookup(RecordKind::A, "mail.example.net").await;
+    c.lookup(RecordKind::A, "mail.example.net").await;
+    assert_eq!(d.queries("A", "mail.example.net"), 2);
+    assert_eq!(c.stats().cache_hits, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_answers_are_cached_for_the_default_negative_ttl() {
+    let d = Dnsmasq::start(None, &[]);
+    let c = client(d.addr, |s| s.negative_ttl = Duration::from_millis(600));
+    for _ in 0..3 {
+        assert_eq!(
+            c.lookup(RecordKind::A, "nothing.example.net").await,
+            DnsAnswer::NoRecords { nxdomain: true }
+        );
+        assert_eq!(
+            c.lookup(RecordKind::A, "txtonly.example.net").await,
+            DnsAnswer::NoRecords { nxdomain: false }
+        );
+    }
+    assert_eq!(d.queries("A", "nothing.example.net"), 1, "NXDOMAIN cached");
+    assert_eq!(d.queries("A", "txtonly.example.net"), 1, "NODATA cached");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.lookup(RecordKind::A, "nothing.example.net").await;
+    assert_eq!(d.queries("A", "nothing.example.net"), 2, "expired after the negative TTL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_has_a_cap() {
+    let d = Dnsmasq::start(Some(300), &[]);
+    let c = client(d.addr, |s| s.cache_entries = 2);
+    for n in ["mail.example.net", "other.example.net", "server.domain.xyz"] {
+        c.lookup(RecordKind::A, n).await;
+    }
+    assert_eq!(c.cache_len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_gives_a_timeout_within_the_deadline() {
+    let (_sock, addr) = black_hole();
+    let c = client(addr, |s| s.deadline = Duration::from_millis(300));
+    let t = Instant::now();
+    let a = c.lookup(RecordKind::A, "mail.example.net").await;
+    assert_eq!(a, DnsAnswer::TempFail(TempFailKind::Timeout));
+    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+    // Temporary failures are not cached.
+    c.lookup(RecordKind::A, "mail.example.net").await;
+    assert_eq!(c.stats().wire_queries, 2);
+    assert_eq!(c.stats().tempfails, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servfail_is_a_tempfail_not_a_negative_answer() {
+    // dnsmasq forwards this domain to a port where nothing listens and answers with an error
+    // code, not with NXDOMAIN.
+    let dead = free_port();
+    let d = Dnsmasq::start(None, &[format!("--server=/broken.example.net/127.0.0.1#{dead}")]);
+    let c = client(d.addr, |s| s.deadline = Duration::from_secs(3));
+    let a = c.lookup(RecordKind::A, "host.broken.example.net").await;
+    assert!(a.is_tempfail(), "{a:?}");
+    assert!(!matches!(a, DnsAnswer::NoRecords { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_one_name_sends_one_query() {
+    let d = Dnsmasq::start(Some(300), &[]);
+    let c = client(d.addr, |_| {});
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.lookup(RecordKind::A, "other.example.net").await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(addrs(&t.await.unwrap()), ["192.0.2.99".parse::<IpAddr>().unwrap()]);
+    }
+    assert_eq!(d.queries("A", "other.example.net"), 1);
+    let st = c.stats();
+    assert_eq!(st.wire_queries, 1);
+    assert_eq!(st.cache_hits + st.cache_misses, 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_without_caching_still_shares_one_query() {
+    // TTL 0: nothing is cached, so only the in-flight sharing can merge the burst.
+    let (_sock, hole) = black_hole();
+    let d = Dnsmasq::start(None, &[format!("--server=/slow.example.net/{}#{}", hole.ip(), hole.port())]);
+    let c = client(d.addr, |s| s.deadline = Duration::from_millis(500));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.lookup(RecordKind::A, "x.slow.example.net").await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_tempfail());
+    }
+    assert_eq!(c.stats().wire_queries, 1);
+    assert_eq!(c.stats().shared, 15);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_name_does_not_delay_a_fast_one() {
+    let (_sock, hole) = black_hole();
+    let d = Dnsmasq::start(None, &[format!("--server=/slow.example.net/{}#{}", hole.ip(), hole.port())]);
+    let c = client(d.addr, |s| s.deadline = Duration::from_millis(1500));
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            (c.lookup(RecordKind::A, "x.slow.example.net").await, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    let fast = c.lookup(RecordKind::A, "mail.example.net").await;
+    let fast_time = t.elapsed();
+    assert_eq!(addrs(&fast), ["203.0.113.10".parse::<IpAddr>().unwrap()]);
+    assert!(fast_time < Duration::from_millis(500), "fast lookup took {fast_time:?}");
+    assert!(!slow.is_finished(), "the slow lookup is still waiting");
+    let (slow_answer, slow_time) = slow.await.unwrap();
+    assert!(slow_answer.is_tempfail());
+    assert!(slow_time >= Duration::from_millis(1400), "{slow_time:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_flight_bound_makes_lookups_wait_for_a_slot() {
+    let (_sock, hole) = black_hole();
+    let c = client(hole, |s| {
+        s.deadline = Duration::from_millis(400);
+        s.max_in_flight = 1;
+    });
+    let spawn = |name: &'static str| {
+        let c = c.clone();
+        tokio::spawn(async move { c.lookup(RecordKind::A, name).await })
+    };
+    let (a, b) = (spawn("one.example.net"), spawn("two.example.net"));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(c.stats().wire_queries, 1, "the second lookup waits for the only slot");
+    assert!(a.await.unwrap().is_tempfail());
+    assert!(b.await.unwrap().is_tempfail());
+}
+
+#[derive(Default)]
+struct Recorder {
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
+    wire: Mutex<Vec<RecordKind>>,
+}
+
+impl DnsObserver for Recorder {
+    fn cache_lookup(&self, hit: bool) {
+        let c = if hit { &self.hits } else { &self.misses };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    fn wire_lookup(&self, kind: RecordKind, _elapsed: Duration, _answer: &DnsAnswer) {
+        self.wire.lock().unwrap().push(kind);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_observer_sees_cache_and_wire_events() {
+    let d = Dnsmasq::start(Some(300), &[]);
+    let rec = Arc::new(Recorder::default());
+    let c = DnsClient::with_observer(
+        DnsSettings {
+            servers: vec![d.addr],
+            ..DnsSettings::default()
+        },
+        Some(rec.clone()),
+    )
+    .unwrap();
+    c.lookup(RecordKind::Mx, "mxonly.example.net").await;
+    c.lookup(RecordKind::Mx, "mxonly.example.net").await;
+    assert_eq!(rec.hits.load(Ordering::Relaxed), 1);
+    assert_eq!(rec.misses.load(Ordering::Relaxed), 1);
+    assert_eq!(*rec.wire.lock().unwrap(), [RecordKind::Mx]);
+}

@@ -1,0 +1,133 @@
+//! The kernel side as user space sees it: the embedded objects, loading, attaching and
+//! reading the kernel's counters.
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use helo_filter_common::{Counter, KernelConfig, maps, programs};
+use log::warn;
+
+/// The helo-filter XDP object, built by build.rs.
+pub static CAPTURE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/helo-filter"));
+/// An XDP program that only returns XDP_PASS: the baseline for per-packet figures.
+pub static BASELINE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline-pass"));
+
+/// How the operator asked for the program to be attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to generic with a warning.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// The mode an attachment really runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl AttachedMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        }
+    }
+}
+
+fn check_object(bytes: &[u8]) -> anyhow::Result<()> {
+    if bytes.is_empty() {
+        bail!("this binary was built with AYA_BUILD_SKIP: it carries no eBPF object");
+    }
+    Ok(())
+}
+
+/// Loads the capture program into the kernel (not yet attached) and writes its config.
+pub fn load(config: &KernelConfig) -> anyhow::Result<Ebpf> {
+    check_object(CAPTURE_OBJECT)?;
+    let mut ebpf = EbpfLoader::new()
+        .load(CAPTURE_OBJECT)
+        .context("loading the eBPF object")?;
+    write_config(&mut ebpf, config)?;
+    let program: &mut Xdp = capture_program(&mut ebpf)?;
+    program
+        .load()
+        .context("the kernel verifier refused the XDP program")?;
+    Ok(ebpf)
+}
+
+/// Loads the baseline program (for benchmarks).
+pub fn load_baseline() -> anyhow::Result<Ebpf> {
+    check_object(BASELINE_OBJECT)?;
+    let mut ebpf = Ebpf::load(BASELINE_OBJECT).context("loading the baseline object")?;
+    let program: &mut Xdp = ebpf
+        .program_mut(programs::BASELINE_PASS)
+        .context("baseline program missing")?
+        .try_into()?;
+    program.load()?;
+    Ok(ebpf)
+}
+
+pub fn capture_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(programs::CAPTURE)
+        .context("capture program missing from the object")?
+        .try_into()?)
+}
+
+pub fn write_config(ebpf: &mut Ebpf, config: &KernelConfig) -> anyhow::Result<()> {
+    let mut array: Array<_, KernelConfig> =
+        Array::try_from(ebpf.map_mut(maps::CONFIG).context("CONFIG map missing")?)?;
+    array.set(0, config, 0).context("writing the kernel config")?;
+    Ok(())
+}
+
+/// Attaches the loaded capture program to `iface`.
+pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpModeChoice) -> anyhow::Result<AttachedMode> {
+    let program = capture_program(ebpf)?;
+    let attach = |program: &mut Xdp, mode: XdpMode| {
+        program
+            .attach(iface, mode)
+            .with_context(|| format!("attaching XDP to {iface} in {mode:?} mode"))
+    };
+    match mode {
+        XdpModeChoice::Native => attach(program, XdpMode::Driver).map(|_| AttachedMode::Native),
+        XdpModeChoice::Generic => attach(program, XdpMode::Skb).map(|_| AttachedMode::Generic),
+        XdpModeChoice::Auto => match attach(program, XdpMode::Driver) {
+            Ok(_) => Ok(AttachedMode::Native),
+            Err(native_error) => {
+                attach(program, XdpMode::Skb)?;
+                warn!(
+                    "{iface}: native XDP unavailable ({native_error:#}); running in generic mode"
+                );
+                Ok(AttachedMode::Generic)
+            }
+        },
+    }
+}
+
+/// The kernel's per-CPU counters, summed over CPUs, indexed like `Counter::ALL`.
+pub struct CounterReader {
+    array: PerCpuArray<aya::maps::MapData, u64>,
+}
+
+impl CounterReader {
+    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf.take_map(maps::COUNTERS).context("COUNTERS map missing")?;
+        Ok(CounterReader {
+            array: PerCpuArray::try_from(map)?,
+        })
+    }
+
+    pub fn read(&self, counter: Counter) -> anyhow::Result<u64> {
+        let values = self.array.get(&(counter as u32), 0)?;
+        Ok(values.iter().sum())
+    }
+}

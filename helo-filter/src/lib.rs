@@ -1,0 +1,2 @@
+//! helo-filter: the daemon's library.
+pub mod kernel;
