@@ -176,6 +176,7 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<CaptureEvent>() == 40 + 8 + 8 + 8 + 8 + MAX_CAPTURE_BYTES);
+const _: () =
+    assert!(core::mem::size_of::<CaptureEvent>() == 40 + 8 + 8 + 8 + 8 + MAX_CAPTURE_BYTES);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 24);

@@ -132,9 +132,7 @@ fn capture_segment(ctx: &XdpContext, segment: &TcpSegment, state: &mut FlowState
         event_flags |= flags::FINAL | flags::CAPPED;
         debug!(
             ctx,
-            "capture cap reached after {} segments, {} bytes",
-            state.segments,
-            state.captured_bytes
+            "capture cap reached after {} segments, {} bytes", state.segments, state.captured_bytes
         );
     }
     if event_flags & flags::FINAL != 0 {

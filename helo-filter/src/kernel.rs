@@ -1,7 +1,9 @@
 //! The kernel side as user space sees it: the embedded objects, loading, attaching and
 //! reading the kernel's counters.
 
-use anyhow::{Context as _, bail};
+use std::os::fd::AsRawFd;
+
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
@@ -9,6 +11,7 @@ use aya::{
 };
 use helo_filter_common::{Counter, KernelConfig, maps, programs};
 use log::warn;
+use tokio::io::{Interest, unix::AsyncFd};
 
 /// The helo-filter XDP object, built by build.rs.
 pub static CAPTURE_OBJECT: &[u8] =
@@ -85,7 +88,9 @@ pub fn capture_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
 pub fn write_config(ebpf: &mut Ebpf, config: &KernelConfig) -> anyhow::Result<()> {
     let mut array: Array<_, KernelConfig> =
         Array::try_from(ebpf.map_mut(maps::CONFIG).context("CONFIG map missing")?)?;
-    array.set(0, config, 0).context("writing the kernel config")?;
+    array
+        .set(0, config, 0)
+        .context("writing the kernel config")?;
     Ok(())
 }
 
@@ -120,7 +125,9 @@ pub struct CounterReader {
 
 impl CounterReader {
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf.take_map(maps::COUNTERS).context("COUNTERS map missing")?;
+        let map = ebpf
+            .take_map(maps::COUNTERS)
+            .context("COUNTERS map missing")?;
         Ok(CounterReader {
             array: PerCpuArray::try_from(map)?,
         })
@@ -130,4 +137,12 @@ impl CounterReader {
         let values = self.array.get(&(counter as u32), 0)?;
         Ok(values.iter().sum())
     }
+}
+
+/// Registers a kernel object (ring buffer, logger) with tokio to await readability.
+pub fn readable_fd<T: AsRawFd>(inner: T) -> anyhow::Result<AsyncFd<T>> {
+    // SAFETY: aya's ring buffer and logger own their map fd and close it only when
+    // dropped, which happens after the AsyncFd has deregistered it.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
+        .map_err(|e| anyhow!("registering a kernel map with the reactor: {e}"))
 }

@@ -1,1 +1,239 @@
-fn main() {}
+//! `cargo xtask setup | run | test | bench`.
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use xtask::{
+    daemon::{self, Daemon, metric_value},
+    lab::{self, Lab},
+    sessions::{self, Greeting},
+    setup::{self, run_cmd},
+};
+
+#[derive(Parser)]
+#[command(about = "helo-filter developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Without arguments: the filter in a throwaway lab with scripted sessions. With
+    /// arguments after `--`: `helo-filter run ARGS` on real interfaces.
+    Run {
+        #[arg(last = true)]
+        daemon_args: Vec<String>,
+    },
+    /// Every test, privileged ones included (needs root).
+    Test,
+    /// Per-packet figures of the XDP program against an empty one (TestRun).
+    Bench,
+}
+
+/// The lab `cargo xtask run` uses; a crashed run's leftovers are removed at next start.
+const LAB_NAME: &str = "hflab";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ensure_cargo_bin_on_path();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Run { daemon_args } if daemon_args.is_empty() => run_lab(),
+        Task::Run { daemon_args } => run_real(&daemon_args),
+        Task::Test => test(),
+        Task::Bench => bench(),
+    }
+}
+
+/// bpf-linker is installed into cargo's bin directory, which a root shell may not have
+/// on its PATH.
+fn ensure_cargo_bin_on_path() {
+    let cargo_home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+    let bin = format!("{cargo_home}/bin");
+    let path = std::env::var("PATH").unwrap_or_default();
+    if !path.split(':').any(|p| p == bin) {
+        // SAFETY: single-threaded at this point, before any other thread starts.
+        unsafe { std::env::set_var("PATH", format!("{bin}:{path}")) };
+    }
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(daemon::workspace_root());
+    command
+}
+
+fn build_daemon() -> anyhow::Result<()> {
+    println!("building helo-filter (the eBPF object too)");
+    run_cmd(cargo().args(["build", "--package", "helo-filter"]))
+}
+
+fn run_real(daemon_args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    build_daemon()?;
+    run_cmd(Command::new(daemon::binary()).arg("run").args(daemon_args))
+}
+
+fn test() -> anyhow::Result<()> {
+    setup::run()?;
+    println!("checking formatting");
+    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    build_daemon()?;
+    println!("running every test (unit, packet table, end to end)");
+    run_cmd(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "helo-filter-ebpf"])
+            .env("HELO_FILTER_BIN", daemon::binary()),
+    )
+}
+
+fn bench() -> anyhow::Result<()> {
+    setup::run()?;
+    run_cmd(cargo().args([
+        "run",
+        "--release",
+        "--package",
+        "helo-filter-tests",
+        "--bin",
+        "xdp-bench",
+    ]))
+}
+
+fn run_lab() -> anyhow::Result<()> {
+    setup::run()?;
+    build_daemon()?;
+    ctrlc::set_handler(|| {
+        println!("\ninterrupted: tearing the lab down");
+        lab::remove(LAB_NAME);
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    println!("creating lab {LAB_NAME} (namespaces {LAB_NAME}-mx and {LAB_NAME}-cl)");
+    let mut lab = Lab::create(LAB_NAME)?;
+    lab.start_smtp_sink()?;
+    println!(
+        "smtp-sink listening on {}:25 and [{}]:25",
+        lab::MX_V4,
+        lab::MX_V6
+    );
+    let daemon = Daemon::start(&lab, &[], true)?;
+    println!(
+        "metrics: ip netns exec {} curl -s http://{}/metrics",
+        lab.mx_ns,
+        daemon::METRICS_ADDR
+    );
+    let result = play_script(&lab, &daemon);
+    match daemon.scrape() {
+        Ok(page) => print_counters(&page),
+        Err(e) => println!("could not read the metrics: {e:#}"),
+    }
+    let status = daemon.stop()?;
+    println!("daemon stopped ({status}); tearing the lab down");
+    drop(lab);
+    println!("lab {LAB_NAME} removed");
+    result
+}
+
+fn play_script(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {
+    let v4 = |i, port| SocketAddr::new(IpAddr::V4(lab::client_v4(i)), port);
+    let v6 = |i, port| SocketAddr::new(IpAddr::V6(lab::client_v6(i)), port);
+    let scripted: [(SocketAddr, Greeting, &str, &str); 8] = [
+        (v4(0, 40001), Greeting::Ehlo, "mail.example.net", "good"),
+        (
+            v6(0, 40002),
+            Greeting::Ehlo,
+            "v6.example.net",
+            "good, over IPv6",
+        ),
+        (
+            v4(1, 40003),
+            Greeting::Helo,
+            "127.0.0.1",
+            "bogus: bare loopback IP",
+        ),
+        (
+            v4(1, 40004),
+            Greeting::Ehlo,
+            "[192.168.1.1]",
+            "bogus: private literal",
+        ),
+        (
+            v4(2, 40005),
+            Greeting::Helo,
+            "localhost",
+            "bogus: localhost",
+        ),
+        (
+            v6(2, 40006),
+            Greeting::Ehlo,
+            "mon-serveur",
+            "bogus: not a FQDN",
+        ),
+        (
+            v4(3, 40007),
+            Greeting::Helo,
+            "fakedomain.xyz",
+            "bogus: fake domain",
+        ),
+        (v4(4, 40008), Greeting::Helo, "server.domain.xyz", "good"),
+    ];
+    for (client, greeting, name, what) in scripted {
+        println!("client {client} says {greeting:?} {name}  ({what})");
+        sessions::swaks(lab, client, greeting, name)?;
+    }
+    println!(
+        "client {} writes EHLO a few bytes per segment",
+        v4(0, 40009)
+    );
+    sessions::raw_session(
+        lab,
+        v4(0, 40009),
+        &[b"EH", b"LO mail.", b"example", b".net\r", b"\n"],
+        Duration::from_millis(50),
+    )?;
+    println!("client {} sends MAIL FROM before any HELO", v4(1, 40010));
+    sessions::raw_session(
+        lab,
+        v4(1, 40010),
+        &[b"MAIL FROM:<bot@example.net>\r\n"],
+        Duration::ZERO,
+    )?;
+    // Give the daemon a moment to log the last sessions.
+    std::thread::sleep(Duration::from_millis(500));
+    let reported = daemon
+        .lines()
+        .iter()
+        .filter(|l| l.contains(" helo client=") || l.contains(" no_helo client="))
+        .count();
+    if reported < 10 {
+        bail!("the daemon reported {reported} of the 10 sessions played");
+    }
+    Ok(())
+}
+
+fn print_counters(page: &str) {
+    println!("kernel counters:");
+    for kind in ["seen", "smtp", "helo", "continuation"] {
+        let series = format!("helo_filter_xdp_packets_total{{kind=\"{kind}\"}}");
+        let value = metric_value(page, &series).unwrap_or(f64::NAN);
+        println!("  {series} {value}");
+    }
+    for series in [
+        "helo_filter_ringbuf_dropped_total",
+        "helo_filter_helo_events_total",
+    ] {
+        println!(
+            "  {series} {}",
+            metric_value(page, series).unwrap_or(f64::NAN)
+        );
+    }
+}

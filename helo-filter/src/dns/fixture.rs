@@ -85,10 +85,8 @@ impl Dnsmasq {
         let mut last_err = String::new();
         for _ in 0..5 {
             let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!(
-                "helo-filter-dnsmasq-{}-{n}",
-                std::process::id()
-            ));
+            let dir = std::env::temp_dir()
+                .join(format!("helo-filter-dnsmasq-{}-{n}", std::process::id()));
             fs::create_dir_all(&dir).expect("create the dnsmasq work directory");
             let log = dir.join("queries.log");
             let port = free_port();
@@ -115,7 +113,9 @@ impl Dnsmasq {
             if let Some(ttl) = local_ttl {
                 cmd.arg(format!("--local-ttl={ttl}"));
             }
-            let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+            let mut child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {

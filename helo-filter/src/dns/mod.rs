@@ -55,7 +55,12 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind, for metric label sets.
-    pub const ALL: [RecordKind; 4] = [RecordKind::A, RecordKind::Aaaa, RecordKind::Mx, RecordKind::Ptr];
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::A,
+        RecordKind::Aaaa,
+        RecordKind::Mx,
+        RecordKind::Ptr,
+    ];
 
     /// The metric label: `a`, `aaaa`, `mx`, `ptr`.
     pub const fn as_str(self) -> &'static str {
@@ -309,7 +314,8 @@ impl DnsClient {
                 return Err(DnsBuildError::NoServers);
             }
             // Keep the servers only: no domain, no search list.
-            let config = ResolverConfig::from_parts(None, Vec::new(), system.name_servers().to_vec());
+            let config =
+                ResolverConfig::from_parts(None, Vec::new(), system.name_servers().to_vec());
             (config, opts)
         } else {
             let servers = settings
@@ -323,7 +329,10 @@ impl DnsClient {
                     NameServerConfig::new(sa.ip(), true, vec![udp, tcp])
                 })
                 .collect();
-            (ResolverConfig::from_name_servers(servers), ResolverOpts::default())
+            (
+                ResolverConfig::from_name_servers(servers),
+                ResolverOpts::default(),
+            )
         };
         opts.cache_size = 0;
         opts.use_hosts_file = ResolveHosts::Never;
@@ -398,13 +407,19 @@ impl DnsClient {
                 }
             }
         };
-        self.inner.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .cache_misses
+            .fetch_add(1, Ordering::Relaxed);
         if let Some(o) = &self.inner.observer {
             o.cache_lookup(false);
         }
         let answer = wait(rx).await;
         if answer.is_tempfail() {
-            self.inner.counters.tempfails.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .counters
+                .tempfails
+                .fetch_add(1, Ordering::Relaxed);
         }
         answer
     }
@@ -414,7 +429,10 @@ impl DnsClient {
     }
 
     fn hit(&self, answer: DnsAnswer) -> DnsAnswer {
-        self.inner.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .cache_hits
+            .fetch_add(1, Ordering::Relaxed);
         if let Some(o) = &self.inner.observer {
             o.cache_lookup(true);
         }
@@ -424,11 +442,11 @@ impl DnsClient {
     async fn run_query(self, key: Key, tx: watch::Sender<Option<DnsAnswer>>) {
         let inner = &self.inner;
         let started = Instant::now();
-        let (answer, ttl) = match tokio::time::timeout(inner.settings.deadline, self.query(&key)).await
-        {
-            Ok(r) => r,
-            Err(_) => (DnsAnswer::TempFail(TempFailKind::Timeout), None),
-        };
+        let (answer, ttl) =
+            match tokio::time::timeout(inner.settings.deadline, self.query(&key)).await {
+                Ok(r) => r,
+                Err(_) => (DnsAnswer::TempFail(TempFailKind::Timeout), None),
+            };
         if !matches!(answer, DnsAnswer::TempFail(TempFailKind::Busy))
             && let Some(o) = &inner.observer
         {
@@ -452,7 +470,11 @@ impl DnsClient {
         };
         inner.counters.wire_queries.fetch_add(1, Ordering::Relaxed);
         let (kind, name) = key;
-        match inner.resolver.lookup(name.as_str(), kind.record_type()).await {
+        match inner
+            .resolver
+            .lookup(name.as_str(), kind.record_type())
+            .await
+        {
             Ok(lookup) => {
                 let mut ttl = u32::MAX;
                 let mut records = Vec::new();
@@ -460,7 +482,9 @@ impl DnsClient {
                     let data = match (&r.data, kind) {
                         (RData::A(a), RecordKind::A) => RecordData::Addr(IpAddr::V4(a.0)),
                         (RData::AAAA(a), RecordKind::Aaaa) => RecordData::Addr(IpAddr::V6(a.0)),
-                        (RData::MX(mx), RecordKind::Mx) => RecordData::Name(name_text(&mx.exchange)),
+                        (RData::MX(mx), RecordKind::Mx) => {
+                            RecordData::Name(name_text(&mx.exchange))
+                        }
                         (RData::PTR(p), RecordKind::Ptr) => RecordData::Name(name_text(&p.0)),
                         _ => continue,
                     };
@@ -494,7 +518,10 @@ impl DnsClient {
                 None,
             ),
             Err(NetError::Timeout) => (DnsAnswer::TempFail(TempFailKind::Timeout), None),
-            Err(e) => (DnsAnswer::TempFail(TempFailKind::Other(e.to_string())), None),
+            Err(e) => (
+                DnsAnswer::TempFail(TempFailKind::Other(e.to_string())),
+                None,
+            ),
         }
     }
 }

@@ -32,9 +32,17 @@ async fn fixture_records_and_negative_answers() {
     let mx = c.lookup(RecordKind::Mx, "MXONLY.example.net").await;
     assert_eq!(mx.names().records(), ["mail.example.net".to_string()]);
     let ptr = c
-        .lookup(RecordKind::Ptr, &reverse_name("203.0.113.10".parse().unwrap()))
+        .lookup(
+            RecordKind::Ptr,
+            &reverse_name("203.0.113.10".parse().unwrap()),
+        )
         .await;
-    assert!(ptr.names().records().contains(&"mail.example.net".to_string()), "{ptr:?}");
+    assert!(
+        ptr.names()
+            .records()
+            .contains(&"mail.example.net".to_string()),
+        "{ptr:?}"
+    );
     assert_eq!(
         c.lookup(RecordKind::A, "nothing.example.net").await,
         DnsAnswer::NoRecords { nxdomain: true }
@@ -72,7 +80,11 @@ async fn positive_answers_are_cached_for_their_ttl() {
     let first = c.lookup(RecordKind::A, "mail.example.net").await;
     let second = c.lookup(RecordKind::A, "mail.example.net").await;
     assert_eq!(first, second);
-    assert_eq!(d.queries("A", "mail.example.net"), 1, "the second lookup sent no query");
+    assert_eq!(
+        d.queries("A", "mail.example.net"),
+        1,
+        "the second lookup sent no query"
+    );
     let st = c.stats();
     assert_eq!((st.cache_hits, st.cache_misses, st.wire_queries), (1, 1, 1));
 }
@@ -105,7 +117,11 @@ async fn negative_answers_are_cached_for_the_default_negative_ttl() {
     assert_eq!(d.queries("A", "txtonly.example.net"), 1, "NODATA cached");
     tokio::time::sleep(Duration::from_millis(700)).await;
     c.lookup(RecordKind::A, "nothing.example.net").await;
-    assert_eq!(d.queries("A", "nothing.example.net"), 2, "expired after the negative TTL");
+    assert_eq!(
+        d.queries("A", "nothing.example.net"),
+        2,
+        "expired after the negative TTL"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +141,11 @@ async fn a_silent_server_gives_a_timeout_within_the_deadline() {
     let t = Instant::now();
     let a = c.lookup(RecordKind::A, "mail.example.net").await;
     assert_eq!(a, DnsAnswer::TempFail(TempFailKind::Timeout));
-    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
     // Temporary failures are not cached.
     c.lookup(RecordKind::A, "mail.example.net").await;
     assert_eq!(c.stats().wire_queries, 2);
@@ -137,7 +157,10 @@ async fn servfail_is_a_tempfail_not_a_negative_answer() {
     // dnsmasq forwards this domain to a port where nothing listens and answers with an error
     // code, not with NXDOMAIN.
     let dead = free_port();
-    let d = Dnsmasq::start(None, &[format!("--server=/broken.example.net/127.0.0.1#{dead}")]);
+    let d = Dnsmasq::start(
+        None,
+        &[format!("--server=/broken.example.net/127.0.0.1#{dead}")],
+    );
     let c = client(d.addr, |s| s.deadline = Duration::from_secs(3));
     let a = c.lookup(RecordKind::A, "host.broken.example.net").await;
     assert!(a.is_tempfail(), "{a:?}");
@@ -156,7 +179,10 @@ async fn a_burst_of_one_name_sends_one_query() {
         }));
     }
     for t in tasks {
-        assert_eq!(addrs(&t.await.unwrap()), ["192.0.2.99".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            addrs(&t.await.unwrap()),
+            ["192.0.2.99".parse::<IpAddr>().unwrap()]
+        );
     }
     assert_eq!(d.queries("A", "other.example.net"), 1);
     let st = c.stats();
@@ -168,7 +194,14 @@ async fn a_burst_of_one_name_sends_one_query() {
 async fn a_burst_without_caching_still_shares_one_query() {
     // TTL 0: nothing is cached, so only the in-flight sharing can merge the burst.
     let (_sock, hole) = black_hole();
-    let d = Dnsmasq::start(None, &[format!("--server=/slow.example.net/{}#{}", hole.ip(), hole.port())]);
+    let d = Dnsmasq::start(
+        None,
+        &[format!(
+            "--server=/slow.example.net/{}#{}",
+            hole.ip(),
+            hole.port()
+        )],
+    );
     let c = client(d.addr, |s| s.deadline = Duration::from_millis(500));
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -187,13 +220,23 @@ async fn a_burst_without_caching_still_shares_one_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_name_does_not_delay_a_fast_one() {
     let (_sock, hole) = black_hole();
-    let d = Dnsmasq::start(None, &[format!("--server=/slow.example.net/{}#{}", hole.ip(), hole.port())]);
+    let d = Dnsmasq::start(
+        None,
+        &[format!(
+            "--server=/slow.example.net/{}#{}",
+            hole.ip(),
+            hole.port()
+        )],
+    );
     let c = client(d.addr, |s| s.deadline = Duration::from_millis(1500));
     let slow = {
         let c = c.clone();
         tokio::spawn(async move {
             let t = Instant::now();
-            (c.lookup(RecordKind::A, "x.slow.example.net").await, t.elapsed())
+            (
+                c.lookup(RecordKind::A, "x.slow.example.net").await,
+                t.elapsed(),
+            )
         })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -201,7 +244,10 @@ async fn a_slow_name_does_not_delay_a_fast_one() {
     let fast = c.lookup(RecordKind::A, "mail.example.net").await;
     let fast_time = t.elapsed();
     assert_eq!(addrs(&fast), ["203.0.113.10".parse::<IpAddr>().unwrap()]);
-    assert!(fast_time < Duration::from_millis(500), "fast lookup took {fast_time:?}");
+    assert!(
+        fast_time < Duration::from_millis(500),
+        "fast lookup took {fast_time:?}"
+    );
     assert!(!slow.is_finished(), "the slow lookup is still waiting");
     let (slow_answer, slow_time) = slow.await.unwrap();
     assert!(slow_answer.is_tempfail());
@@ -221,7 +267,11 @@ async fn the_in_flight_bound_makes_lookups_wait_for_a_slot() {
     };
     let (a, b) = (spawn("one.example.net"), spawn("two.example.net"));
     tokio::time::sleep(Duration::from_millis(150)).await;
-    assert_eq!(c.stats().wire_queries, 1, "the second lookup waits for the only slot");
+    assert_eq!(
+        c.stats().wire_queries,
+        1,
+        "the second lookup waits for the only slot"
+    );
     assert!(a.await.unwrap().is_tempfail());
     assert!(b.await.unwrap().is_tempfail());
 }

@@ -30,7 +30,11 @@ pub(crate) fn corpus() -> Vec<Row> {
             continue;
         }
         let f: Vec<&str> = line.split('\t').collect();
-        assert!(f.len() >= 5, "line {}: expected 5+ columns: {line:?}", i + 1);
+        assert!(
+            f.len() >= 5,
+            "line {}: expected 5+ columns: {line:?}",
+            i + 1
+        );
         let reasons = if f[3] == "-" {
             Vec::new()
         } else {
@@ -44,7 +48,9 @@ pub(crate) fn corpus() -> Vec<Row> {
         rows.push(Row {
             line: i + 1,
             helo: f[0].to_string(),
-            client: f[1].parse().unwrap_or_else(|e| panic!("line {}: {e}", i + 1)),
+            client: f[1]
+                .parse()
+                .unwrap_or_else(|e| panic!("line {}: {e}", i + 1)),
             reject: match f[2] {
                 "reject" => true,
                 "accept" => false,
@@ -89,7 +95,11 @@ pub(crate) fn mismatch(row: &Row, v: &Verdict) -> Option<String> {
             if row.reject { "reject" } else { "accept" }
         ));
     }
-    if row.reject && !row.reasons.contains(&v.primary().expect("a reject has a primary")) {
+    if row.reject
+        && !row
+            .reasons
+            .contains(&v.primary().expect("a reject has a primary"))
+    {
         return Some(format!(
             "line {} {:?}: primary {} not among {:?} (all: {codes:?})",
             row.line,
@@ -119,12 +129,20 @@ async fn every_offline_row() {
                 .evaluate(&HeloInput::new(row.helo.as_bytes(), row.client))
                 .await;
             assert!(v.has_note(Note::Offline));
-            assert_eq!(v, engine.evaluate_offline(&HeloInput::new(row.helo.as_bytes(), row.client)));
+            assert_eq!(
+                v,
+                engine.evaluate_offline(&HeloInput::new(row.helo.as_bytes(), row.client))
+            );
             f.extend(mismatch(row, &v));
         }
         f
     };
-    assert!(failures.is_empty(), "{} rows failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,10 +161,20 @@ async fn every_dns_row_against_dnsmasq() {
         let v = engine
             .evaluate(&HeloInput::new(row.helo.as_bytes(), row.client))
             .await;
-        assert!(v.notes.is_empty(), "line {}: unexpected notes {:?}", row.line, v.notes);
+        assert!(
+            v.notes.is_empty(),
+            "line {}: unexpected notes {:?}",
+            row.line,
+            v.notes
+        );
         failures.extend(mismatch(row, &v));
     }
-    assert!(failures.is_empty(), "{} rows failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} rows failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,10 +195,17 @@ async fn dns_checks_score_as_the_spec_says() {
         }
     };
     let v = eval("mail.example.net", "203.0.113.10").await;
-    assert_eq!((v.decision, v.reasons.len(), v.score), (Decision::Accept, 0, 0));
+    assert_eq!(
+        (v.decision, v.reasons.len(), v.score),
+        (Decision::Accept, 0, 0)
+    );
     let v = eval("other.example.net", "203.0.113.10").await;
     let codes: Vec<_> = v.reason_codes().collect();
-    assert_eq!(codes, [Reason::DnsMismatch], "same registered domain as the PTR name");
+    assert_eq!(
+        codes,
+        [Reason::DnsMismatch],
+        "same registered domain as the PTR name"
+    );
     assert_eq!(v.score, 1);
     let v = eval("server.domain.xyz", "203.0.113.10").await;
     let codes: Vec<_> = v.reason_codes().collect();
@@ -183,7 +218,10 @@ async fn dns_checks_score_as_the_spec_says() {
     strict.table = CheckTable::from_bundle(Bundle::Strict);
     let strict = PolicyEngine::new(strict, engine.dns().cloned());
     let v = strict
-        .evaluate(&HeloInput::new("other.example.net", "203.0.113.10".parse().unwrap()))
+        .evaluate(&HeloInput::new(
+            "other.example.net",
+            "203.0.113.10".parse().unwrap(),
+        ))
         .await;
     assert_eq!(v.primary(), Some(Reason::DnsMismatch));
 }
@@ -196,7 +234,10 @@ async fn dns_tempfail_is_fail_open_by_default_and_fail_closed_on_request() {
         deadline: Duration::from_millis(300),
         ..DnsSettings::default()
     };
-    let open = PolicyEngine::new(spec_settings(), Some(DnsClient::new(settings.clone()).unwrap()));
+    let open = PolicyEngine::new(
+        spec_settings(),
+        Some(DnsClient::new(settings.clone()).unwrap()),
+    );
     let input = HeloInput::new("mail.example.net", "203.0.113.10".parse().unwrap());
     let v = open.evaluate(&input).await;
     assert_eq!(v.decision, Decision::Accept);
@@ -241,7 +282,10 @@ async fn trusted_clients_skip_every_check() {
         .await;
     assert_eq!(v, Verdict::unjudged(Note::Trusted));
     let v = engine
-        .evaluate(&HeloInput::new("localhost", "::ffff:127.0.0.1".parse().unwrap()))
+        .evaluate(&HeloInput::new(
+            "localhost",
+            "::ffff:127.0.0.1".parse().unwrap(),
+        ))
         .await;
     assert!(v.has_note(Note::Trusted));
     let mut s = spec_settings();
@@ -254,7 +298,11 @@ async fn trusted_clients_skip_every_check() {
     let v = engine
         .evaluate(&HeloInput::new("localhost", "127.0.0.1".parse().unwrap()))
         .await;
-    assert_eq!(v.primary(), Some(Reason::Localhost), "loopback no longer trusted");
+    assert_eq!(
+        v.primary(),
+        Some(Reason::Localhost),
+        "loopback no longer trusted"
+    );
 }
 
 #[test]
@@ -299,9 +347,14 @@ fn per_check_modes_weights_and_threshold() {
     s.table.set_weight(Reason::Dynamic, 5);
     s.score_threshold = Some(5);
     let e = PolicyEngine::new(s, None);
-    assert_eq!(e.evaluate_offline(&HeloInput::new("server", client)).decision, Decision::Accept);
     assert_eq!(
-        e.evaluate_offline(&HeloInput::new("[203.0.113.11]", client)).primary(),
+        e.evaluate_offline(&HeloInput::new("server", client))
+            .decision,
+        Decision::Accept
+    );
+    assert_eq!(
+        e.evaluate_offline(&HeloInput::new("[203.0.113.11]", client))
+            .primary(),
         Some(Reason::LiteralMismatch)
     );
     let v = e.evaluate_offline(&HeloInput::new("c-203-0-113-10.dyn.example.net", client));
@@ -320,12 +373,18 @@ fn deny_patterns_reject() {
         DenyPattern::parse(r"/oem\d*\.example\.net/").unwrap(),
     ]);
     let e = PolicyEngine::new(s, None);
-    for h in ["friend.example.net", "bots.example.com", "x.bots.example.com", "OEM7.example.net"] {
+    for h in [
+        "friend.example.net",
+        "bots.example.com",
+        "x.bots.example.com",
+        "OEM7.example.net",
+    ] {
         let v = e.evaluate_offline(&HeloInput::new(h, client));
         assert_eq!(v.primary(), Some(Reason::Denylisted), "{h}");
     }
     assert_eq!(
-        e.evaluate_offline(&HeloInput::new("mail.example.net", client)).decision,
+        e.evaluate_offline(&HeloInput::new("mail.example.net", client))
+            .decision,
         Decision::Accept
     );
 }
@@ -337,8 +396,18 @@ fn arbitrary_bytes_always_give_a_verdict() {
     let engine = PolicyEngine::new(s, None);
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let pieces: [&[u8]; 12] = [
-        b"[", b"]", b"IPv6:", b":", b".", b"-", b"mail", b"203.0.113.10", b"localhost", b" ",
-        b"\xff", b"example.org",
+        b"[",
+        b"]",
+        b"IPv6:",
+        b":",
+        b".",
+        b"-",
+        b"mail",
+        b"203.0.113.10",
+        b"localhost",
+        b" ",
+        b"\xff",
+        b"example.org",
     ];
     for i in 0..20_000u32 {
         state ^= state << 13;
@@ -364,7 +433,12 @@ fn arbitrary_bytes_always_give_a_verdict() {
         if v.is_reject() {
             assert!(v.primary().is_some());
         }
-        assert!(v.reasons.windows(2).skip(1).all(|w| w[0].reason < w[1].reason));
+        assert!(
+            v.reasons
+                .windows(2)
+                .skip(1)
+                .all(|w| w[0].reason < w[1].reason)
+        );
     }
 }
 
@@ -386,6 +460,8 @@ fn offline_throughput_smoke() {
         }
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    println!("offline validations per second (one thread, debug build unless --release): {rate:.0}");
+    println!(
+        "offline validations per second (one thread, debug build unless --release): {rate:.0}"
+    );
     assert!(n > 0);
 }

@@ -93,6 +93,19 @@ impl fmt::Display for DenyPattern {
     }
 }
 
+impl PartialEq for DenyPattern {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (DenyPattern::Exact(a), DenyPattern::Exact(b))
+            | (DenyPattern::Suffix(a), DenyPattern::Suffix(b)) => a == b,
+            (DenyPattern::Regex { source: a, .. }, DenyPattern::Regex { source: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for DenyPattern {}
+
 impl TryFrom<String> for DenyPattern {
     type Error = DenyPatternError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
@@ -169,8 +182,14 @@ mod tests {
 
     #[test]
     fn bad_patterns() {
-        assert_eq!(DenyPattern::parse(" ").unwrap_err(), DenyPatternError::Empty);
-        assert_eq!(DenyPattern::parse("//").unwrap_err(), DenyPatternError::Empty);
+        assert_eq!(
+            DenyPattern::parse(" ").unwrap_err(),
+            DenyPatternError::Empty
+        );
+        assert_eq!(
+            DenyPattern::parse("//").unwrap_err(),
+            DenyPatternError::Empty
+        );
         assert!(matches!(
             DenyPattern::parse("/(/").unwrap_err(),
             DenyPatternError::BadRegex { .. }

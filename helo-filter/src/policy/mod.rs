@@ -21,7 +21,7 @@ pub mod rfc5321;
 pub mod routable;
 
 #[cfg(test)]
-mod corpus_tests;
+pub(crate) mod corpus_tests;
 
 pub use bundle::{Bundle, CheckMode, CheckTable};
 pub use checks::Identity;
@@ -279,7 +279,11 @@ impl PolicyEngine {
         self.finish(findings, vec![Note::Offline])
     }
 
-    fn subject<'a>(&'a self, input: &HeloInput, parsed: Option<&'a rfc5321::Parsed>) -> Subject<'a> {
+    fn subject<'a>(
+        &'a self,
+        input: &HeloInput,
+        parsed: Option<&'a rfc5321::Parsed>,
+    ) -> Subject<'a> {
         Subject {
             parsed,
             client: input.client,
@@ -390,9 +394,7 @@ impl PolicyEngine {
             && let Some(threshold) = settings.score_threshold
             && score >= threshold
         {
-            primary = findings
-                .iter()
-                .position(|f| table.score_of(f.reason) > 0);
+            primary = findings.iter().position(|f| table.score_of(f.reason) > 0);
             if primary.is_some() {
                 notes.push(Note::ScoreThreshold);
             }

@@ -105,15 +105,23 @@ impl fmt::Display for SyntaxError {
             }
             SyntaxError::EmptyLabel => write!(f, "the name has an empty label"),
             SyntaxError::LabelTooLong { len } => {
-                write!(f, "a label is {len} characters long (at most {MAX_LABEL_LEN})")
+                write!(
+                    f,
+                    "a label is {len} characters long (at most {MAX_LABEL_LEN})"
+                )
             }
             SyntaxError::BadChar { ch } => write!(f, "character {ch:?} is not allowed in a name"),
             SyntaxError::LeadingHyphen { label } => {
                 write!(f, "label {label:?} starts with a hyphen")
             }
-            SyntaxError::TrailingHyphen { label } => write!(f, "label {label:?} ends with a hyphen"),
+            SyntaxError::TrailingHyphen { label } => {
+                write!(f, "label {label:?} ends with a hyphen")
+            }
             SyntaxError::NameTooLong { len } => {
-                write!(f, "the name is {len} characters long (at most {MAX_NAME_LEN})")
+                write!(
+                    f,
+                    "the name is {len} characters long (at most {MAX_NAME_LEN})"
+                )
             }
             SyntaxError::NumericTld { label } => {
                 write!(f, "the last label {label:?} is all digits")
@@ -387,8 +395,14 @@ mod tests {
         assert_eq!(domain("a-b.example.net"), "a-b.example.net");
         assert_eq!(domain("_dmarc.example.net"), "_dmarc.example.net");
         assert_eq!(domain("mail_1.example.net"), "mail_1.example.net");
-        assert_eq!(domain("xn--bcher-kva.example.net"), "xn--bcher-kva.example.net");
-        assert_eq!(syntax("mail!.example.net"), SyntaxError::BadChar { ch: '!' });
+        assert_eq!(
+            domain("xn--bcher-kva.example.net"),
+            "xn--bcher-kva.example.net"
+        );
+        assert_eq!(
+            syntax("mail!.example.net"),
+            SyntaxError::BadChar { ch: '!' }
+        );
         assert_eq!(syntax("a/b.example.net"), SyntaxError::BadChar { ch: '/' });
     }
 
@@ -420,7 +434,10 @@ mod tests {
     fn label_and_name_lengths() {
         let l63 = "a".repeat(63);
         let l64 = "a".repeat(64);
-        assert_eq!(domain(&format!("{l63}.example.net")), format!("{l63}.example.net"));
+        assert_eq!(
+            domain(&format!("{l63}.example.net")),
+            format!("{l63}.example.net")
+        );
         assert_eq!(
             syntax(&format!("{l64}.example.net")),
             SyntaxError::LabelTooLong { len: 64 }
@@ -476,14 +493,29 @@ mod tests {
         let l = literal("[192.168.1.1]");
         assert_eq!(l.ip, "192.168.1.1".parse::<IpAddr>().unwrap());
         assert_eq!(l.form, LiteralForm::V4);
-        assert!(matches!(syntax("[300.1.1.1]"), SyntaxError::BadLiteral { .. }));
+        assert!(matches!(
+            syntax("[300.1.1.1]"),
+            SyntaxError::BadLiteral { .. }
+        ));
         assert!(matches!(syntax("[1.2.3]"), SyntaxError::BadLiteral { .. }));
-        assert!(matches!(syntax("[01.2.3.4]"), SyntaxError::BadLiteral { .. }));
+        assert!(matches!(
+            syntax("[01.2.3.4]"),
+            SyntaxError::BadLiteral { .. }
+        ));
         assert!(matches!(syntax("[1.2.3.4"), SyntaxError::BadLiteral { .. }));
         assert!(matches!(syntax("[]"), SyntaxError::BadLiteral { .. }));
-        assert!(matches!(syntax("[ 1.2.3.4]"), SyntaxError::MultipleArguments { .. }));
-        assert!(matches!(syntax("[mail.example.net]"), SyntaxError::BadLiteral { .. }));
-        assert!(matches!(syntax("[IPv4:1.2.3.4]"), SyntaxError::BadLiteral { .. }));
+        assert!(matches!(
+            syntax("[ 1.2.3.4]"),
+            SyntaxError::MultipleArguments { .. }
+        ));
+        assert!(matches!(
+            syntax("[mail.example.net]"),
+            SyntaxError::BadLiteral { .. }
+        ));
+        assert!(matches!(
+            syntax("[IPv4:1.2.3.4]"),
+            SyntaxError::BadLiteral { .. }
+        ));
     }
 
     #[test]
@@ -492,11 +524,23 @@ mod tests {
         assert_eq!(l.form, LiteralForm::V6Tagged);
         assert_eq!(l.ip, "2001:db8:1::10".parse::<IpAddr>().unwrap());
         assert_eq!(literal("[ipv6:::1]").ip, "::1".parse::<IpAddr>().unwrap());
-        assert_eq!(literal("[IPv6:::ffff:127.0.0.1]").form, LiteralForm::V6Tagged);
+        assert_eq!(
+            literal("[IPv6:::ffff:127.0.0.1]").form,
+            LiteralForm::V6Tagged
+        );
         assert_eq!(literal("[2001:db8:1::10]").form, LiteralForm::V6Untagged);
-        assert!(matches!(syntax("[IPv6:2001:db8::g]"), SyntaxError::BadLiteral { .. }));
-        assert!(matches!(syntax("[IPv6:1.2.3.4]"), SyntaxError::BadLiteral { .. }));
-        assert!(matches!(syntax("[IPv6:fe80::1%eth0]"), SyntaxError::BadLiteral { .. }));
+        assert!(matches!(
+            syntax("[IPv6:2001:db8::g]"),
+            SyntaxError::BadLiteral { .. }
+        ));
+        assert!(matches!(
+            syntax("[IPv6:1.2.3.4]"),
+            SyntaxError::BadLiteral { .. }
+        ));
+        assert!(matches!(
+            syntax("[IPv6:fe80::1%eth0]"),
+            SyntaxError::BadLiteral { .. }
+        ));
         assert!(matches!(syntax("[IPv6:]"), SyntaxError::BadLiteral { .. }));
     }
 

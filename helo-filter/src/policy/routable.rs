@@ -128,7 +128,13 @@ mod tests {
         ] {
             assert!(!r(s), "{s} must be non-routable");
         }
-        for s in ["2001:db8:1::10", "2001::1", "2a00:1450::1", "3fff::1", "::ffff:203.0.113.10"] {
+        for s in [
+            "2001:db8:1::10",
+            "2001::1",
+            "2a00:1450::1",
+            "3fff::1",
+            "::ffff:203.0.113.10",
+        ] {
             assert!(r(s), "{s} must be routable");
         }
     }

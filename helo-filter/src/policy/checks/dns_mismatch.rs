@@ -11,7 +11,10 @@ pub fn check(s: &Subject<'_>, f: &DnsFacts) -> DnsOutcome {
         return DnsOutcome::Pass;
     };
     let addrs = f.a.records().iter().chain(f.aaaa.records());
-    if addrs.clone().any(|&ip| routable::same_address(ip, s.client)) {
+    if addrs
+        .clone()
+        .any(|&ip| routable::same_address(ip, s.client))
+    {
         return DnsOutcome::Pass;
     }
     if f.a.is_tempfail() || f.aaaa.is_tempfail() {

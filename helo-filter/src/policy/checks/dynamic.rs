@@ -57,7 +57,11 @@ mod tests {
         assert!(fails(check, "159.96.121.76.dyn.example.net", c));
         assert!(fails(check, "host076121096159.example.net", c));
         assert!(fails(check, "dsl-4c79609f.example.net", c));
-        assert!(fails(check, "c-203-0-113-10.dyn.example.net", "203.0.113.10"));
+        assert!(fails(
+            check,
+            "c-203-0-113-10.dyn.example.net",
+            "203.0.113.10"
+        ));
         assert!(!fails(check, "mail.example.net", c));
         assert!(!fails(check, "c-76-121-96-158.example.net", c));
         // The registered domain itself is not the host part.

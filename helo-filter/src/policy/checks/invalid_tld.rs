@@ -52,7 +52,9 @@ mod tests {
 
     #[test]
     fn known_icann_tlds_only() {
-        for t in ["com", "net", "org", "de", "xyz", "online", "xn--p1ai", "museum"] {
+        for t in [
+            "com", "net", "org", "de", "xyz", "online", "xn--p1ai", "museum",
+        ] {
             assert!(is_delegated_tld(t), "{t}");
         }
         for t in ["nosuchtld", "invalid2", "x", "blogspot", "zz"] {
@@ -75,7 +77,12 @@ mod tests {
         ] {
             assert!(fails(check, bad, "203.0.113.10"), "{bad}");
         }
-        for good in ["mail.example.net", "server", "localhost.localdomain", "a.b.co.uk"] {
+        for good in [
+            "mail.example.net",
+            "server",
+            "localhost.localdomain",
+            "a.b.co.uk",
+        ] {
             assert!(!fails(check, good, "203.0.113.10"), "{good}");
         }
     }

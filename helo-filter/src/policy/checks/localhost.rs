@@ -13,8 +13,12 @@ pub fn is_localhost_name(name: &str) -> bool {
 /// Fails for a localhost name.
 pub fn check(s: &Subject<'_>) -> Option<String> {
     let d = s.domain()?;
-    is_localhost_name(d.as_str())
-        .then(|| format!("{:?} names the local machine, not an Internet host", d.as_str()))
+    is_localhost_name(d.as_str()).then(|| {
+        format!(
+            "{:?} names the local machine, not an Internet host",
+            d.as_str()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -35,7 +39,11 @@ mod tests {
         ] {
             assert!(fails(check, bad, "203.0.113.10"), "{bad}");
         }
-        for good in ["localhost.example.net", "mylocalhost.net", "mail.example.net"] {
+        for good in [
+            "localhost.example.net",
+            "mylocalhost.net",
+            "mail.example.net",
+        ] {
             assert!(!fails(check, good, "203.0.113.10"), "{good}");
         }
     }

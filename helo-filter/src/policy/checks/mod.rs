@@ -98,7 +98,9 @@ impl Subject<'_> {
     /// an invalid top-level domain (such a name cannot exist in public DNS).
     pub fn resolvable_domain(&self) -> Option<&DomainName> {
         self.domain().filter(|d| {
-            d.has_dot() && !localhost::is_localhost_name(d.as_str()) && invalid_tld::check_tld(d).is_none()
+            d.has_dot()
+                && !localhost::is_localhost_name(d.as_str())
+                && invalid_tld::check_tld(d).is_none()
         })
     }
 }
@@ -222,7 +224,10 @@ pub(crate) mod test_support {
         let identity = Identity {
             names: vec!["mx.example.org".into()],
             domains: vec!["example.org".into()],
-            addrs: vec!["198.51.100.25".parse().unwrap(), "2001:db8:25::25".parse().unwrap()],
+            addrs: vec![
+                "198.51.100.25".parse().unwrap(),
+                "2001:db8:25::25".parse().unwrap(),
+            ],
         };
         let deny = DenyList::new(vec![
             crate::policy::deny::DenyPattern::parse("*.spam.example.com").unwrap(),

@@ -10,9 +10,11 @@ pub fn check(s: &Subject<'_>, f: &DnsFacts) -> DnsOutcome {
     };
     let name = d.as_str();
     let helo_reg = registered_domain(name);
-    let matches = f.ptr.records().iter().any(|p| {
-        p == name || (helo_reg.is_some() && registered_domain(p) == helo_reg)
-    });
+    let matches = f
+        .ptr
+        .records()
+        .iter()
+        .any(|p| p == name || (helo_reg.is_some() && registered_domain(p) == helo_reg));
     if matches {
         return DnsOutcome::Pass;
     }

@@ -18,7 +18,14 @@ mod tests {
 
     #[test]
     fn table() {
-        for bad in ["", "mail..example.net", "-a.example.net", "[1.2.3]", "a b", "m\u{e9}.example"] {
+        for bad in [
+            "",
+            "mail..example.net",
+            "-a.example.net",
+            "[1.2.3]",
+            "a b",
+            "m\u{e9}.example",
+        ] {
             assert!(fails(check, bad, "203.0.113.10"), "{bad:?}");
         }
         for good in ["mail.example.net", "server", "[1.2.3.4]", "1.2.3.4"] {

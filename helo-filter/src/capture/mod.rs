@@ -1,0 +1,92 @@
+//! Reads capture events from the kernel's ring buffer and turns them into sessions for
+//! the policy stage.
+
+pub mod reassembly;
+
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+use helo_filter_common::CaptureEvent;
+use log::{debug, warn};
+use tokio::sync::mpsc;
+
+pub use reassembly::{Finding, HeloCommand, Limits, NoHeloCause, Reassembler, Session};
+
+use crate::{kernel, metrics};
+
+/// Events handled per wake-up before yielding, so a busy ring cannot starve other tasks.
+const DRAIN_BUDGET: usize = 256;
+/// How often undecided flows are checked for their time-out.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Drains the ring buffer forever, sending each decided session to `sessions`. A full
+/// channel never blocks the reader: the session is passed (not judged) and counted.
+pub async fn run(
+    ring: RingBuf<MapData>,
+    sessions: mpsc::Sender<Session>,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    let mut ring = kernel::readable_fd(ring)?;
+    let mut reassembler = Reassembler::new(limits);
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let mut drained = 0;
+                while drained < DRAIN_BUDGET {
+                    let Some(item) = guard.get_inner_mut().next() else {
+                        guard.clear_ready();
+                        break;
+                    };
+                    drained += 1;
+                    let Some(event) = decode(&item) else {
+                        warn!("ignoring a ring-buffer record of {} bytes", item.len());
+                        continue;
+                    };
+                    drop(item);
+                    let (session, evicted) = reassembler.push(&event, Instant::now());
+                    if evicted > 0 {
+                        warn!("reassembly full: gave up {evicted} undecided flow(s)");
+                    }
+                    if let Some(session) = session {
+                        forward(&sessions, session);
+                    }
+                }
+                drop(guard);
+                if drained == DRAIN_BUDGET {
+                    tokio::task::yield_now().await;
+                }
+            }
+            _ = sweep.tick() => {
+                let expired = reassembler.expire(Instant::now());
+                if expired > 0 {
+                    debug!("{expired} undecided flow(s) timed out");
+                }
+            }
+        }
+    }
+}
+
+fn decode(record: &[u8]) -> Option<CaptureEvent> {
+    if record.len() < size_of::<CaptureEvent>() {
+        return None;
+    }
+    // SAFETY: the record holds at least one CaptureEvent, a plain-old-data type written
+    // by the kernel; it may be unaligned.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
+}
+
+fn forward(sessions: &mpsc::Sender<Session>, session: Session) {
+    match sessions.try_send(session) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(session)) => {
+            metrics::fail_open(metrics::FailOpenCause::QueueFull);
+            warn!(
+                "policy queue full: passing the session of {} unjudged",
+                session.client
+            );
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}

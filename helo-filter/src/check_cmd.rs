@@ -1,0 +1,499 @@
+//! `helo-filter check [OPTIONS] --ip IP [--] HELO`: judge one HELO for one client address.
+//!
+//! Exit status: 0 accept, 1 reject, 2 usage or configuration error (clap's own usage errors
+//! exit with 2 as well). `--json` prints exactly one JSON object on one line:
+//! `{"helo":…,"ip":…,"verdict":…,"reasons":[…],"notes":[…],"score":N}`.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::policy::{Bundle, DenyPattern, HeloInput, PolicyEngine, Verdict};
+use crate::policy_config::{HostName, PolicyFile};
+
+/// Identity, DNS and policy options shared by `check`, `run` and `policy`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PolicyArgs {
+    /// Configuration file (its [policy] and [dns] sections are used here).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// DNS server to ask instead of the system's (repeatable).
+    #[arg(long = "dns-server", value_name = "ADDR:PORT")]
+    pub dns_server: Vec<SocketAddr>,
+    /// Policy bundle, over the configuration file's.
+    #[arg(long, value_enum, value_name = "BUNDLE")]
+    pub policy: Option<Bundle>,
+    /// One of our host names (repeatable; added to the configuration's).
+    #[arg(long = "our-name", value_name = "NAME", value_parser = host_name)]
+    pub our_name: Vec<HostName>,
+    /// One of our domains (repeatable; added to the configuration's).
+    #[arg(long = "our-domain", value_name = "DOMAIN", value_parser = host_name)]
+    pub our_domain: Vec<HostName>,
+    /// One of our addresses (repeatable; added to the configuration's).
+    #[arg(long = "our-addr", value_name = "IP")]
+    pub our_addr: Vec<IpAddr>,
+    /// A deny pattern: NAME, *.SUFFIX or /REGEX/ (repeatable; added to the configuration's).
+    #[arg(long, value_name = "PATTERN", value_parser = deny_pattern)]
+    pub deny: Vec<DenyPattern>,
+}
+
+fn host_name(s: &str) -> Result<HostName, String> {
+    HostName::parse(s)
+}
+
+fn deny_pattern(s: &str) -> Result<DenyPattern, String> {
+    DenyPattern::parse(s).map_err(|e| e.to_string())
+}
+
+impl PolicyArgs {
+    /// Reads the configuration file (or the defaults) and applies the command-line options.
+    pub fn load(&self) -> Result<PolicyFile, String> {
+        let mut file = match &self.config {
+            Some(path) => PolicyFile::load(path).map_err(|e| e.to_string())?,
+            None => PolicyFile::default(),
+        };
+        let p = &mut file.policy;
+        if let Some(bundle) = self.policy {
+            p.bundle = bundle;
+        }
+        p.our_names.extend(self.our_name.iter().cloned());
+        p.our_domains.extend(self.our_domain.iter().cloned());
+        p.our_addrs.extend(self.our_addr.iter().copied());
+        p.deny.extend(self.deny.iter().cloned());
+        if !self.dns_server.is_empty() {
+            file.dns.servers = self.dns_server.clone();
+            file.dns.enabled = true;
+        }
+        Ok(file)
+    }
+}
+
+/// `check [OPTIONS] --ip IP [--] HELO`
+#[derive(clap::Args, Clone, Debug)]
+pub struct CheckArgs {
+    /// The client's address.
+    #[arg(long, value_name = "IP")]
+    pub ip: IpAddr,
+    /// Skip every check that needs DNS.
+    #[arg(long)]
+    pub offline: bool,
+    /// Print one JSON object on one line.
+    #[arg(long)]
+    pub json: bool,
+    /// Identity, DNS and policy options.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// The HELO/EHLO argument (may be empty; write it after `--` when it starts with `-`).
+    #[arg(value_name = "HELO")]
+    pub helo: String,
+}
+
+/// Exit status of an accept.
+pub const EXIT_ACCEPT: i32 = 0;
+/// Exit status of a reject.
+pub const EXIT_REJECT: i32 = 1;
+/// Exit status of a usage or configuration error.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs the command, printing to stdout (errors to stderr); returns the exit status.
+pub async fn run(args: CheckArgs) -> i32 {
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    run_with(&args, &mut out, &mut err).await
+}
+
+/// Runs the command with the given outputs; returns the exit status.
+pub async fn run_with(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let engine = match build_engine(args) {
+        Ok(e) => e,
+        Err(msg) => {
+            let _ = writeln!(err, "helo-filter check: {msg}");
+            return EXIT_USAGE;
+        }
+    };
+    let input = HeloInput::new(args.helo.as_bytes(), args.ip);
+    let verdict = engine.evaluate(&input).await;
+    let written = if args.json {
+        writeln!(out, "{}", json_line(&args.helo, args.ip, &verdict))
+    } else {
+        write!(out, "{}", human(&args.helo, args.ip, &verdict))
+    };
+    if let Err(e) = written.and_then(|()| out.flush()) {
+        let _ = writeln!(err, "helo-filter check: cannot write the verdict: {e}");
+        return EXIT_USAGE;
+    }
+    if verdict.is_reject() {
+        EXIT_REJECT
+    } else {
+        EXIT_ACCEPT
+    }
+}
+
+fn build_engine(args: &CheckArgs) -> Result<PolicyEngine, String> {
+    let mut file = args.policy.load()?;
+    if args.offline {
+        file.dns.enabled = false;
+    }
+    file.build_engine().map_err(|e| {
+        format!("{e} (use --dns-server ADDR:PORT, [dns] servers in the config, or --offline)")
+    })
+}
+
+#[derive(serde::Serialize)]
+struct JsonVerdict<'a> {
+    helo: &'a str,
+    ip: String,
+    verdict: &'static str,
+    reasons: Vec<&'static str>,
+    notes: Vec<&'static str>,
+    score: u32,
+}
+
+/// The one-line JSON form of a verdict.
+pub fn json_line(helo: &str, ip: IpAddr, v: &Verdict) -> String {
+    let j = JsonVerdict {
+        helo,
+        ip: ip.to_string(),
+        verdict: v.decision.as_str(),
+        reasons: v.reason_codes().map(|r| r.as_str()).collect(),
+        notes: v.notes.iter().map(|n| n.as_str()).collect(),
+        score: v.score,
+    };
+    serde_json::to_string(&j).expect("a verdict always serializes")
+}
+
+/// The human-readable form: a headline, then one line per failed check, then the notes.
+pub fn human(helo: &str, ip: IpAddr, v: &Verdict) -> String {
+    let mut s = match v.primary() {
+        Some(p) => format!("reject {helo:?} from {ip}: {}\n", p.summary()),
+        None => format!("accept {helo:?} from {ip}\n"),
+    };
+    for f in &v.reasons {
+        s.push_str(&format!("  {}: {}\n", f.reason, f.explanation));
+    }
+    if v.score > 0 {
+        s.push_str(&format!("  score: {}\n", v.score));
+    }
+    if !v.notes.is_empty() {
+        let notes: Vec<&str> = v.notes.iter().map(|n| n.as_str()).collect();
+        s.push_str(&format!("  notes: {}\n", notes.join(", ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::fixture::Dnsmasq;
+    use crate::policy::corpus_tests as support;
+    use clap::Parser;
+
+    #[derive(clap::Parser, Debug)]
+    #[command(name = "helo-filter")]
+    enum Cli {
+        Check(CheckArgs),
+    }
+
+    fn parse(argv: &[&str]) -> Result<CheckArgs, clap::Error> {
+        let mut full = vec!["helo-filter", "check"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).map(|Cli::Check(a)| a)
+    }
+
+    async fn exec(argv: &[&str]) -> (i32, String, String) {
+        let args = match parse(argv) {
+            Ok(a) => a,
+            Err(e) => return (e.exit_code(), String::new(), e.to_string()),
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = run_with(&args, &mut out, &mut err).await;
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    const IDENTITY: [&str; 8] = [
+        "--our-name",
+        "mx.example.org",
+        "--our-domain",
+        "example.org",
+        "--our-addr",
+        "198.51.100.25",
+        "--our-addr",
+        "2001:db8:25::25",
+    ];
+
+    fn check_json(row: &support::Row, code: i32, out: &str) -> Option<String> {
+        let line = out.strip_suffix('\n').unwrap_or(out);
+        assert!(!line.contains('\n'), "one line: {out:?}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys.len(), 6, "{line}");
+        assert_eq!(v["helo"], row.helo.as_str());
+        assert_eq!(v["ip"], row.client.to_string());
+        assert!(v["score"].is_u64(), "{line}");
+        let verdict = v["verdict"].as_str().unwrap();
+        let want = if row.reject { "reject" } else { "accept" };
+        let want_code = if row.reject { 1 } else { 0 };
+        if verdict != want || code != want_code {
+            return Some(format!(
+                "line {}: {line} (exit {code}), want {want}",
+                row.line
+            ));
+        }
+        let reasons: Vec<&str> = v["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        if row.reject && !row.reasons.iter().any(|r| r.as_str() == reasons[0]) {
+            return Some(format!(
+                "line {}: primary {} not in {:?}",
+                row.line, reasons[0], row.reasons
+            ));
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn every_offline_corpus_row_through_check_json() {
+        let mut failures = Vec::new();
+        for row in support::corpus().into_iter().filter(|r| !r.dns) {
+            let mut argv = vec!["--offline", "--json", "--ip"];
+            let ip = row.client.to_string();
+            argv.push(&ip);
+            argv.extend(IDENTITY);
+            argv.push("--");
+            argv.push(&row.helo);
+            let (code, out, err) = exec(&argv).await;
+            assert!(err.is_empty(), "{err}");
+            let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(v["notes"], serde_json::json!(["offline"]));
+            failures.extend(check_json(&row, code, &out));
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_dns_corpus_row_through_check_json() {
+        let d = Dnsmasq::start(None, &[]);
+        let server = d.addr.to_string();
+        let mut failures = Vec::new();
+        for row in support::corpus().into_iter().filter(|r| r.dns) {
+            let ip = row.client.to_string();
+            let mut argv = vec!["--json", "--dns-server", &server, "--ip", &ip];
+            argv.extend(IDENTITY);
+            argv.extend(["--", &row.helo]);
+            let (code, out, err) = exec(&argv).await;
+            assert!(err.is_empty(), "{err}");
+            failures.extend(check_json(&row, code, &out));
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[tokio::test]
+    async fn exact_json_shape() {
+        let (code, out, _) = exec(&[
+            "--offline",
+            "--json",
+            "--ip",
+            "203.0.113.10",
+            "[203.0.113.11]",
+        ])
+        .await;
+        assert_eq!(code, 0);
+        assert_eq!(
+            out,
+            "{\"helo\":\"[203.0.113.11]\",\"ip\":\"203.0.113.10\",\"verdict\":\"accept\",\
+             \"reasons\":[\"literal_mismatch\"],\"notes\":[\"offline\"],\"score\":2}\n"
+        );
+        let (code, out, _) = exec(&["--offline", "--json", "--ip", "203.0.113.10", "--", ""]).await;
+        assert_eq!(code, 1);
+        assert!(
+            out.contains("\"helo\":\"\",") && out.contains("\"reasons\":[\"syntax\"]"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn human_output_explains_each_failed_check() {
+        let (code, out, _) = exec(&[
+            "--offline",
+            "--ip",
+            "203.0.113.10",
+            "--",
+            "-mail.example.net",
+        ])
+        .await;
+        assert_eq!(code, 1);
+        assert!(
+            out.starts_with("reject \"-mail.example.net\" from 203.0.113.10:"),
+            "{out}"
+        );
+        assert!(
+            out.contains("  syntax: label \"-mail\" starts with a hyphen\n"),
+            "{out}"
+        );
+        let (code, out, _) = exec(&[
+            "--offline",
+            "--ip",
+            "203.0.113.10",
+            "--policy",
+            "strict",
+            "[203.0.113.11]",
+        ])
+        .await;
+        assert_eq!(code, 1);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[1].starts_with("  literal_not_allowed: "), "{out}");
+        assert!(lines[2].starts_with("  literal_mismatch: "), "{out}");
+        let (code, out, _) = exec(&["--offline", "--ip", "127.0.0.1", "localhost"]).await;
+        assert_eq!(code, 0);
+        assert!(out.contains("notes: trusted"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn options_apply() {
+        let base = ["--offline", "--json", "--ip", "203.0.113.10"];
+        let run = |extra: &'static [&'static str], helo: &'static str| async move {
+            let mut argv = base.to_vec();
+            argv.extend_from_slice(extra);
+            argv.push(helo);
+            exec(&argv).await
+        };
+        assert_eq!(run(&[], "mx.example.org").await.0, 0);
+        assert_eq!(
+            run(&["--our-name", "MX.example.org"], "mx.example.org")
+                .await
+                .0,
+            1
+        );
+        assert_eq!(
+            run(&["--our-domain", "example.org"], "a.example.org")
+                .await
+                .0,
+            1
+        );
+        assert_eq!(
+            run(&["--our-addr", "198.51.100.25"], "[198.51.100.25]")
+                .await
+                .0,
+            1
+        );
+        let (code, out, _) = run(
+            &["--deny", "*.bots.example.com", "--deny", "/x+/"],
+            "a.bots.example.com",
+        )
+        .await;
+        assert_eq!(code, 1);
+        assert!(out.contains("[\"denylisted\"]"), "{out}");
+        assert_eq!(run(&["--policy", "lenient"], "server").await.0, 0);
+        assert_eq!(
+            run(&["--policy", "strict"], "c-203-0-113-10.dyn.example.net")
+                .await
+                .0,
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn usage_errors_exit_2() {
+        for argv in [
+            &["--ip", "203.0.113.10"][..],
+            &["mail.example.net"][..],
+            &["--ip", "not-an-ip", "mail.example.net"][..],
+            &["--ip", "203.0.113.10", "-mail.example.net"][..],
+            &["--ip", "203.0.113.10", "--policy", "paranoid", "x.example"][..],
+            &["--ip", "203.0.113.10", "--deny", "/(/", "x.example"][..],
+            &[
+                "--ip",
+                "203.0.113.10",
+                "--our-name",
+                "bad..name",
+                "x.example",
+            ][..],
+            &[
+                "--ip",
+                "203.0.113.10",
+                "--dns-server",
+                "127.0.0.1",
+                "x.example",
+            ][..],
+            &["--ip", "203.0.113.10", "a.example", "b.example"][..],
+        ] {
+            let (code, _, err) = exec(argv).await;
+            assert_eq!(code, 2, "{argv:?}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn configuration_errors_exit_2_with_the_location() {
+        let dir = std::env::temp_dir().join(format!("helo-filter-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[policy]\nbundle = \"standard\"\nour_nmaes = []\n").unwrap();
+        let bad_s = bad.to_str().unwrap();
+        let (code, out, err) = exec(&[
+            "--offline",
+            "--config",
+            bad_s,
+            "--ip",
+            "203.0.113.10",
+            "x.example.net",
+        ])
+        .await;
+        assert_eq!(code, 2);
+        assert!(out.is_empty());
+        assert!(
+            err.contains(&format!("{bad_s}:3:1: key `policy.our_nmaes`")),
+            "{err}"
+        );
+        let (code, _, err) = exec(&[
+            "--config",
+            "/nonexistent.toml",
+            "--ip",
+            "203.0.113.10",
+            "x.example",
+        ])
+        .await;
+        assert_eq!(code, 2, "{err}");
+
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "[policy]\nbundle = \"strict\"\nour_names = [\"mx.example.org\"]\n[dns]\nenabled = false\n",
+        )
+        .unwrap();
+        let good_s = good.to_str().unwrap();
+        let (code, out, _) = exec(&[
+            "--json",
+            "--config",
+            good_s,
+            "--ip",
+            "203.0.113.10",
+            "[203.0.113.10]",
+        ])
+        .await;
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains("literal_not_allowed") && out.contains("\"offline\""),
+            "{out}"
+        );
+        let (code, _, _) = exec(&[
+            "--json",
+            "--config",
+            good_s,
+            "--policy",
+            "standard",
+            "--ip",
+            "203.0.113.10",
+            "[203.0.113.10]",
+        ])
+        .await;
+        assert_eq!(code, 0, "--policy overrides the file");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,107 @@
+//! The Prometheus series of `docs/metrics.md` that exist so far, in one place: names,
+//! label sets and their zero values at start, and the exporter.
+//!
+//! Labels only ever take values from the fixed sets below, never anything a client sends.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use helo_filter_common::Counter;
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::kernel::{AttachedMode, CounterReader};
+
+pub const XDP_PACKETS: &str = "helo_filter_xdp_packets_total";
+pub const RINGBUF_DROPPED: &str = "helo_filter_ringbuf_dropped_total";
+pub const HELO_EVENTS: &str = "helo_filter_helo_events_total";
+pub const FAIL_OPEN: &str = "helo_filter_fail_open_total";
+pub const XDP_ATTACHED: &str = "helo_filter_xdp_attached";
+
+/// Buckets for the latency histograms (seconds): 100 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0, 10.0,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOpenCause {
+    QueueFull,
+    DnsTempfail,
+    GateDeadline,
+    DaemonAbsent,
+}
+
+impl FailOpenCause {
+    pub const ALL: [FailOpenCause; 4] = [
+        FailOpenCause::QueueFull,
+        FailOpenCause::DnsTempfail,
+        FailOpenCause::GateDeadline,
+        FailOpenCause::DaemonAbsent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailOpenCause::QueueFull => "queue_full",
+            FailOpenCause::DnsTempfail => "dns_tempfail",
+            FailOpenCause::GateDeadline => "gate_deadline",
+            FailOpenCause::DaemonAbsent => "daemon_absent",
+        }
+    }
+}
+
+/// The `kind` label of a kernel counter exported under `XDP_PACKETS`; `None` for the
+/// counters exported as series of their own.
+fn packet_kind(counter: Counter) -> Option<&'static str> {
+    match counter {
+        Counter::PacketsSeen => Some("seen"),
+        Counter::SmtpPackets => Some("smtp"),
+        Counter::HeloEvents => Some("helo"),
+        Counter::ContinuationEvents => Some("continuation"),
+        Counter::RingbufReserveFailed => None,
+    }
+}
+
+/// Starts the exporter on `addr` and registers every series at zero.
+pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&LATENCY_BUCKETS)?
+        .install()
+        .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+    for counter in Counter::ALL {
+        set_kernel_counter(counter, 0);
+    }
+    counter!(HELO_EVENTS).absolute(0);
+    for cause in FailOpenCause::ALL {
+        counter!(FAIL_OPEN, "cause" => cause.as_str()).absolute(0);
+    }
+    Ok(())
+}
+
+fn set_kernel_counter(counter: Counter, value: u64) {
+    match packet_kind(counter) {
+        Some(kind) => counter!(XDP_PACKETS, "kind" => kind).absolute(value),
+        None => counter!(RINGBUF_DROPPED).absolute(value),
+    }
+}
+
+/// Copies the kernel's per-CPU counters (summed) into the exported series.
+pub fn refresh_kernel_counters(reader: &CounterReader) -> anyhow::Result<()> {
+    for counter in Counter::ALL {
+        set_kernel_counter(counter, reader.read(counter)?);
+    }
+    Ok(())
+}
+
+/// `iface` comes from the operator's configuration, a bounded set.
+pub fn xdp_attached(iface: &str, mode: AttachedMode) {
+    gauge!(XDP_ATTACHED, "iface" => iface.to_owned(), "mode" => mode.as_str()).set(1.0);
+}
+
+pub fn helo_event() {
+    counter!(HELO_EVENTS).increment(1);
+}
+
+pub fn fail_open(cause: FailOpenCause) {
+    counter!(FAIL_OPEN, "cause" => cause.as_str()).increment(1);
+}

@@ -1,0 +1,163 @@
+//! The helo-filter daemon run inside a lab's MX namespace, with its log lines collected
+//! (and optionally echoed) so that callers can wait for and inspect them.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::lab::{Lab, in_netns, wait_until};
+
+/// Where the daemon's metrics listen inside the MX namespace.
+pub const METRICS_ADDR: &str = "127.0.0.1:9725";
+
+/// The daemon binary: `$HELO_FILTER_BIN`, or the workspace's debug build.
+pub fn binary() -> PathBuf {
+    std::env::var_os("HELO_FILTER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/debug/helo-filter"))
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+pub struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    mx_ns: String,
+}
+
+impl Daemon {
+    /// Starts `helo-filter run` on the lab's MX interface with `extra` arguments and
+    /// waits until it reports every interface attached.
+    pub fn start(lab: &Lab, extra: &[&str], echo: bool) -> anyhow::Result<Daemon> {
+        let binary = binary();
+        if !binary.exists() {
+            bail!(
+                "{} is missing: build it first (cargo build -p helo-filter; cargo xtask test does)",
+                binary.display()
+            );
+        }
+        let mut child = lab
+            .command_in(&lab.mx_ns, &binary.to_string_lossy())
+            .args([
+                "run",
+                "--iface",
+                &lab.mx_iface,
+                "--metrics-addr",
+                METRICS_ADDR,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("RUST_LOG_STYLE", "never")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting helo-filter")?;
+        let stderr = child.stderr.take().context("daemon stderr")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if echo {
+                    println!("  daemon | {line}");
+                }
+                sink.lock().expect("log lines").push(line);
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            lines,
+            mx_ns: lab.mx_ns.clone(),
+        };
+        let attached = daemon.wait_for(Duration::from_secs(30), |l| l.contains("attached iface="));
+        if let Err(e) = attached {
+            let status = daemon.child.try_wait()?;
+            bail!(
+                "helo-filter did not attach ({e}); exit: {status:?}; log:\n{}",
+                daemon.lines().join("\n")
+            );
+        }
+        Ok(daemon)
+    }
+
+    /// Every line logged so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("log lines").clone()
+    }
+
+    /// Waits for a log line matching `pred` and returns it.
+    pub fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let mut found = None;
+        wait_until(timeout, || {
+            found = self.lines().into_iter().find(|l| pred(l));
+            found.is_some() || self.child.try_wait().ok().flatten().is_some()
+        })?;
+        found.context("the daemon exited")
+    }
+
+    /// Fetches the metrics page from inside the MX namespace.
+    pub fn scrape(&self) -> anyhow::Result<String> {
+        in_netns(&self.mx_ns, || -> anyhow::Result<String> {
+            let addr: SocketAddr = METRICS_ADDR.parse()?;
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let (head, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
+            if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+                bail!(
+                    "metrics endpoint answered: {}",
+                    head.lines().next().unwrap_or("")
+                );
+            }
+            Ok(body.to_owned())
+        })
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_until(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten().is_some()
+        })?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in a metrics page.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,267 @@
+//! A throwaway lab: an MX namespace and a client namespace joined by a veth pair, with
+//! documentation-range addresses, smtp-sink on port 25 (IPv4 and IPv6) in the MX.
+//!
+//! ```text
+//!  <name>-cl                                   <name>-mx
+//!  203.0.113.10-14/24      <name>-c ═══ <name>-m   198.51.100.25/24
+//!  2001:db8:1::10-14/64                           2001:db8:25::25/64  smtp-sink :25
+//! ```
+//!
+//! The addresses are the local identity of `helo-policy.md`. Both sides reach the other
+//! subnet through an on-link route, so no router is needed.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::setup::output;
+
+pub const MX_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
+pub const MX_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
+pub const SMTP_PORT: u16 = 25;
+/// Client addresses per family.
+pub const CLIENTS: usize = 5;
+
+/// The `i`-th client IPv4 address: 203.0.113.10 … .14 (`i` < CLIENTS).
+pub fn client_v4(i: usize) -> Ipv4Addr {
+    assert!(i < CLIENTS, "the lab has {CLIENTS} clients");
+    Ipv4Addr::new(203, 0, 113, 10 + i as u8)
+}
+
+/// The `i`-th client IPv6 address: 2001:db8:1::10 … ::14 (`i` < CLIENTS).
+pub fn client_v6(i: usize) -> Ipv6Addr {
+    assert!(i < CLIENTS, "the lab has {CLIENTS} clients");
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+pub struct Lab {
+    pub mx_ns: String,
+    pub client_ns: String,
+    /// The MX side of the veth pair, where the filter attaches.
+    pub mx_iface: String,
+    pub client_iface: String,
+    processes: Vec<Child>,
+}
+
+impl Lab {
+    /// Creates the lab `name` (at most 11 characters), first removing what a crashed
+    /// run may have left under the same name.
+    pub fn create(name: &str) -> anyhow::Result<Lab> {
+        if name.len() > 11 {
+            bail!("lab name {name:?} is longer than 11 characters");
+        }
+        let lab = Lab {
+            mx_ns: format!("{name}-mx"),
+            client_ns: format!("{name}-cl"),
+            mx_iface: format!("{name}-m"),
+            client_iface: format!("{name}-c"),
+            processes: Vec::new(),
+        };
+        lab.remove_namespaces();
+        lab.build()
+            .with_context(|| format!("creating lab {name}"))?;
+        Ok(lab)
+    }
+
+    fn build(&self) -> anyhow::Result<()> {
+        let (mx, cl) = (&self.mx_ns, &self.client_ns);
+        ip(&["netns", "add", mx])?;
+        ip(&["netns", "add", cl])?;
+        ip(&[
+            "link",
+            "add",
+            &self.mx_iface,
+            "netns",
+            mx,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &self.client_iface,
+            "netns",
+            cl,
+        ])?;
+        for (ns, iface) in [(mx, &self.mx_iface), (cl, &self.client_iface)] {
+            ip_in(ns, &["link", "set", "lo", "up"])?;
+            ip_in(ns, &["link", "set", iface, "up"])?;
+        }
+        ip_in(
+            mx,
+            &["addr", "add", &format!("{MX_V4}/24"), "dev", &self.mx_iface],
+        )?;
+        ip_in(
+            mx,
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{MX_V6}/64"),
+                "dev",
+                &self.mx_iface,
+                "nodad",
+            ],
+        )?;
+        ip_in(
+            mx,
+            &["route", "add", "203.0.113.0/24", "dev", &self.mx_iface],
+        )?;
+        ip_in(
+            mx,
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:1::/64",
+                "dev",
+                &self.mx_iface,
+            ],
+        )?;
+        for i in 0..CLIENTS {
+            let v4 = format!("{}/24", client_v4(i));
+            let v6 = format!("{}/64", client_v6(i));
+            ip_in(cl, &["addr", "add", &v4, "dev", &self.client_iface])?;
+            ip_in(
+                cl,
+                &["-6", "addr", "add", &v6, "dev", &self.client_iface, "nodad"],
+            )?;
+        }
+        ip_in(
+            cl,
+            &["route", "add", "198.51.100.0/24", "dev", &self.client_iface],
+        )?;
+        ip_in(
+            cl,
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:25::/64",
+                "dev",
+                &self.client_iface,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Starts smtp-sink on the MX's port 25 over IPv4 and IPv6 and waits until both
+    /// accept connections.
+    pub fn start_smtp_sink(&mut self) -> anyhow::Result<()> {
+        for listen in [
+            format!("{MX_V4}:{SMTP_PORT}"),
+            format!("[{MX_V6}]:{SMTP_PORT}"),
+        ] {
+            let child = self
+                .command_in(&self.mx_ns, "smtp-sink")
+                .args(["-u", "nobody", "-c", &listen, "256"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting smtp-sink (Debian package postfix)")?;
+            self.processes.push(child);
+        }
+        for addr in [IpAddr::V4(MX_V4), IpAddr::V6(MX_V6)] {
+            let target = SocketAddr::new(addr, SMTP_PORT);
+            wait_until(Duration::from_secs(10), || {
+                in_netns(&self.client_ns, move || {
+                    TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
+                })
+            })
+            .with_context(|| format!("smtp-sink did not start listening on {target}"))?;
+        }
+        Ok(())
+    }
+
+    /// `program` to be run inside the namespace `ns`.
+    pub fn command_in(&self, ns: &str, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns, program]);
+        command
+    }
+
+    /// Keeps a process started in the lab so that it is stopped with the lab.
+    pub fn adopt(&mut self, child: Child) {
+        self.processes.push(child);
+    }
+
+    fn remove_namespaces(&self) {
+        remove_namespaces(&[&self.mx_ns, &self.client_ns]);
+    }
+}
+
+/// Removes the lab `name` whatever state it is in: kills what runs in its namespaces and
+/// deletes them (which deletes the veth pair).
+pub fn remove(name: &str) {
+    remove_namespaces(&[&format!("{name}-mx"), &format!("{name}-cl")]);
+}
+
+fn remove_namespaces(namespaces: &[&str]) {
+    for ns in namespaces {
+        // Processes still inside would keep the namespace's interfaces alive.
+        if let Ok(pids) = output(Command::new("ip").args(["netns", "pids", ns])) {
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: plain kill(2) on a pid the kernel listed in our namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.processes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.remove_namespaces();
+    }
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    output(Command::new("ip").args(args)).map(drop)
+}
+
+fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<()> {
+    output(Command::new("ip").args(["-n", ns]).args(args)).map(drop)
+}
+
+/// Runs `f` on a thread that has entered the network namespace `ns`: sockets it opens
+/// live in that namespace.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        // SAFETY: setns(2) on an open namespace file; it only affects this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            panic!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        f()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Polls `ready` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

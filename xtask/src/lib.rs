@@ -1,0 +1,6 @@
+//! Developer tasks (setup, run, test, bench) and the network-namespace lab they share
+//! with the end-to-end tests.
+pub mod daemon;
+pub mod lab;
+pub mod sessions;
+pub mod setup;

@@ -1,0 +1,162 @@
+//! `cargo xtask setup`: installs, idempotently and with progress messages, everything
+//! building and testing needs on a fresh Debian 12 machine of the project's kind.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages: LLVM 22 to build bpf-linker, the SMTP peers and tools of the lab.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "postfix",
+    "swaks",
+    "dnsmasq-base",
+    "bpftool",
+    "hping3",
+    "iproute2",
+    "procps",
+];
+
+/// bpf-linker must use the same LLVM major as the nightly that compiles the eBPF crate.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+fn step(n: usize, total: usize, what: &str) {
+    println!("setup [{n}/{total}] {what}");
+}
+
+/// Installs what is missing; does nothing (quickly) when all is there.
+pub fn run() -> anyhow::Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("setup installs Debian packages and loads BPF programs: run it as root");
+    }
+    step(1, 3, "Debian packages");
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        println!("      all {} present", DEBIAN_PACKAGES.len());
+    } else {
+        println!("      installing: {}", missing.join(" "));
+        install_debian_packages(&missing)?;
+    }
+
+    step(
+        2,
+        3,
+        "nightly toolchain with rust-src (builds the eBPF crate)",
+    );
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("rustup has no nightly toolchain")?;
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        println!("      present");
+    } else {
+        println!("      adding rust-src to the nightly toolchain");
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    step(3, 3, "bpf-linker (built against Debian's LLVM 22)");
+    let installed = Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        println!("      present");
+    } else {
+        println!(
+            "      cargo install bpf-linker {BPF_LINKER_VERSION} (about 3 minutes on 2 cores)"
+        );
+        run_cmd(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                    "--no-default-features",
+                    "--features",
+                    BPF_LINKER_LLVM_FEATURE,
+                ])
+                .env("LLVM_PREFIX", LLVM_PREFIX),
+        )?;
+    }
+    Ok(())
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"install ok installed"))
+}
+
+fn install_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    // Postfix is only a tool here (smtp-sink, smtp-source, a lab MTA): keep its package
+    // from configuring and starting a system MTA.
+    let preseed = "postfix postfix/main_mailer_type select No configuration\n";
+    let mut debconf = Command::new("debconf-set-selections")
+        .stdin(Stdio::piped())
+        .spawn()
+        .context("debconf-set-selections")?;
+    use std::io::Write as _;
+    debconf
+        .stdin
+        .take()
+        .context("debconf stdin")?
+        .write_all(preseed.as_bytes())?;
+    debconf.wait()?;
+    run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Runs a command with inherited output; an error names the command.
+pub fn run_cmd(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its standard output; an error carries its stderr.
+pub fn output(command: &mut Command) -> anyhow::Result<String> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
