@@ -70,18 +70,22 @@ pub fn load(config: &KernelConfig) -> anyhow::Result<Ebpf> {
 pub fn load_baseline() -> anyhow::Result<Ebpf> {
     check_object(BASELINE_OBJECT)?;
     let mut ebpf = Ebpf::load(BASELINE_OBJECT).context("loading the baseline object")?;
-    let program: &mut Xdp = ebpf
-        .program_mut(programs::BASELINE_PASS)
-        .context("baseline program missing")?
-        .try_into()?;
-    program.load()?;
+    baseline_program(&mut ebpf)?.load()?;
     Ok(ebpf)
 }
 
 pub fn capture_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    xdp_program(ebpf, programs::CAPTURE)
+}
+
+pub fn baseline_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
+    xdp_program(ebpf, programs::BASELINE_PASS)
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
     Ok(ebpf
-        .program_mut(programs::CAPTURE)
-        .context("capture program missing from the object")?
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
         .try_into()?)
 }
 

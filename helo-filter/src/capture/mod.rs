@@ -68,7 +68,8 @@ pub async fn run(
     }
 }
 
-fn decode(record: &[u8]) -> Option<CaptureEvent> {
+/// Reads one ring-buffer record as a capture event; `None` if it is too short.
+pub fn decode(record: &[u8]) -> Option<CaptureEvent> {
     if record.len() < size_of::<CaptureEvent>() {
         return None;
     }

@@ -393,7 +393,9 @@ impl DnsClient {
                 drop(inflight);
                 return self.hit(hit);
             }
-            match inflight.get(&key) {
+            // A query task that died (it cannot, short of a panic) leaves a closed channel:
+            // start afresh rather than fail forever.
+            match inflight.get(&key).filter(|rx| rx.has_changed().is_ok()) {
                 Some(rx) => {
                     self.inner.counters.shared.fetch_add(1, Ordering::Relaxed);
                     rx.clone()

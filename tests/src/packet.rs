@@ -1,0 +1,257 @@
+//! A small frame builder for table-driven packet tests: Ethernet with VLAN tags, IPv4
+//! (options, fragment field) or IPv6 (extension headers), and TCP or another protocol.
+//!
+//! Checksums are left zero: the XDP program does not look at them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DEST_OPTS: u8 = 60;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+pub const FIN: u8 = 0x01;
+pub const SYN: u8 = 0x02;
+pub const PSH: u8 = 0x08;
+pub const ACK: u8 = 0x10;
+
+/// The client and server of every test flow (the lab's addresses).
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
+
+#[derive(Clone, Debug)]
+pub enum Network {
+    V4 {
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        options: Vec<u8>,
+        /// Flags and fragment offset, as on the wire (0x2000 = more fragments).
+        fragment: u16,
+        /// Overrides the header length field (in 32-bit words).
+        ihl: Option<u8>,
+        /// Overrides the total length field.
+        total_len: Option<u16>,
+    },
+    V6 {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        /// Extension headers in order: (type, length in 8-octet units beyond the first).
+        extensions: Vec<(u8, u8)>,
+    },
+    /// Not IP at all: an ethertype and raw bytes.
+    Other { ethertype: u16, bytes: Vec<u8> },
+}
+
+#[derive(Clone, Debug)]
+pub struct Segment {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub flags: u8,
+    /// Overrides the data offset field (in 32-bit words).
+    pub data_offset: Option<u8>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Frame {
+    /// VLAN tags, outermost first: (TPID, VLAN id).
+    pub vlans: Vec<(u16, u16)>,
+    pub network: Network,
+    /// The transport protocol number and, for TCP, the segment.
+    pub protocol: u8,
+    pub segment: Segment,
+}
+
+impl Frame {
+    /// A TCP segment from the IPv4 test client to the server.
+    pub fn tcp4(sport: u16, dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Frame {
+        Frame {
+            vlans: Vec::new(),
+            network: Network::V4 {
+                src: CLIENT_V4,
+                dst: SERVER_V4,
+                options: Vec::new(),
+                fragment: 0x4000, // DF
+                ihl: None,
+                total_len: None,
+            },
+            protocol: IPPROTO_TCP,
+            segment: Segment {
+                sport,
+                dport,
+                seq,
+                flags,
+                data_offset: None,
+                payload: payload.to_vec(),
+            },
+        }
+    }
+
+    /// The same over IPv6.
+    pub fn tcp6(sport: u16, dport: u16, seq: u32, flags: u8, payload: &[u8]) -> Frame {
+        let mut frame = Frame::tcp4(sport, dport, seq, flags, payload);
+        frame.network = Network::V6 {
+            src: CLIENT_V6,
+            dst: SERVER_V6,
+            extensions: Vec::new(),
+        };
+        frame
+    }
+
+    pub fn vlan(mut self, tpid: u16, id: u16) -> Frame {
+        self.vlans.push((tpid, id));
+        self
+    }
+
+    pub fn ipv4_options(mut self, bytes: &[u8]) -> Frame {
+        if let Network::V4 { options, .. } = &mut self.network {
+            *options = bytes.to_vec();
+        }
+        self
+    }
+
+    pub fn ipv4_fragment(mut self, field: u16) -> Frame {
+        if let Network::V4 { fragment, .. } = &mut self.network {
+            *fragment = field;
+        }
+        self
+    }
+
+    pub fn ipv4_ihl(mut self, words: u8) -> Frame {
+        if let Network::V4 { ihl, .. } = &mut self.network {
+            *ihl = Some(words);
+        }
+        self
+    }
+
+    pub fn ipv4_total_len(mut self, len: u16) -> Frame {
+        if let Network::V4 { total_len, .. } = &mut self.network {
+            *total_len = Some(len);
+        }
+        self
+    }
+
+    pub fn ipv6_extension(mut self, kind: u8, len_8_octets: u8) -> Frame {
+        if let Network::V6 { extensions, .. } = &mut self.network {
+            extensions.push((kind, len_8_octets));
+        }
+        self
+    }
+
+    pub fn protocol(mut self, protocol: u8) -> Frame {
+        self.protocol = protocol;
+        self
+    }
+
+    pub fn data_offset(mut self, words: u8) -> Frame {
+        self.segment.data_offset = Some(words);
+        self
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x25]); // destination MAC
+        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x10]); // source MAC
+        for (tpid, id) in &self.vlans {
+            out.extend_from_slice(&tpid.to_be_bytes());
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        let l4 = self.transport_bytes();
+        match &self.network {
+            Network::V4 {
+                src,
+                dst,
+                options,
+                fragment,
+                ihl,
+                total_len,
+            } => {
+                out.extend_from_slice(&0x0800u16.to_be_bytes());
+                let header_len = 20 + options.len();
+                let words = ihl.unwrap_or((header_len / 4) as u8);
+                let total = total_len.unwrap_or((header_len + l4.len()) as u16);
+                out.push(0x40 | (words & 0x0F));
+                out.push(0);
+                out.extend_from_slice(&total.to_be_bytes());
+                out.extend_from_slice(&[0x12, 0x34]);
+                out.extend_from_slice(&fragment.to_be_bytes());
+                out.push(64);
+                out.push(self.protocol);
+                out.extend_from_slice(&[0, 0]);
+                out.extend_from_slice(&src.octets());
+                out.extend_from_slice(&dst.octets());
+                out.extend_from_slice(options);
+            }
+            Network::V6 {
+                src,
+                dst,
+                extensions,
+            } => {
+                out.extend_from_slice(&0x86DDu16.to_be_bytes());
+                let ext_len: usize = extensions.iter().map(|(_, l)| (*l as usize + 1) * 8).sum();
+                out.extend_from_slice(&[0x60, 0, 0, 0]);
+                out.extend_from_slice(&((ext_len + l4.len()) as u16).to_be_bytes());
+                out.push(extensions.first().map_or(self.protocol, |(kind, _)| *kind));
+                out.push(64);
+                out.extend_from_slice(&src.octets());
+                out.extend_from_slice(&dst.octets());
+                for (i, (_, len)) in extensions.iter().enumerate() {
+                    let next = extensions
+                        .get(i + 1)
+                        .map_or(self.protocol, |(kind, _)| *kind);
+                    let mut header = vec![0u8; (*len as usize + 1) * 8];
+                    header[0] = next;
+                    header[1] = *len;
+                    out.extend_from_slice(&header);
+                }
+            }
+            Network::Other { ethertype, bytes } => {
+                out.extend_from_slice(&ethertype.to_be_bytes());
+                out.extend_from_slice(bytes);
+                return out;
+            }
+        }
+        out.extend_from_slice(&l4);
+        out
+    }
+
+    fn transport_bytes(&self) -> Vec<u8> {
+        let s = &self.segment;
+        let mut out = Vec::with_capacity(20 + s.payload.len());
+        out.extend_from_slice(&s.sport.to_be_bytes());
+        out.extend_from_slice(&s.dport.to_be_bytes());
+        if self.protocol == IPPROTO_TCP {
+            out.extend_from_slice(&s.seq.to_be_bytes());
+            out.extend_from_slice(&1u32.to_be_bytes()); // ack
+            out.push(s.data_offset.unwrap_or(5) << 4);
+            out.push(s.flags);
+            out.extend_from_slice(&[0xFF, 0xFF, 0, 0, 0, 0]); // window, checksum, urgent
+        } else {
+            out.extend_from_slice(&((8 + s.payload.len()) as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+        }
+        out.extend_from_slice(&s.payload);
+        out
+    }
+}
+
+/// An ARP request: a frame that is not IP.
+pub fn arp() -> Vec<u8> {
+    Frame {
+        vlans: Vec::new(),
+        network: Network::Other {
+            ethertype: 0x0806,
+            bytes: vec![0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 0x10, 203, 0, 113, 10],
+        },
+        protocol: 0,
+        segment: Frame::tcp4(0, 0, 0, 0, b"").segment,
+    }
+    .bytes()
+}

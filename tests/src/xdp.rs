@@ -1,0 +1,86 @@
+//! The capture program, loaded from the object the daemon embeds, run on crafted frames.
+
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+    programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
+};
+use helo_filter::{
+    capture::decode,
+    kernel::{self, CounterReader},
+};
+use helo_filter_common::{CaptureEvent, Counter, KernelConfig, maps};
+
+pub struct CaptureProgram {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    counters: CounterReader,
+}
+
+impl CaptureProgram {
+    pub fn load(config: &KernelConfig) -> Self {
+        crate::require_root();
+        let mut ebpf = kernel::load(config).expect("loading the capture program");
+        let events = RingBuf::try_from(ebpf.take_map(maps::EVENTS).expect("EVENTS map"))
+            .expect("EVENTS is a ring buffer");
+        let counters = CounterReader::new(&mut ebpf).expect("COUNTERS map");
+        CaptureProgram {
+            ebpf,
+            events,
+            counters,
+        }
+    }
+
+    pub fn run(&mut self, frame: &[u8], repeat: u32) -> TestRunResult {
+        test_run(
+            kernel::capture_program(&mut self.ebpf).expect("capture program"),
+            frame,
+            repeat,
+        )
+    }
+
+    /// Every event the program has written since the last drain.
+    pub fn drain(&mut self) -> Vec<CaptureEvent> {
+        let mut events = Vec::new();
+        while let Some(record) = self.events.next() {
+            events.push(decode(&record).expect("a whole capture event"));
+        }
+        events
+    }
+
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters.read(counter).expect("reading a counter")
+    }
+}
+
+/// The program that only returns XDP_PASS: the per-packet baseline.
+pub struct BaselineProgram {
+    ebpf: Ebpf,
+}
+
+impl BaselineProgram {
+    pub fn load() -> Self {
+        crate::require_root();
+        BaselineProgram {
+            ebpf: kernel::load_baseline().expect("loading the baseline program"),
+        }
+    }
+
+    pub fn run(&mut self, frame: &[u8], repeat: u32) -> TestRunResult {
+        test_run(
+            kernel::baseline_program(&mut self.ebpf).expect("baseline program"),
+            frame,
+            repeat,
+        )
+    }
+}
+
+fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> TestRunResult {
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e}", frame.len()))
+}

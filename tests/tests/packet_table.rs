@@ -1,0 +1,556 @@
+//! Table-driven packet tests of the real compiled XDP program through
+//! BPF_PROG_TEST_RUN: each step is a crafted frame, the return code it must get, and the
+//! capture event it must produce (or none).
+//!
+//! Each row is its own flow (its own client port), so rows do not interfere; a flow's
+//! data starts at sequence number ISN + 1 = 1001.
+
+use helo_filter_common::{Counter, FAMILY_IPV4, FAMILY_IPV6, KernelConfig, flags};
+use helo_filter_tests::{
+    packet::{
+        ACK, ETH_P_8021AD, ETH_P_8021Q, FIN, Frame, IPPROTO_UDP, IPV6_DEST_OPTS, IPV6_FRAGMENT,
+        IPV6_HOP_BY_HOP, IPV6_ROUTING, PSH, SYN, arp,
+    },
+    xdp::CaptureProgram,
+};
+
+/// `XDP_PASS` from the kernel's UAPI: the only return code the capture program gives.
+const XDP_PASS: u32 = 2;
+
+const ISN: u32 = 1000;
+const DATA: u32 = ISN + 1;
+const DATA_FLAGS: u8 = PSH | ACK;
+
+const HELO_DONE: u32 = flags::FINAL | flags::HELO_LINE;
+const CONT: u32 = flags::CONTINUATION;
+
+/// One frame and what it must produce.
+struct Step {
+    frame: Vec<u8>,
+    returns: u32,
+    /// (payload copied, flags, sequence number) of the one event expected, if any.
+    event: Option<(Vec<u8>, u32, u32)>,
+}
+
+fn pass(frame: Frame) -> Step {
+    Step {
+        frame: frame.bytes(),
+        returns: XDP_PASS,
+        event: None,
+    }
+}
+
+fn raw(bytes: Vec<u8>) -> Step {
+    Step {
+        frame: bytes,
+        returns: XDP_PASS,
+        event: None,
+    }
+}
+
+fn captured(frame: Frame, payload: &[u8], event_flags: u32) -> Step {
+    let seq = frame.segment.seq;
+    Step {
+        frame: frame.bytes(),
+        returns: XDP_PASS,
+        event: Some((payload.to_vec(), event_flags, seq)),
+    }
+}
+
+/// A row's flow: SYN, then data segments at stream offsets.
+struct Flow {
+    port: u16,
+    v6: bool,
+}
+
+impl Flow {
+    fn v4(port: u16) -> Flow {
+        Flow { port, v6: false }
+    }
+    fn v6(port: u16) -> Flow {
+        Flow { port, v6: true }
+    }
+    fn frame(&self, seq: u32, tcp_flags: u8, payload: &[u8]) -> Frame {
+        if self.v6 {
+            Frame::tcp6(self.port, 25, seq, tcp_flags, payload)
+        } else {
+            Frame::tcp4(self.port, 25, seq, tcp_flags, payload)
+        }
+    }
+    fn syn(&self) -> Frame {
+        self.frame(ISN, SYN, b"")
+    }
+    /// Client data at `offset` bytes into the stream.
+    fn data(&self, offset: u32, payload: &[u8]) -> Frame {
+        self.frame(DATA + offset, DATA_FLAGS, payload)
+    }
+}
+
+/// SYN then one data segment, through `wrap` (VLAN tags, IP options, …).
+fn syn_then(flow: &Flow, payload: &[u8], wrap: impl Fn(Frame) -> Frame) -> [Frame; 2] {
+    [wrap(flow.syn()), wrap(flow.data(0, payload))]
+}
+
+fn rows() -> Vec<(&'static str, Vec<Step>)> {
+    const EHLO: &[u8] = b"EHLO mail.example.net\r\n";
+    let mut rows: Vec<(&'static str, Vec<Step>)> = Vec::new();
+    let mut port = 40_000u16;
+    let mut next = |v6: bool| {
+        port += 1;
+        if v6 { Flow::v6(port) } else { Flow::v4(port) }
+    };
+
+    // One-segment HELOs over every encapsulation.
+    let encapsulations: [(&str, bool, fn(Frame) -> Frame); 7] = [
+        ("ipv4 EHLO", false, |f| f),
+        ("ipv6 EHLO", true, |f| f),
+        ("vlan ipv4 EHLO", false, |f| f.vlan(ETH_P_8021Q, 10)),
+        ("vlan ipv6 EHLO", true, |f| f.vlan(ETH_P_8021Q, 10)),
+        ("double vlan (QinQ) ipv4 EHLO", false, |f| {
+            f.vlan(ETH_P_8021AD, 100).vlan(ETH_P_8021Q, 10)
+        }),
+        ("ipv4 with options EHLO", false, |f| {
+            f.ipv4_options(&[1, 1, 1, 1, 0x94, 4, 0, 0])
+        }),
+        (
+            "ipv6 hop-by-hop + routing + destination options EHLO",
+            true,
+            |f| {
+                f.ipv6_extension(IPV6_HOP_BY_HOP, 0)
+                    .ipv6_extension(IPV6_ROUTING, 1)
+                    .ipv6_extension(IPV6_DEST_OPTS, 2)
+            },
+        ),
+    ];
+    for (name, v6, wrap) in encapsulations {
+        let flow = next(v6);
+        let [syn, data] = syn_then(&flow, EHLO, wrap);
+        rows.push((name, vec![pass(syn), captured(data, EHLO, HELO_DONE)]));
+    }
+
+    let flow = next(false);
+    rows.push(("ipv6 single hop-by-hop header EHLO", {
+        let flow = Flow::v6(flow.port);
+        let [syn, data] = syn_then(&flow, EHLO, |f| f.ipv6_extension(IPV6_HOP_BY_HOP, 0));
+        vec![pass(syn), captured(data, EHLO, HELO_DONE)]
+    }));
+
+    let flow = next(false);
+    rows.push((
+        "lower-case ehlo",
+        vec![
+            pass(flow.syn()),
+            captured(
+                flow.data(0, b"ehlo x.example\r\n"),
+                b"ehlo x.example\r\n",
+                HELO_DONE,
+            ),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "HELO with a bare LF",
+        vec![
+            pass(flow.syn()),
+            captured(
+                flow.data(0, b"HELO x.example\n"),
+                b"HELO x.example\n",
+                HELO_DONE,
+            ),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "HELOX is another command",
+        vec![
+            pass(flow.syn()),
+            captured(flow.data(0, b"HELOX a\r\n"), b"HELOX a\r\n", flags::FINAL),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "MAIL FROM before HELO",
+        vec![
+            pass(flow.syn()),
+            captured(
+                flow.data(0, b"MAIL FROM:<a@example.net>\r\n"),
+                b"MAIL FROM:<a@example.net>\r\n",
+                flags::FINAL,
+            ),
+            pass(flow.data(27, b"HELO late.example\r\n")),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "NOOP and RSET before HELO are skipped",
+        vec![
+            pass(flow.syn()),
+            captured(flow.data(0, b"NOOP\r\n"), b"NOOP\r\n", 0),
+            captured(flow.data(6, b"rset\r\n"), b"rset\r\n", CONT),
+            captured(
+                flow.data(12, b"HELO a.example\r\n"),
+                b"HELO a.example\r\n",
+                CONT | HELO_DONE,
+            ),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "HELO split in two",
+        vec![
+            pass(flow.syn()),
+            captured(flow.data(0, b"HELO mail.exa"), b"HELO mail.exa", 0),
+            captured(
+                flow.data(13, b"mple.net\r\n"),
+                b"mple.net\r\n",
+                CONT | HELO_DONE,
+            ),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "verb split: EH then LO",
+        vec![
+            pass(flow.syn()),
+            captured(flow.data(0, b"EH"), b"EH", 0),
+            captured(
+                flow.data(2, b"LO mail.example.net\r\n"),
+                b"LO mail.example.net\r\n",
+                CONT | HELO_DONE,
+            ),
+        ],
+    ));
+
+    let flow = next(true);
+    let line = b"HELO a.b\r\n";
+    let mut steps = vec![pass(flow.syn())];
+    for (i, byte) in line.iter().enumerate() {
+        let last = i == line.len() - 1;
+        let mut expected = if i == 0 { 0 } else { CONT };
+        if last {
+            expected |= HELO_DONE;
+        }
+        steps.push(captured(flow.data(i as u32, &[*byte]), &[*byte], expected));
+    }
+    rows.push(("ipv6 HELO one byte per segment", steps));
+
+    let flow = next(false);
+    rows.push((
+        "HELO followed by a pipelined command",
+        vec![
+            pass(flow.syn()),
+            captured(
+                flow.data(0, b"EHLO a.example\r\nMAIL FROM:<>\r\n"),
+                b"EHLO a.example\r\nMAIL FROM:<>\r\n",
+                HELO_DONE | flags::PIPELINED,
+            ),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "retransmitted first segment, then segments after the HELO",
+        vec![
+            pass(flow.syn()),
+            captured(flow.data(0, b"EHLO a"), b"EHLO a", 0),
+            pass(flow.data(0, b"EHLO a")),
+            captured(
+                flow.data(6, b".example\r\n"),
+                b".example\r\n",
+                CONT | HELO_DONE,
+            ),
+            pass(flow.data(16, b"MAIL FROM:<>\r\n")),
+        ],
+    ));
+
+    let flow = next(false);
+    let mut steps = vec![pass(flow.syn())];
+    for i in 0..32u32 {
+        let expected = match i {
+            0 => 0,
+            31 => CONT | flags::FINAL | flags::CAPPED,
+            _ => CONT,
+        };
+        steps.push(captured(flow.data(i, b"x"), b"x", expected));
+    }
+    steps.push(pass(flow.data(32, b"x")));
+    rows.push(("dribbling past the 32-segment cap", steps));
+
+    let flow = next(false);
+    let long = vec![b'A'; 600];
+    rows.push((
+        "600-byte segment: 512 copied, truncated and capped",
+        vec![
+            pass(flow.syn()),
+            captured(
+                flow.data(0, &long),
+                &long[..512],
+                flags::TRUNCATED | flags::FINAL | flags::CAPPED,
+            ),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push(("no SYN seen: not captured", vec![pass(flow.data(0, EHLO))]));
+
+    let flow = next(false);
+    rows.push((
+        "empty payload (pure ACK) and FIN",
+        vec![
+            pass(flow.syn()),
+            pass(flow.frame(DATA, ACK, b"")),
+            pass(flow.frame(DATA, FIN | ACK, b"")),
+            captured(flow.data(0, EHLO), EHLO, HELO_DONE),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "another port (587 not configured)",
+        vec![
+            pass(Frame::tcp4(flow.port, 587, ISN, SYN, b"")),
+            pass(Frame::tcp4(flow.port, 587, DATA, DATA_FLAGS, EHLO)),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "server to client (source port 25)",
+        vec![
+            pass(Frame::tcp4(25, flow.port, ISN, SYN | ACK, b"")),
+            pass(Frame::tcp4(
+                25,
+                flow.port,
+                DATA,
+                DATA_FLAGS,
+                b"EHLO x.example\r\n",
+            )),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "UDP to port 25",
+        vec![
+            pass(flow.syn().protocol(IPPROTO_UDP)),
+            pass(flow.data(0, EHLO).protocol(IPPROTO_UDP)),
+        ],
+    ));
+
+    rows.push(("ARP", vec![raw(arp())]));
+
+    let flow = next(false);
+    rows.push((
+        "ipv4 fragments (more-fragments, then an offset)",
+        vec![
+            pass(flow.syn()),
+            pass(flow.data(0, EHLO).ipv4_fragment(0x2000)),
+            pass(flow.data(0, EHLO).ipv4_fragment(0x0005)),
+        ],
+    ));
+
+    let flow = next(true);
+    rows.push((
+        "ipv6 fragment header",
+        vec![
+            pass(flow.syn()),
+            pass(flow.data(0, EHLO).ipv6_extension(IPV6_FRAGMENT, 0)),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "ipv4 header length below 5 words",
+        vec![
+            pass(flow.syn().ipv4_ihl(4)),
+            pass(flow.data(0, EHLO).ipv4_ihl(4)),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "tcp data offset below 5 words",
+        vec![pass(flow.syn()), pass(flow.data(0, EHLO).data_offset(4))],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "ipv4 total length beyond the frame: only what is there",
+        vec![
+            pass(flow.syn()),
+            captured(
+                flow.data(0, b"EHLO a.exam").ipv4_total_len(200),
+                b"EHLO a.exam",
+                0,
+            ),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "ipv4 total length shorter than its headers",
+        vec![
+            pass(flow.syn()),
+            pass(flow.data(0, EHLO).ipv4_total_len(30)),
+        ],
+    ));
+
+    let flow = next(false);
+    rows.push((
+        "a new SYN on a finished 4-tuple starts a new capture",
+        vec![
+            pass(flow.syn()),
+            captured(flow.data(0, EHLO), EHLO, HELO_DONE),
+            pass(flow.frame(5000, SYN, b"")),
+            captured(
+                flow.frame(5001, DATA_FLAGS, b"HELO b.example\r\n"),
+                b"HELO b.example\r\n",
+                HELO_DONE,
+            ),
+        ],
+    ));
+
+    // Truncation at every header: a HELO frame cut just inside each header must pass
+    // without an event (the flow's SYN was seen, so only the cut stops the capture).
+    let truncations: [(&'static str, bool, fn(Frame) -> Frame, usize); 9] = [
+        // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, as NICs do.
+        ("ethernet header only", false, |f| f, 14),
+        (
+            "cut inside the vlan tag",
+            false,
+            |f| f.vlan(ETH_P_8021Q, 1),
+            16,
+        ),
+        (
+            "cut inside the second vlan tag",
+            false,
+            |f| f.vlan(ETH_P_8021AD, 1).vlan(ETH_P_8021Q, 2),
+            20,
+        ),
+        ("cut inside the ipv4 header", false, |f| f, 14 + 19),
+        (
+            "cut inside the ipv4 options",
+            false,
+            |f| f.ipv4_options(&[1, 1, 1, 1]),
+            14 + 23,
+        ),
+        ("cut inside the ipv6 header", true, |f| f, 14 + 39),
+        (
+            "cut inside an ipv6 extension header",
+            true,
+            |f| f.ipv6_extension(IPV6_DEST_OPTS, 1),
+            14 + 40 + 1,
+        ),
+        (
+            "cut inside the tcp header (ipv4)",
+            false,
+            |f| f,
+            14 + 20 + 19,
+        ),
+        (
+            "cut inside the tcp header (ipv6)",
+            true,
+            |f| f,
+            14 + 40 + 19,
+        ),
+    ];
+    for (name, v6, wrap, cut) in truncations {
+        let flow = next(v6);
+        let [syn, data] = syn_then(&flow, EHLO, wrap);
+        let mut bytes = data.bytes();
+        bytes.truncate(cut);
+        rows.push((name, vec![pass(syn), raw(bytes)]));
+    }
+    rows
+}
+
+#[test]
+fn packet_table() {
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    let rows = rows();
+    assert!(rows.len() >= 30, "the table has {} rows", rows.len());
+    let (mut helo_events, mut continuations, mut runs) = (0, 0, 0);
+    for (name, steps) in rows {
+        for (i, step) in steps.iter().enumerate() {
+            let result = program.run(&step.frame, 1);
+            runs += 1;
+            assert_eq!(
+                result.return_value, step.returns,
+                "{name}, step {i}: return code"
+            );
+            let events = program.drain();
+            match &step.event {
+                None => assert!(events.is_empty(), "{name}, step {i}: unexpected event"),
+                Some((payload, event_flags, seq)) => {
+                    assert_eq!(events.len(), 1, "{name}, step {i}: one event expected");
+                    let event = &events[0];
+                    assert_eq!(
+                        event.payload(),
+                        payload.as_slice(),
+                        "{name}, step {i}: payload"
+                    );
+                    assert_eq!(event.flags, *event_flags, "{name}, step {i}: flags");
+                    assert_eq!(event.seq, *seq, "{name}, step {i}: seq");
+                    assert_eq!(event.key.dport, 25, "{name}, step {i}: dport");
+                    assert!(
+                        [FAMILY_IPV4, FAMILY_IPV6].contains(&event.key.family),
+                        "{name}, step {i}: family"
+                    );
+                    helo_events += u64::from(event.flags & flags::HELO_LINE != 0);
+                    continuations += u64::from(event.flags & flags::CONTINUATION != 0);
+                }
+            }
+        }
+    }
+    assert_eq!(program.counter(Counter::PacketsSeen), runs);
+    assert_eq!(program.counter(Counter::HeloEvents), helo_events);
+    assert_eq!(program.counter(Counter::ContinuationEvents), continuations);
+    assert_eq!(program.counter(Counter::RingbufReserveFailed), 0);
+}
+
+#[test]
+fn configured_ports_replace_the_default() {
+    let mut config = KernelConfig::default();
+    config.ports[..2].copy_from_slice(&[587, 2525]);
+    config.port_count = 2;
+    let mut program = CaptureProgram::load(&config);
+    for (dport, captured) in [(25u16, false), (587, true), (2525, true)] {
+        program.run(&Frame::tcp4(41_000, dport, ISN, SYN, b"").bytes(), 1);
+        program.run(
+            &Frame::tcp4(41_000, dport, DATA, DATA_FLAGS, b"EHLO a.example\r\n").bytes(),
+            1,
+        );
+        assert_eq!(program.drain().len(), usize::from(captured), "port {dport}");
+    }
+}
+
+#[test]
+fn event_carries_flow_and_addresses() {
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    program.run(&Frame::tcp6(42_000, 25, ISN, SYN, b"").bytes(), 1);
+    program.run(
+        &Frame::tcp6(42_000, 25, DATA, DATA_FLAGS, b"HELO a.example\r\n").bytes(),
+        1,
+    );
+    let events = program.drain();
+    let event = &events[0];
+    assert_eq!(event.key.family, FAMILY_IPV6);
+    assert_eq!(
+        event.key.saddr,
+        helo_filter_tests::packet::CLIENT_V6.octets()
+    );
+    assert_eq!(
+        event.key.daddr,
+        helo_filter_tests::packet::SERVER_V6.octets()
+    );
+    assert_eq!(event.key.sport, 42_000);
+    assert_eq!(event.stream_start_seq, DATA);
+    assert_eq!(event.wire_len, 16);
+    assert!(event.timestamp_ns > 0);
+}
