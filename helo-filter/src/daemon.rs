@@ -111,6 +111,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (tx, rx) = mpsc::channel(POLICY_QUEUE);
     let mut capture = tokio::spawn(capture::run(ring, tx, Limits::default()));
     tokio::spawn(policy_stage(rx));
+    info!("ready: capturing on {} interface(s)", args.ifaces.len());
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

@@ -40,7 +40,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `helo-filter run` on the lab's MX interface with `extra` arguments and
-    /// waits until it reports every interface attached.
+    /// waits until it reports being ready (every interface attached).
     pub fn start(lab: &Lab, extra: &[&str], echo: bool) -> anyhow::Result<Daemon> {
         let binary = binary();
         if !binary.exists() {
@@ -83,11 +83,11 @@ impl Daemon {
             lines,
             mx_ns: lab.mx_ns.clone(),
         };
-        let attached = daemon.wait_for(Duration::from_secs(30), |l| l.contains("attached iface="));
-        if let Err(e) = attached {
+        let ready = daemon.wait_for(Duration::from_secs(30), |l| l.contains("ready: capturing"));
+        if let Err(e) = ready {
             let status = daemon.child.try_wait()?;
             bail!(
-                "helo-filter did not attach ({e}); exit: {status:?}; log:\n{}",
+                "helo-filter did not become ready ({e}); exit: {status:?}; log:\n{}",
                 daemon.lines().join("\n")
             );
         }

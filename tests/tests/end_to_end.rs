@@ -1,0 +1,278 @@
+//! End to end in network namespaces: real swaks sessions against real smtp-sink, the
+//! real daemon attached to the MX side, and what it reports.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
+
+use helo_filter_tests::require_root;
+use xtask::{
+    daemon::{Daemon, metric_value},
+    lab::{self, Lab},
+    sessions::{self, Greeting},
+};
+
+/// A lab name unique to this test process and test.
+fn lab(test: &str) -> Lab {
+    require_root();
+    let name = format!("hf{}{test}", std::process::id() % 100_000);
+    let mut lab = Lab::create(&name).expect("creating the lab");
+    lab.start_smtp_sink().expect("starting smtp-sink");
+    lab
+}
+
+fn v4(i: usize, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(lab::client_v4(i)), port)
+}
+
+fn v6(i: usize, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(lab::client_v6(i)), port)
+}
+
+fn server_of(client: SocketAddr) -> SocketAddr {
+    SocketAddr::new(sessions::mx_for(client.ip()), lab::SMTP_PORT)
+}
+
+fn helo_line(client: SocketAddr, verb: &str, line: &str, pipelined: bool) -> String {
+    format!(
+        "helo client={client} server={} verb={verb} pipelined={pipelined} line=\"{line}\"",
+        server_of(client)
+    )
+}
+
+fn no_helo_line(client: SocketAddr, cause: &str, line: &str) -> String {
+    format!(
+        "no_helo client={client} server={} cause={cause} line=\"{line}\"",
+        server_of(client)
+    )
+}
+
+/// The session reports in the daemon's log, without the logger's prefix.
+fn reports(daemon: &Daemon) -> BTreeSet<String> {
+    daemon
+        .lines()
+        .iter()
+        .filter_map(|l| l.split_once("] ").map(|(_, message)| message.to_owned()))
+        .filter(|m| m.starts_with("helo ") || m.starts_with("no_helo "))
+        .collect()
+}
+
+fn wait_for_reports(daemon: &Daemon, expected: &BTreeSet<String>) {
+    // Whatever the wait's outcome, the comparison below says what differs.
+    let _ = lab::wait_until(Duration::from_secs(15), || {
+        reports(daemon).len() >= expected.len()
+    });
+    let got = reports(daemon);
+    assert_eq!(
+        &got,
+        expected,
+        "\nmissing: {:#?}\nunexpected: {:#?}",
+        expected.difference(&got).collect::<Vec<_>>(),
+        got.difference(expected).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn every_session_is_reported_exactly_with_its_client() {
+    let lab = lab("a");
+    let daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let mut expected = BTreeSet::new();
+
+    let swaks_sessions: [(SocketAddr, Greeting, &str); 10] = [
+        (v4(0, 41001), Greeting::Ehlo, "mail.example.net"),
+        (v6(0, 41002), Greeting::Ehlo, "v6.example.net"),
+        (v4(1, 41003), Greeting::Helo, "127.0.0.1"),
+        (v6(1, 41004), Greeting::Helo, "127.0.0.1"),
+        (v4(2, 41005), Greeting::Ehlo, "[192.168.1.1]"),
+        (v4(3, 41006), Greeting::Helo, "localhost"),
+        (v6(3, 41007), Greeting::Ehlo, "localhost"),
+        (v4(4, 41008), Greeting::Helo, "mon-serveur"),
+        (v6(4, 41009), Greeting::Ehlo, "fakedomain.xyz"),
+        (v4(0, 41010), Greeting::Helo, "fakedomain.xyz"),
+    ];
+    for (client, greeting, name) in swaks_sessions {
+        sessions::swaks(&lab, client, greeting, name).expect("swaks session");
+        let verb = match greeting {
+            Greeting::Helo => "HELO",
+            Greeting::Ehlo => "EHLO",
+        };
+        expected.insert(helo_line(client, verb, &format!("{verb} {name}"), false));
+    }
+
+    // A bot writing a few bytes per segment, the verb itself split.
+    let client = v4(1, 41011);
+    let chunks: [&[u8]; 6] = [b"EH", b"LO ", b"mail.", b"example", b".net\r", b"\n"];
+    sessions::raw_session(&lab, client, &chunks, Duration::from_millis(30)).expect("dribble");
+    expected.insert(helo_line(client, "EHLO", "EHLO mail.example.net", false));
+
+    // The same over IPv6, one byte per segment.
+    let client = v6(2, 41012);
+    let line = b"HELO b.example.net\r\n";
+    let bytes: Vec<&[u8]> = line.chunks(1).collect();
+    sessions::raw_session(&lab, client, &bytes, Duration::from_millis(20)).expect("bytes");
+    expected.insert(helo_line(client, "HELO", "HELO b.example.net", false));
+
+    // NOOP first is skipped; pipelining is flagged; MAIL FROM first is no_helo.
+    let client = v4(2, 41013);
+    let noop_then_helo: [&[u8]; 2] = [b"NOOP\r\n", b"HELO c.example.net\r\n"];
+    sessions::raw_session(&lab, client, &noop_then_helo, Duration::from_millis(50)).expect("noop");
+    expected.insert(helo_line(client, "HELO", "HELO c.example.net", false));
+
+    let client = v4(3, 41014);
+    let pipelined: [&[u8]; 1] = [b"EHLO d.example.net\r\nMAIL FROM:<a@example.net>\r\n"];
+    sessions::raw_session(&lab, client, &pipelined, Duration::ZERO).expect("pipelined");
+    expected.insert(helo_line(client, "EHLO", "EHLO d.example.net", true));
+
+    let client = v6(3, 41015);
+    let mail_first: [&[u8]; 1] = [b"MAIL FROM:<bot@example.net>\r\n"];
+    sessions::raw_session(&lab, client, &mail_first, Duration::ZERO).expect("mail first");
+    expected.insert(no_helo_line(
+        client,
+        "other_command",
+        "MAIL FROM:<bot@example.net>",
+    ));
+
+    // Dribbling past the 32-segment cap without ever finishing a line.
+    let client = v4(4, 41016);
+    let mut dribble: Vec<&[u8]> = vec![b"X"; 40];
+    dribble.push(b"\r\n");
+    sessions::raw_session(&lab, client, &dribble, Duration::from_millis(20)).expect("cap");
+    expected.insert(no_helo_line(client, "cap_exceeded", ""));
+
+    wait_for_reports(&daemon, &expected);
+
+    let status = daemon.stop().expect("stopping the daemon");
+    assert!(status.success(), "the daemon exited with {status}");
+    let link = Command::new("ip")
+        .args(["-n", &lab.mx_ns, "link", "show", "dev", &lab.mx_iface])
+        .output()
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        !link.contains("xdp"),
+        "XDP still attached after SIGTERM:\n{link}"
+    );
+}
+
+#[test]
+fn metrics_show_the_kernel_counters_move() {
+    let lab = lab("b");
+    let daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let page = daemon.scrape().expect("scraping");
+    let series = |kind: &str| format!("helo_filter_xdp_packets_total{{kind=\"{kind}\"}}");
+    let present_at_start = [
+        series("seen"),
+        series("smtp"),
+        series("helo"),
+        series("continuation"),
+        "helo_filter_ringbuf_dropped_total".to_owned(),
+        "helo_filter_helo_events_total".to_owned(),
+        "helo_filter_fail_open_total{cause=\"queue_full\"}".to_owned(),
+        "helo_filter_fail_open_total{cause=\"dns_tempfail\"}".to_owned(),
+        "helo_filter_fail_open_total{cause=\"gate_deadline\"}".to_owned(),
+        "helo_filter_fail_open_total{cause=\"daemon_absent\"}".to_owned(),
+    ];
+    for name in &present_at_start {
+        assert!(
+            metric_value(&page, name).is_some(),
+            "{name} missing:\n{page}"
+        );
+    }
+    let attached = format!(
+        "helo_filter_xdp_attached{{iface=\"{}\",mode=\"native\"}}",
+        lab.mx_iface
+    );
+    assert_eq!(metric_value(&page, &attached), Some(1.0), "{page}");
+    let before = |name: &str| metric_value(&page, name).unwrap_or(f64::NAN);
+    let (seen, smtp, helo, events) = (
+        before(&series("seen")),
+        before(&series("smtp")),
+        before(&series("helo")),
+        before("helo_filter_helo_events_total"),
+    );
+
+    sessions::swaks(&lab, v4(0, 42001), Greeting::Ehlo, "mail.example.net").expect("swaks");
+    let split: [&[u8]; 2] = [b"HELO mail.exa", b"mple.net\r\n"];
+    sessions::raw_session(&lab, v4(1, 42002), &split, Duration::from_millis(50)).expect("split");
+
+    // The daemon copies the kernel counters every second.
+    let mut page = String::new();
+    let moved = lab::wait_until(Duration::from_secs(10), || {
+        page = daemon.scrape().unwrap_or_default();
+        metric_value(&page, &series("helo")) == Some(helo + 2.0)
+    });
+    assert!(
+        moved.is_ok(),
+        "the helo counter did not reach {}:\n{page}",
+        helo + 2.0
+    );
+    let now = |name: &str| metric_value(&page, name).unwrap_or(f64::NAN);
+    assert!(now(&series("seen")) > seen);
+    assert!(
+        now(&series("smtp")) >= smtp + 10.0,
+        "a session is more than 10 packets"
+    );
+    assert!(now(&series("continuation")) >= 1.0);
+    assert_eq!(now("helo_filter_helo_events_total"), events + 2.0);
+    assert_eq!(now("helo_filter_ringbuf_dropped_total"), 0.0);
+}
+
+#[test]
+fn several_interfaces_and_the_generic_fallback() {
+    let lab = lab("c");
+    // Loopback has no native XDP: auto mode must fall back to generic and say so.
+    let daemon = Daemon::start(&lab, &["--iface", "lo"], false).expect("starting the daemon");
+    let lines = daemon.lines().join("\n");
+    assert!(
+        lines.contains("lo: native XDP unavailable") && lines.contains("running in generic mode"),
+        "{lines}"
+    );
+    assert!(lines.contains("attached iface=lo mode=generic"), "{lines}");
+    assert!(
+        lines.contains(&format!("attached iface={} mode=native", lab.mx_iface)),
+        "{lines}"
+    );
+    let page = daemon.scrape().expect("scraping");
+    assert_eq!(
+        metric_value(
+            &page,
+            "helo_filter_xdp_attached{iface=\"lo\",mode=\"generic\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    // Both interfaces capture: a client on each.
+    let mut daemon = daemon;
+    sessions::swaks(&lab, v4(0, 43001), Greeting::Ehlo, "veth.example.net").expect("swaks");
+    let local = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.mx_ns,
+            "swaks",
+            "--server",
+            "198.51.100.25",
+        ])
+        .args([
+            "--local-interface",
+            "198.51.100.25",
+            "--local-port",
+            "43002",
+        ])
+        .args(["--helo", "loopback.example.net", "--from", "a@example.net"])
+        .args(["--to", "b@example.org", "--silent", "2"])
+        .status()
+        .expect("swaks on loopback");
+    assert!(local.success());
+    for wanted in [
+        "line=\"EHLO veth.example.net\"",
+        "line=\"EHLO loopback.example.net\"",
+    ] {
+        daemon
+            .wait_for(Duration::from_secs(10), |l| l.contains(wanted))
+            .unwrap_or_else(|e| panic!("{wanted}: {e}\n{}", daemon.lines().join("\n")));
+    }
+}
