@@ -134,7 +134,7 @@ fn build_engine(args: &CheckArgs) -> Result<PolicyEngine, String> {
     if args.offline {
         file.dns.enabled = false;
     }
-    file.build_engine().map_err(|e| {
+    file.build_engine(None).map_err(|e| {
         format!("{e} (use --dns-server ADDR:PORT, [dns] servers in the config, or --offline)")
     })
 }
@@ -184,9 +184,9 @@ pub fn human(helo: &str, ip: IpAddr, v: &Verdict) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::fixture::Dnsmasq;
     use crate::policy::corpus_tests as support;
     use clap::Parser;
+    use xtask::dns_fixture::Dnsmasq;
 
     #[derive(clap::Parser, Debug)]
     #[command(name = "helo-filter")]

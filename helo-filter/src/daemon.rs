@@ -1,7 +1,12 @@
 //! `helo-filter run`: load and attach the XDP program, read its captures, hand sessions
 //! to the policy stage, export metrics, and detach cleanly on SIGINT/SIGTERM.
 
-use std::{collections::HashSet, net::SocketAddr, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 use aya::maps::RingBuf;
@@ -9,17 +14,21 @@ use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS, maps};
 use log::{error, info, warn};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 
 use crate::{
-    capture::{self, Finding, Limits, Session},
+    capture::{self, Finding, Limits, NoHeloCause, Session},
+    check_cmd::PolicyArgs,
     kernel::{self, CounterReader, XdpModeChoice},
     metrics,
+    policy::{HeloInput, PolicyEngine, Verdict},
 };
 
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
 const POLICY_QUEUE: usize = 4096;
+/// Validations running at once (each may wait on DNS); further sessions wait in the queue.
+const VALIDATIONS_IN_FLIGHT: usize = 512;
 const COUNTER_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +45,8 @@ pub struct RunArgs {
     /// TCP port the MTA listens on (repeat for several, at most 8).
     #[arg(long = "smtp-port", value_name = "PORT", default_values_t = [25u16])]
     pub smtp_ports: Vec<u16>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 impl RunArgs {
@@ -65,8 +76,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if distinct.len() != args.ifaces.len() {
         bail!("--iface: an interface is given twice");
     }
+    let policy_file = args.policy.load().map_err(anyhow::Error::msg)?;
     metrics::install(args.metrics_addr)?;
     info!("metrics on http://{}/metrics", args.metrics_addr);
+    let engine = policy_file
+        .build_engine(Some(Arc::new(metrics::DnsMetrics)))
+        .context("setting up DNS")?;
 
     let mut ebpf = kernel::load(&config)?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the kernel logger")?;
@@ -110,7 +125,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (tx, rx) = mpsc::channel(POLICY_QUEUE);
     let mut capture = tokio::spawn(capture::run(ring, tx, Limits::default()));
-    tokio::spawn(policy_stage(rx));
+    tokio::spawn(policy_stage(rx, engine));
     info!("ready: capturing on {} interface(s)", args.ifaces.len());
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -134,38 +149,73 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// Placeholder policy stage: reports each session (the policy engine judges them in a
-/// later stage of the pipeline).
-async fn policy_stage(mut sessions: mpsc::Receiver<Session>) {
+/// Judges every session, many at once: a slow DNS answer for one HELO never holds up the
+/// verdicts of others. Enforcement acts on these verdicts in a later stage.
+async fn policy_stage(mut sessions: mpsc::Receiver<Session>, engine: PolicyEngine) {
+    let in_flight = Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT));
     while let Some(session) = sessions.recv().await {
-        report(&session);
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            break;
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            judge(&engine, &session).await;
+            drop(permit);
+        });
     }
 }
 
-fn report(session: &Session) {
-    match &session.finding {
+async fn judge(engine: &PolicyEngine, session: &Session) {
+    let client = session.client.ip();
+    let input = match &session.finding {
         Finding::Helo(helo) => {
             metrics::helo_event();
-            info!(
-                "helo client={} server={} verb={} pipelined={} line=\"{}\"",
-                session.client,
-                session.server,
-                helo.verb.as_str(),
-                helo.pipelined,
-                helo.escaped_line
-            );
+            HeloInput {
+                helo: Some(helo.argument.clone()),
+                client,
+                pipelined: helo.pipelined,
+                no_helo: false,
+            }
         }
+        Finding::NoHelo(_) => HeloInput::without_helo(client),
+    };
+    let started = Instant::now();
+    let verdict = engine.evaluate(&input).await;
+    metrics::verdict(&verdict, started.elapsed());
+    report(session, &verdict);
+}
+
+/// One log line per session: who, what they said (escaped), and the verdict.
+fn report(session: &Session, verdict: &Verdict) {
+    let what = match &session.finding {
+        Finding::Helo(helo) => format!(
+            "helo client={} server={} verb={} pipelined={} line=\"{}\"",
+            session.client,
+            session.server,
+            helo.verb.as_str(),
+            helo.pipelined,
+            helo.escaped_line
+        ),
         Finding::NoHelo(cause) => {
             let line = match cause {
-                capture::NoHeloCause::OtherCommandFirst { escaped_line } => escaped_line.as_str(),
-                capture::NoHeloCause::CapExceeded => "",
+                NoHeloCause::OtherCommandFirst { escaped_line } => escaped_line.as_str(),
+                NoHeloCause::CapExceeded => "",
             };
-            info!(
+            format!(
                 "no_helo client={} server={} cause={} line=\"{line}\"",
                 session.client,
                 session.server,
                 cause.as_str()
-            );
+            )
         }
-    }
+    };
+    let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
+    let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
+    info!(
+        "{what} verdict={} reasons={} score={} notes={}",
+        verdict.decision.as_str(),
+        reasons.join(","),
+        verdict.score,
+        notes.join(",")
+    );
 }

@@ -1,6 +1,10 @@
 //! helo-filter: the daemon's library. One module per concern; `daemon` ties them.
 pub mod capture;
+pub mod check_cmd;
 pub mod daemon;
+pub mod dns;
 pub mod kernel;
 pub mod metrics;
+pub mod policy;
+pub mod policy_config;
 pub mod smtp;

@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Attach to the interfaces and filter SMTP sessions until SIGINT/SIGTERM.
     Run(helo_filter::daemon::RunArgs),
+    /// Judge one HELO for one client address (exit 0 accept, 1 reject, 2 error).
+    Check(helo_filter::check_cmd::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -28,11 +30,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => helo_filter::daemon::run(args).await,
+            Command::Run(args) => helo_filter::daemon::run(args).await.map(|()| 0),
+            Command::Check(args) => Ok(helo_filter::check_cmd::run(args).await),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(2)),
         Err(e) => {
             eprintln!("helo-filter: {e:#}");
             ExitCode::FAILURE

@@ -3,20 +3,29 @@
 //!
 //! Labels only ever take values from the fixed sets below, never anything a client sends.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use helo_filter_common::Counter;
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::kernel::{AttachedMode, CounterReader};
+use crate::{
+    dns::{DnsAnswer, DnsObserver, RecordKind},
+    kernel::{AttachedMode, CounterReader},
+    policy::{Decision, Note, Reason, Verdict},
+};
 
 pub const XDP_PACKETS: &str = "helo_filter_xdp_packets_total";
 pub const RINGBUF_DROPPED: &str = "helo_filter_ringbuf_dropped_total";
 pub const HELO_EVENTS: &str = "helo_filter_helo_events_total";
 pub const FAIL_OPEN: &str = "helo_filter_fail_open_total";
 pub const XDP_ATTACHED: &str = "helo_filter_xdp_attached";
+pub const VERDICTS: &str = "helo_filter_verdicts_total";
+pub const CHECK_FAILURES: &str = "helo_filter_check_failures_total";
+pub const VALIDATION_DURATION: &str = "helo_filter_validation_duration_seconds";
+pub const DNS_LOOKUP_DURATION: &str = "helo_filter_dns_lookup_duration_seconds";
+pub const DNS_CACHE: &str = "helo_filter_dns_cache_total";
 
 /// Buckets for the latency histograms (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -75,6 +84,15 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     for cause in FailOpenCause::ALL {
         counter!(FAIL_OPEN, "cause" => cause.as_str()).absolute(0);
     }
+    counter!(VERDICTS, "verdict" => Decision::Accept.as_str(), "reason" => "none").absolute(0);
+    for reason in Reason::ALL {
+        counter!(VERDICTS, "verdict" => Decision::Reject.as_str(), "reason" => reason.as_str())
+            .absolute(0);
+        counter!(CHECK_FAILURES, "reason" => reason.as_str()).absolute(0);
+    }
+    for result in ["hit", "miss"] {
+        counter!(DNS_CACHE, "result" => result).absolute(0);
+    }
     Ok(())
 }
 
@@ -104,4 +122,31 @@ pub fn helo_event() {
 
 pub fn fail_open(cause: FailOpenCause) {
     counter!(FAIL_OPEN, "cause" => cause.as_str()).increment(1);
+}
+
+/// One verdict: its primary reason, every failed check, how long it took, and a fail-open
+/// when a DNS failure left it unsure.
+pub fn verdict(verdict: &Verdict, elapsed: Duration) {
+    counter!(VERDICTS, "verdict" => verdict.decision.as_str(), "reason" => verdict.primary_label())
+        .increment(1);
+    for reason in verdict.reason_codes() {
+        counter!(CHECK_FAILURES, "reason" => reason.as_str()).increment(1);
+    }
+    histogram!(VALIDATION_DURATION).record(elapsed.as_secs_f64());
+    if verdict.has_note(Note::DnsTempfail) {
+        fail_open(FailOpenCause::DnsTempfail);
+    }
+}
+
+/// Feeds the DNS client's cache and wire lookups into the DNS series.
+pub struct DnsMetrics;
+
+impl DnsObserver for DnsMetrics {
+    fn cache_lookup(&self, hit: bool) {
+        counter!(DNS_CACHE, "result" => if hit { "hit" } else { "miss" }).increment(1);
+    }
+
+    fn wire_lookup(&self, kind: RecordKind, elapsed: Duration, _answer: &DnsAnswer) {
+        histogram!(DNS_LOOKUP_DURATION, "type" => kind.as_str()).record(elapsed.as_secs_f64());
+    }
 }

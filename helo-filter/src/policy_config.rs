@@ -8,12 +8,13 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::dns::{DnsBuildError, DnsClient, DnsSettings};
+use crate::dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings};
 use crate::policy::rfc5321;
 use crate::policy::{
     Bundle, CheckMode, CheckTable, DenyList, DenyPattern, Identity, PolicyEngine, PolicySettings,
@@ -293,11 +294,15 @@ impl PolicyFile {
         }
     }
 
-    /// Builds the engine; with `[dns] enabled = false` it runs offline. Must be called inside a
-    /// tokio runtime when DNS is enabled.
-    pub fn build_engine(&self) -> Result<PolicyEngine, DnsBuildError> {
+    /// Builds the engine; with `[dns] enabled = false` it runs offline. `observer` sees the DNS
+    /// client's cache and wire lookups (the daemon's metrics). Must be called inside a tokio
+    /// runtime when DNS is enabled.
+    pub fn build_engine(
+        &self,
+        observer: Option<Arc<dyn DnsObserver>>,
+    ) -> Result<PolicyEngine, DnsBuildError> {
         let dns = if self.dns.enabled {
-            Some(DnsClient::new(self.dns_settings())?)
+            Some(DnsClient::with_observer(self.dns_settings(), observer)?)
         } else {
             None
         };
@@ -396,11 +401,6 @@ mod tests {
             .join("..")
             .join("docs")
             .join("helo-filter.example.toml");
-        let path = if path.exists() {
-            path
-        } else {
-            Path::new("/work/main/docs/helo-filter.example.toml").to_path_buf()
-        };
         let f = PolicyFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(f.policy.bundle, Bundle::Standard);
         assert_eq!(f.policy.our_names, [HostName("mx.example.org".into())]);
@@ -551,7 +551,7 @@ whatever = 1
     #[tokio::test]
     async fn dns_disabled_builds_an_offline_engine() {
         let f = PolicyFile::parse("[dns]\nenabled = false\n", "t.toml").unwrap();
-        let e = f.build_engine().unwrap();
+        let e = f.build_engine(None).unwrap();
         let v = e
             .evaluate(&crate::policy::HeloInput::new(
                 "mail.example.net",

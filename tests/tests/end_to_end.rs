@@ -1,5 +1,6 @@
 //! End to end in network namespaces: real swaks sessions against real smtp-sink, the
-//! real daemon attached to the MX side, and what it reports.
+//! real daemon attached to the MX side (resolving through the fixture dnsmasq), and what
+//! it reports: each session's client, command line and verdict.
 
 use std::{
     collections::BTreeSet,
@@ -21,6 +22,7 @@ fn lab(test: &str) -> Lab {
     let name = format!("hf{}{test}", std::process::id() % 100_000);
     let mut lab = Lab::create(&name).expect("creating the lab");
     lab.start_smtp_sink().expect("starting smtp-sink");
+    lab.start_dns().expect("starting dnsmasq");
     lab
 }
 
@@ -50,17 +52,34 @@ fn no_helo_line(client: SocketAddr, cause: &str, line: &str) -> String {
     )
 }
 
-/// The session reports in the daemon's log, without the logger's prefix.
-fn reports(daemon: &Daemon) -> BTreeSet<String> {
+/// What the daemon must say about one session: the report up to the verdict, the verdict,
+/// and the primary reason of a reject.
+type Expected = (String, String, Option<String>);
+
+/// The session reports in the daemon's log, without the logger's prefix, split into the
+/// report, the verdict and the primary reason (the first of `reasons` on a reject).
+fn reports(daemon: &Daemon) -> BTreeSet<Expected> {
     daemon
         .lines()
         .iter()
-        .filter_map(|l| l.split_once("] ").map(|(_, message)| message.to_owned()))
+        .filter_map(|l| l.split_once("] ").map(|(_, message)| message))
         .filter(|m| m.starts_with("helo ") || m.starts_with("no_helo "))
+        .map(|m| {
+            let (report, verdict) = m
+                .split_once(" verdict=")
+                .expect("a verdict on every report");
+            let decision = verdict.split(' ').next().unwrap_or_default().to_owned();
+            let primary = verdict
+                .split_once("reasons=")
+                .and_then(|(_, r)| r.split([',', ' ']).next())
+                .filter(|_| decision == "reject")
+                .map(str::to_owned);
+            (report.to_owned(), decision, primary)
+        })
         .collect()
 }
 
-fn wait_for_reports(daemon: &Daemon, expected: &BTreeSet<String>) {
+fn wait_for_reports(daemon: &Daemon, expected: &BTreeSet<Expected>) {
     // Whatever the wait's outcome, the comparison below says what differs.
     let _ = lab::wait_until(Duration::from_secs(15), || {
         reports(daemon).len() >= expected.len()
@@ -75,72 +94,131 @@ fn wait_for_reports(daemon: &Daemon, expected: &BTreeSet<String>) {
     );
 }
 
+const ACCEPT: (&str, Option<&str>) = ("accept", None);
+
+const fn reject(reason: &'static str) -> (&'static str, Option<&'static str>) {
+    ("reject", Some(reason))
+}
+
 #[test]
-fn every_session_is_reported_exactly_with_its_client() {
+fn every_session_is_reported_exactly_with_its_client_and_verdict() {
     let lab = lab("a");
     let daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
     let mut expected = BTreeSet::new();
+    let mut expect = |report: String, (verdict, reason): (&'static str, Option<&'static str>)| {
+        expected.insert((report, verdict.to_owned(), reason.map(str::to_owned)));
+    };
 
-    let swaks_sessions: [(SocketAddr, Greeting, &str); 10] = [
-        (v4(0, 41001), Greeting::Ehlo, "mail.example.net"),
-        (v6(0, 41002), Greeting::Ehlo, "v6.example.net"),
-        (v4(1, 41003), Greeting::Helo, "127.0.0.1"),
-        (v6(1, 41004), Greeting::Helo, "127.0.0.1"),
-        (v4(2, 41005), Greeting::Ehlo, "[192.168.1.1]"),
-        (v4(3, 41006), Greeting::Helo, "localhost"),
-        (v6(3, 41007), Greeting::Ehlo, "localhost"),
-        (v4(4, 41008), Greeting::Helo, "mon-serveur"),
-        (v6(4, 41009), Greeting::Ehlo, "fakedomain.xyz"),
-        (v4(0, 41010), Greeting::Helo, "fakedomain.xyz"),
+    let swaks_sessions = [
+        (v4(0, 41001), Greeting::Ehlo, "mail.example.net", ACCEPT),
+        (v6(0, 41002), Greeting::Ehlo, "v6.example.net", ACCEPT),
+        (v4(1, 41003), Greeting::Helo, "127.0.0.1", reject("bare_ip")),
+        (v6(1, 41004), Greeting::Helo, "127.0.0.1", reject("bare_ip")),
+        (
+            v4(2, 41005),
+            Greeting::Ehlo,
+            "[192.168.1.1]",
+            reject("bad_literal_ip"),
+        ),
+        (
+            v4(3, 41006),
+            Greeting::Helo,
+            "localhost",
+            reject("localhost"),
+        ),
+        (
+            v6(3, 41007),
+            Greeting::Ehlo,
+            "localhost",
+            reject("localhost"),
+        ),
+        (
+            v4(4, 41008),
+            Greeting::Helo,
+            "mon-serveur",
+            reject("not_fqdn"),
+        ),
+        (
+            v6(4, 41009),
+            Greeting::Ehlo,
+            "fakedomain.xyz",
+            reject("no_dns"),
+        ),
+        (
+            v4(0, 41010),
+            Greeting::Helo,
+            "fakedomain.xyz",
+            reject("no_dns"),
+        ),
+        (
+            v4(1, 41017),
+            Greeting::Ehlo,
+            "mx.example.org",
+            reject("impersonation"),
+        ),
     ];
-    for (client, greeting, name) in swaks_sessions {
+    for (client, greeting, name, verdict) in swaks_sessions {
         sessions::swaks(&lab, client, greeting, name).expect("swaks session");
         let verb = match greeting {
             Greeting::Helo => "HELO",
             Greeting::Ehlo => "EHLO",
         };
-        expected.insert(helo_line(client, verb, &format!("{verb} {name}"), false));
+        expect(
+            helo_line(client, verb, &format!("{verb} {name}"), false),
+            verdict,
+        );
     }
 
     // A bot writing a few bytes per segment, the verb itself split.
-    let client = v4(1, 41011);
+    let client = v4(0, 41011);
     let chunks: [&[u8]; 6] = [b"EH", b"LO ", b"mail.", b"example", b".net\r", b"\n"];
     sessions::raw_session(&lab, client, &chunks, Duration::from_millis(30)).expect("dribble");
-    expected.insert(helo_line(client, "EHLO", "EHLO mail.example.net", false));
+    expect(
+        helo_line(client, "EHLO", "EHLO mail.example.net", false),
+        ACCEPT,
+    );
 
     // The same over IPv6, one byte per segment.
-    let client = v6(2, 41012);
-    let line = b"HELO b.example.net\r\n";
+    let client = v6(0, 41012);
+    let line = b"HELO v6.example.net\r\n";
     let bytes: Vec<&[u8]> = line.chunks(1).collect();
     sessions::raw_session(&lab, client, &bytes, Duration::from_millis(20)).expect("bytes");
-    expected.insert(helo_line(client, "HELO", "HELO b.example.net", false));
+    expect(
+        helo_line(client, "HELO", "HELO v6.example.net", false),
+        ACCEPT,
+    );
 
     // NOOP first is skipped; pipelining is flagged; MAIL FROM first is no_helo.
     let client = v4(2, 41013);
-    let noop_then_helo: [&[u8]; 2] = [b"NOOP\r\n", b"HELO c.example.net\r\n"];
+    let noop_then_helo: [&[u8]; 2] = [b"NOOP\r\n", b"HELO server.domain.xyz\r\n"];
     sessions::raw_session(&lab, client, &noop_then_helo, Duration::from_millis(50)).expect("noop");
-    expected.insert(helo_line(client, "HELO", "HELO c.example.net", false));
+    expect(
+        helo_line(client, "HELO", "HELO server.domain.xyz", false),
+        ACCEPT,
+    );
 
     let client = v4(3, 41014);
-    let pipelined: [&[u8]; 1] = [b"EHLO d.example.net\r\nMAIL FROM:<a@example.net>\r\n"];
+    let pipelined: [&[u8]; 1] = [b"EHLO mail.example.net\r\nMAIL FROM:<a@example.net>\r\n"];
     sessions::raw_session(&lab, client, &pipelined, Duration::ZERO).expect("pipelined");
-    expected.insert(helo_line(client, "EHLO", "EHLO d.example.net", true));
+    expect(
+        helo_line(client, "EHLO", "EHLO mail.example.net", true),
+        reject("pipelining"),
+    );
 
     let client = v6(3, 41015);
     let mail_first: [&[u8]; 1] = [b"MAIL FROM:<bot@example.net>\r\n"];
     sessions::raw_session(&lab, client, &mail_first, Duration::ZERO).expect("mail first");
-    expected.insert(no_helo_line(
-        client,
-        "other_command",
-        "MAIL FROM:<bot@example.net>",
-    ));
+    expect(
+        no_helo_line(client, "other_command", "MAIL FROM:<bot@example.net>"),
+        reject("no_helo"),
+    );
 
     // Dribbling past the 32-segment cap without ever finishing a line.
     let client = v4(4, 41016);
     let mut dribble: Vec<&[u8]> = vec![b"X"; 40];
     dribble.push(b"\r\n");
     sessions::raw_session(&lab, client, &dribble, Duration::from_millis(20)).expect("cap");
-    expected.insert(no_helo_line(client, "cap_exceeded", ""));
+    expect(no_helo_line(client, "cap_exceeded", ""), reject("no_helo"));
 
     wait_for_reports(&daemon, &expected);
 

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::lab::{Lab, in_netns, wait_until};
+use crate::lab::{DNS_SERVER, Lab, MX_V4, MX_V6, in_netns, wait_until};
 
 /// Where the daemon's metrics listen inside the MX namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9725";
@@ -39,8 +39,9 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `helo-filter run` on the lab's MX interface with `extra` arguments and
-    /// waits until it reports being ready (every interface attached).
+    /// Starts `helo-filter run` on the lab's MX interface, with the lab's identity
+    /// (`helo-policy.md`'s) and DNS server and `extra` arguments, and waits until it reports
+    /// being ready (every interface attached).
     pub fn start(lab: &Lab, extra: &[&str], echo: bool) -> anyhow::Result<Daemon> {
         let binary = binary();
         if !binary.exists() {
@@ -57,6 +58,14 @@ impl Daemon {
                 &lab.mx_iface,
                 "--metrics-addr",
                 METRICS_ADDR,
+            ])
+            .args(["--dns-server", DNS_SERVER, "--our-name", "mx.example.org"])
+            .args(["--our-domain", "example.org"])
+            .args([
+                "--our-addr",
+                &MX_V4.to_string(),
+                "--our-addr",
+                &MX_V6.to_string(),
             ])
             .args(extra)
             .env("RUST_LOG", "info")

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! The addresses are the local identity of `helo-policy.md`. Both sides reach the other
-//! subnet through an on-link route, so no router is needed.
+//! subnet through an on-link route, so no router is needed. dnsmasq serves the DNS fixture
+//! on 127.0.0.1:53 inside the MX namespace, where the daemon resolves.
 
 use std::{
     fs::File,
@@ -21,11 +22,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::setup::output;
+use crate::{dns_fixture::Dnsmasq, setup::output};
 
 pub const MX_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
 pub const MX_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
 pub const SMTP_PORT: u16 = 25;
+/// Where the fixture DNS server listens inside the MX namespace.
+pub const DNS_SERVER: &str = "127.0.0.1:53";
+/// Answers are cached by the daemon for this long (dnsmasq's default TTL is 0).
+const DNS_TTL: u32 = 60;
 /// Client addresses per family.
 pub const CLIENTS: usize = 5;
 
@@ -48,6 +53,7 @@ pub struct Lab {
     pub mx_iface: String,
     pub client_iface: String,
     processes: Vec<Child>,
+    dns: Option<Dnsmasq>,
 }
 
 impl Lab {
@@ -63,6 +69,7 @@ impl Lab {
             mx_iface: format!("{name}-m"),
             client_iface: format!("{name}-c"),
             processes: Vec::new(),
+            dns: None,
         };
         lab.remove_namespaces();
         lab.build()
@@ -178,6 +185,17 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts dnsmasq with the DNS fixture on `DNS_SERVER` in the MX namespace.
+    pub fn start_dns(&mut self) -> anyhow::Result<()> {
+        let port = DNS_SERVER
+            .rsplit_once(':')
+            .map_or(53, |(_, p)| p.parse().unwrap_or(53));
+        let dns = Dnsmasq::start_in_netns(&self.mx_ns, port, Some(DNS_TTL))
+            .map_err(|e| anyhow::anyhow!("starting the fixture DNS server: {e}"))?;
+        self.dns = Some(dns);
+        Ok(())
+    }
+
     /// `program` to be run inside the namespace `ns`.
     pub fn command_in(&self, ns: &str, program: &str) -> Command {
         let mut command = Command::new("ip");
@@ -222,6 +240,7 @@ fn remove_namespaces(namespaces: &[&str]) {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.dns.take();
         for child in &mut self.processes {
             let _ = child.kill();
             let _ = child.wait();

@@ -120,10 +120,16 @@ fn run_lab() -> anyhow::Result<()> {
     println!("creating lab {LAB_NAME} (namespaces {LAB_NAME}-mx and {LAB_NAME}-cl)");
     let mut lab = Lab::create(LAB_NAME)?;
     lab.start_smtp_sink()?;
+    lab.start_dns()?;
     println!(
         "smtp-sink listening on {}:25 and [{}]:25",
         lab::MX_V4,
         lab::MX_V6
+    );
+    println!(
+        "fixture DNS (dnsmasq) on {} in {}",
+        lab::DNS_SERVER,
+        lab.mx_ns
     );
     let daemon = Daemon::start(&lab, &[], true)?;
     println!(
@@ -184,7 +190,12 @@ fn play_script(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {
             "fakedomain.xyz",
             "bogus: fake domain",
         ),
-        (v4(4, 40008), Greeting::Helo, "server.domain.xyz", "good"),
+        (
+            v4(4, 40008),
+            Greeting::Helo,
+            "server.domain.xyz",
+            "resolvable, not the client's",
+        ),
     ];
     for (client, greeting, name, what) in scripted {
         println!("client {client} says {greeting:?} {name}  ({what})");

@@ -38,8 +38,8 @@ pub enum Finding {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeloCommand {
     pub verb: Verb,
-    /// The argument as sent (not valid UTF-8 is replaced; the policy sees it as non-ASCII).
-    pub argument: String,
+    /// The argument as sent, raw bytes (the policy judges non-ASCII itself).
+    pub argument: Vec<u8>,
     /// The whole line without its terminator, escaped for logs.
     pub escaped_line: String,
     /// The client sent more bytes after the HELO line in the same segment.
@@ -244,7 +244,7 @@ impl FlowBuffer {
                 Verb::Helo | Verb::Ehlo => {
                     return Some(Finding::Helo(HeloCommand {
                         verb: command.verb,
-                        argument: String::from_utf8_lossy(command.argument).into_owned(),
+                        argument: command.argument.to_vec(),
                         escaped_line: escape_for_log(line),
                         pipelined: line_end < self.stream.len() || self.kernel_saw_more,
                     }));
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(sessions.len(), 1);
         let h = helo(&sessions[0]);
         assert_eq!(h.verb, Verb::Ehlo);
-        assert_eq!(h.argument, "mail.example.net");
+        assert_eq!(h.argument, b"mail.example.net");
         assert_eq!(h.escaped_line, "EHLO mail.example.net");
         assert!(!h.pipelined);
         assert_eq!(sessions[0].client, "203.0.113.10:1".parse().unwrap());
@@ -347,7 +347,7 @@ mod tests {
             ],
         );
         assert_eq!(sessions.len(), 1);
-        assert_eq!(helo(&sessions[0]).argument, "mail.example.net");
+        assert_eq!(helo(&sessions[0]).argument, b"mail.example.net");
     }
 
     #[test]
@@ -362,7 +362,7 @@ mod tests {
                 0,
             )],
         );
-        assert_eq!(helo(&sessions[0]).argument, "a.example.net");
+        assert_eq!(helo(&sessions[0]).argument, b"a.example.net");
     }
 
     #[test]
@@ -432,7 +432,7 @@ mod tests {
         second.stream_start_seq = 5_000;
         second.seq = 5_000;
         let sessions = feed(&mut r, &[second]);
-        assert_eq!(helo(&sessions[0]).argument, "b.example");
+        assert_eq!(helo(&sessions[0]).argument, b"b.example");
     }
 
     #[test]

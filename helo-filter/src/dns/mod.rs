@@ -34,8 +34,6 @@ use crate::policy::routable;
 
 mod cache;
 #[cfg(test)]
-pub(crate) mod fixture;
-#[cfg(test)]
 mod tests;
 
 pub use cache::TtlCache;

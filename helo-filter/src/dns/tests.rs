@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::fixture::{Dnsmasq, black_hole, free_port};
 use super::*;
+use xtask::dns_fixture::{Dnsmasq, black_hole, free_port};
 
 fn client(server: SocketAddr, tweak: impl FnOnce(&mut DnsSettings)) -> DnsClient {
     let mut s = DnsSettings {

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::dns::fixture::{Dnsmasq, black_hole};
 use crate::dns::{DnsClient, DnsSettings};
+use xtask::dns_fixture::{Dnsmasq, black_hole};
 
 /// One corpus row.
 #[derive(Debug)]
