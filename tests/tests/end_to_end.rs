@@ -252,6 +252,11 @@ fn metrics_show_the_kernel_counters_move() {
         "helo_filter_fail_open_total{cause=\"dns_tempfail\"}".to_owned(),
         "helo_filter_fail_open_total{cause=\"gate_deadline\"}".to_owned(),
         "helo_filter_fail_open_total{cause=\"daemon_absent\"}".to_owned(),
+        "helo_filter_verdicts_total{verdict=\"accept\",reason=\"none\"}".to_owned(),
+        "helo_filter_verdicts_total{verdict=\"reject\",reason=\"bare_ip\"}".to_owned(),
+        "helo_filter_check_failures_total{reason=\"dns_mismatch\"}".to_owned(),
+        "helo_filter_dns_cache_total{result=\"hit\"}".to_owned(),
+        "helo_filter_dns_cache_total{result=\"miss\"}".to_owned(),
     ];
     for name in &present_at_start {
         assert!(
@@ -296,6 +301,34 @@ fn metrics_show_the_kernel_counters_move() {
     assert!(now(&series("continuation")) >= 1.0);
     assert_eq!(now("helo_filter_helo_events_total"), events + 2.0);
     assert_eq!(now("helo_filter_ringbuf_dropped_total"), 0.0);
+
+    // The policy stage: two accepts (the second client is not mail.example.net's address: a
+    // soft dns_mismatch), DNS answers cached between them, two validations timed.
+    let accepts = "helo_filter_verdicts_total{verdict=\"accept\",reason=\"none\"}";
+    assert_eq!(now(accepts), before(accepts) + 2.0, "{page}");
+    let mismatch = "helo_filter_check_failures_total{reason=\"dns_mismatch\"}";
+    assert_eq!(now(mismatch), before(mismatch) + 1.0, "{page}");
+    assert!(
+        now("helo_filter_dns_cache_total{result=\"hit\"}") >= 1.0,
+        "{page}"
+    );
+    assert!(
+        now("helo_filter_dns_cache_total{result=\"miss\"}") >= 1.0,
+        "{page}"
+    );
+    assert_eq!(
+        now("helo_filter_validation_duration_seconds_count"),
+        2.0,
+        "{page}"
+    );
+    assert!(
+        page.contains("helo_filter_validation_duration_seconds_bucket{le=\"0.001\"}"),
+        "validation time is a histogram with buckets:\n{page}"
+    );
+    assert!(
+        now("helo_filter_dns_lookup_duration_seconds_count{type=\"a\"}") >= 1.0,
+        "{page}"
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::*;
 use crate::dns::{DnsClient, DnsSettings};
 use xtask::dns_fixture::{Dnsmasq, black_hole};
 
-/// One corpus row.
+/// One corpus row, with its reason codes as the engine's reasons.
 #[derive(Debug)]
 pub(crate) struct Row {
     pub line: usize,
@@ -21,50 +21,24 @@ pub(crate) struct Row {
 
 /// Reads the corpus.
 pub(crate) fn corpus() -> Vec<Row> {
-    let path = test_data_path("helo-public.tsv");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", path.display()));
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        if line.trim().is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let f: Vec<&str> = line.split('\t').collect();
-        assert!(
-            f.len() >= 5,
-            "line {}: expected 5+ columns: {line:?}",
-            i + 1
-        );
-        let reasons = if f[3] == "-" {
-            Vec::new()
-        } else {
-            f[3].split(',')
+    xtask::corpus::corpus()
+        .into_iter()
+        .map(|row| Row {
+            reasons: row
+                .reasons
+                .iter()
                 .map(|c| {
-                    Reason::from_code(c.trim())
-                        .unwrap_or_else(|| panic!("line {}: unknown reason {c:?}", i + 1))
+                    Reason::from_code(c)
+                        .unwrap_or_else(|| panic!("line {}: unknown reason {c:?}", row.line))
                 })
-                .collect()
-        };
-        rows.push(Row {
-            line: i + 1,
-            helo: f[0].to_string(),
-            client: f[1]
-                .parse()
-                .unwrap_or_else(|e| panic!("line {}: {e}", i + 1)),
-            reject: match f[2] {
-                "reject" => true,
-                "accept" => false,
-                v => panic!("line {}: verdict {v:?}", i + 1),
-            },
-            reasons,
-            dns: match f[4] {
-                "dns" => true,
-                "offline" => false,
-                m => panic!("line {}: mode {m:?}", i + 1),
-            },
-        });
-    }
-    rows
+                .collect(),
+            line: row.line,
+            helo: row.helo,
+            client: row.client,
+            reject: row.reject,
+            dns: row.dns,
+        })
+        .collect()
 }
 
 /// The spec's example identity, standard bundle.

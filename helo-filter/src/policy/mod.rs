@@ -415,11 +415,3 @@ impl PolicyEngine {
         }
     }
 }
-
-/// Path of a file in the crate's `tests-data` directory (the corpus and the DNS fixture).
-#[cfg(test)]
-pub(crate) fn test_data_path(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests-data")
-        .join(name)
-}

@@ -168,18 +168,15 @@ pub enum Note {
     Offline,
     /// The score reached the configured threshold (the verdict is a reject).
     ScoreThreshold,
-    /// Not judged: the daemon's validation queue was full and the HELO was passed.
-    QueueFull,
 }
 
 impl Note {
     /// Every note, for metric label sets.
-    pub const ALL: [Note; 5] = [
+    pub const ALL: [Note; 4] = [
         Note::Trusted,
         Note::DnsTempfail,
         Note::Offline,
         Note::ScoreThreshold,
-        Note::QueueFull,
     ];
 
     /// The note as it appears in JSON and logs.
@@ -189,7 +186,6 @@ impl Note {
             Note::DnsTempfail => "dns_tempfail",
             Note::Offline => "offline",
             Note::ScoreThreshold => "score_threshold",
-            Note::QueueFull => "queue_full",
         }
     }
 }

@@ -1,0 +1,62 @@
+//! The shared HELO corpus (`helo-filter/tests-data/helo-public.tsv`, a copy of
+//! `shared/corpus/helo-public.tsv`): one test vector a line, read by the policy engine's
+//! tests and by the `check` binary's test.
+
+use std::net::IpAddr;
+
+use crate::daemon::workspace_root;
+
+/// One corpus row.
+#[derive(Clone, Debug)]
+pub struct CorpusRow {
+    /// Line number in the file, for messages.
+    pub line: usize,
+    pub helo: String,
+    pub client: IpAddr,
+    pub reject: bool,
+    /// Acceptable primary reasons of a reject (reason codes); empty on an accept.
+    pub reasons: Vec<String>,
+    /// The row needs the fixture DNS server.
+    pub dns: bool,
+}
+
+/// Reads every row; a malformed line is a test failure naming it.
+pub fn corpus() -> Vec<CorpusRow> {
+    let path = workspace_root().join("helo-filter/tests-data/helo-public.tsv");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", path.display()));
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let number = i + 1;
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let f: Vec<&str> = line.split('\t').collect();
+        assert!(
+            f.len() >= 5,
+            "corpus line {number}: expected 5+ columns: {line:?}"
+        );
+        rows.push(CorpusRow {
+            line: number,
+            helo: f[0].to_owned(),
+            client: f[1]
+                .parse()
+                .unwrap_or_else(|e| panic!("corpus line {number}: {e}")),
+            reject: match f[2] {
+                "reject" => true,
+                "accept" => false,
+                v => panic!("corpus line {number}: verdict {v:?}"),
+            },
+            reasons: match f[3] {
+                "-" => Vec::new(),
+                list => list.split(',').map(|c| c.trim().to_owned()).collect(),
+            },
+            dns: match f[4] {
+                "dns" => true,
+                "offline" => false,
+                m => panic!("corpus line {number}: mode {m:?}"),
+            },
+        });
+    }
+    rows
+}
