@@ -39,13 +39,13 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) {
             ..FlowState::default()
         };
         // A failed insert only means this flow is not captured: the mail still flows.
-        let _ = FLOWS.insert(&segment.key, &state, 0);
+        let _ = FLOWS.insert(segment.key, state, 0);
         return;
     }
     if segment.payload_len == 0 {
         return;
     }
-    let Some(state) = FLOWS.get_ptr_mut(&segment.key) else {
+    let Some(state) = FLOWS.get_ptr_mut(segment.key) else {
         return;
     };
     // SAFETY: a pointer into the map value, valid for this program run.

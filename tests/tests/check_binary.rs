@@ -4,19 +4,11 @@
 
 use std::process::Command;
 
-use xtask::{corpus::corpus, daemon::binary, dns_fixture::Dnsmasq};
-
-/// The spec's example identity.
-const IDENTITY: [&str; 8] = [
-    "--our-name",
-    "mx.example.org",
-    "--our-domain",
-    "example.org",
-    "--our-addr",
-    "198.51.100.25",
-    "--our-addr",
-    "2001:db8:25::25",
-];
+use xtask::{
+    corpus::{IDENTITY_ARGS, corpus},
+    daemon::binary,
+    dns_fixture::Dnsmasq,
+};
 
 #[test]
 fn every_corpus_row_through_the_check_binary() {
@@ -34,7 +26,7 @@ fn every_corpus_row_through_the_check_binary() {
         let mut command = Command::new(&binary);
         command
             .args(["check", "--json", "--ip", &row.client.to_string()])
-            .args(IDENTITY);
+            .args(IDENTITY_ARGS);
         if row.dns {
             command.args(["--dns-server", &dns.addr.to_string()]);
         } else {

@@ -86,6 +86,9 @@ impl Flow {
     }
 }
 
+/// Wraps a frame: adds VLAN tags, IP options, extension headers…
+type Wrap = fn(Frame) -> Frame;
+
 /// SYN then one data segment, through `wrap` (VLAN tags, IP options, …).
 fn syn_then(flow: &Flow, payload: &[u8], wrap: impl Fn(Frame) -> Frame) -> [Frame; 2] {
     [wrap(flow.syn()), wrap(flow.data(0, payload))]
@@ -101,7 +104,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
     };
 
     // One-segment HELOs over every encapsulation.
-    let encapsulations: [(&str, bool, fn(Frame) -> Frame); 7] = [
+    let encapsulations: [(&str, bool, Wrap); 7] = [
         ("ipv4 EHLO", false, |f| f),
         ("ipv6 EHLO", true, |f| f),
         ("vlan ipv4 EHLO", false, |f| f.vlan(ETH_P_8021Q, 10)),
@@ -418,7 +421,7 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
 
     // Truncation at every header: a HELO frame cut just inside each header must pass
     // without an event (the flow's SYN was seen, so only the cut stops the capture).
-    let truncations: [(&'static str, bool, fn(Frame) -> Frame, usize); 9] = [
+    let truncations: [(&'static str, bool, Wrap, usize); 9] = [
         // BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header, as NICs do.
         ("ethernet header only", false, |f| f, 14),
         (

@@ -6,6 +6,18 @@ use std::net::IpAddr;
 
 use crate::daemon::workspace_root;
 
+/// The local identity the corpus assumes (`helo-policy.md`), as `helo-filter` flags.
+pub const IDENTITY_ARGS: [&str; 8] = [
+    "--our-name",
+    "mx.example.org",
+    "--our-domain",
+    "example.org",
+    "--our-addr",
+    "198.51.100.25",
+    "--our-addr",
+    "2001:db8:25::25",
+];
+
 /// One corpus row.
 #[derive(Clone, Debug)]
 pub struct CorpusRow {

@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::lab::{DNS_SERVER, Lab, MX_V4, MX_V6, in_netns, wait_until};
+use crate::{
+    corpus::IDENTITY_ARGS,
+    lab::{DNS_SERVER, Lab, in_netns, wait_until},
+};
 
 /// Where the daemon's metrics listen inside the MX namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9725";
@@ -59,14 +62,8 @@ impl Daemon {
                 "--metrics-addr",
                 METRICS_ADDR,
             ])
-            .args(["--dns-server", DNS_SERVER, "--our-name", "mx.example.org"])
-            .args(["--our-domain", "example.org"])
-            .args([
-                "--our-addr",
-                &MX_V4.to_string(),
-                "--our-addr",
-                &MX_V6.to_string(),
-            ])
+            .args(["--dns-server", DNS_SERVER])
+            .args(IDENTITY_ARGS)
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_LOG_STYLE", "never")

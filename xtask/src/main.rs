@@ -1,7 +1,8 @@
 //! `cargo xtask setup | run | test | bench`.
 use std::{
+    io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -88,11 +89,37 @@ fn test() -> anyhow::Result<()> {
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     build_daemon()?;
     println!("running every test (unit, packet table, end to end)");
-    run_cmd(
-        cargo()
-            .args(["test", "--workspace", "--exclude", "helo-filter-ebpf"])
-            .env("HELO_FILTER_BIN", daemon::binary()),
-    )
+    let mut child = cargo()
+        .args(["test", "--workspace", "--exclude", "helo-filter-ebpf"])
+        .env("HELO_FILTER_BIN", daemon::binary())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    // Echo the output and add up libtest's `test result:` lines for one closing total.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    Ok(())
+}
+
+/// The number just before `label` in a libtest summary (`ok. 12 passed; 0 failed; …`).
+fn count_before(summary: &str, label: &str) -> u64 {
+    summary
+        .split_once(label)
+        .and_then(|(head, _)| head.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn bench() -> anyhow::Result<()> {
