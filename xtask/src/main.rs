@@ -34,7 +34,8 @@ enum Task {
     },
     /// Every test, privileged ones included (needs root).
     Test,
-    /// Per-packet figures of the XDP program against an empty one (TestRun).
+    /// Per-packet figures of the XDP program against an empty one (TestRun), and the
+    /// policy engine's validations per second.
     Bench,
 }
 
@@ -124,14 +125,17 @@ fn count_before(summary: &str, label: &str) -> u64 {
 
 fn bench() -> anyhow::Result<()> {
     setup::run()?;
-    run_cmd(cargo().args([
-        "run",
-        "--release",
-        "--package",
-        "helo-filter-tests",
-        "--bin",
-        "xdp-bench",
-    ]))
+    for bench in ["xdp-bench", "policy-bench"] {
+        run_cmd(cargo().args([
+            "run",
+            "--release",
+            "--package",
+            "helo-filter-tests",
+            "--bin",
+            bench,
+        ]))?;
+    }
+    Ok(())
 }
 
 fn run_lab() -> anyhow::Result<()> {

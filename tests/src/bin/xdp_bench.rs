@@ -33,7 +33,7 @@ fn main() {
     let mut baseline = BaselineProgram::load();
     println!("XDP per-packet cost (BPF_PROG_TEST_RUN), median of {ROUNDS} rounds");
     println!(
-        "{:<52} {:>12} {:>12} {:>8}",
+        "{:<62} {:>12} {:>12} {:>8}",
         "frame", "capture ns", "baseline ns", "ratio"
     );
 
@@ -105,5 +105,5 @@ fn main() {
 }
 
 fn report(name: &str, ours: f64, base: f64) {
-    println!("{name:<52} {ours:>12.1} {base:>12.1} {:>8.2}", ours / base);
+    println!("{name:<62} {ours:>12.1} {base:>12.1} {:>8.2}", ours / base);
 }
