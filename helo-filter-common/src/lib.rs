@@ -17,6 +17,7 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const FLOWS: &str = "FLOWS";
     pub const CONFIG: &str = "CONFIG";
+    pub const HEARTBEAT: &str = "HEARTBEAT";
     pub const COUNTERS: &str = "COUNTERS";
 }
 
@@ -100,6 +101,16 @@ pub struct KernelConfig {
     /// SMTP ports in host byte order; only the first `port_count` are used.
     pub ports: [u16; MAX_SMTP_PORTS],
     pub port_count: u32,
+    /// How long the gate holds a flow's segments waiting for its verdict before it opens
+    /// by itself (fail-open).
+    pub gate_deadline_ms: u32,
+    /// A daemon heartbeat older than this means the daemon is gone: the gate stays open.
+    pub heartbeat_timeout_ms: u32,
+}
+
+impl KernelConfig {
+    pub const DEFAULT_GATE_DEADLINE_MS: u32 = 5_000;
+    pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u32 = 3_000;
 }
 
 impl Default for KernelConfig {
@@ -109,6 +120,8 @@ impl Default for KernelConfig {
         KernelConfig {
             ports,
             port_count: 1,
+            gate_deadline_ms: Self::DEFAULT_GATE_DEADLINE_MS,
+            heartbeat_timeout_ms: Self::DEFAULT_HEARTBEAT_TIMEOUT_MS,
         }
     }
 }
@@ -127,16 +140,25 @@ pub enum Counter {
     ContinuationEvents = 3,
     /// Ring-buffer reservations that failed (event lost, packet passed).
     RingbufReserveFailed = 4,
+    /// Client segments held (dropped) by the gate while their flow awaited its verdict.
+    GateHeld = 5,
+    /// Gates that opened by themselves because the verdict missed the deadline.
+    GateDeadline = 6,
+    /// Segments the gate let through because the daemon's heartbeat was stale.
+    DaemonAbsent = 7,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::PacketsSeen,
         Counter::SmtpPackets,
         Counter::HeloEvents,
         Counter::ContinuationEvents,
         Counter::RingbufReserveFailed,
+        Counter::GateHeld,
+        Counter::GateDeadline,
+        Counter::DaemonAbsent,
     ];
 }
 
@@ -144,6 +166,8 @@ impl Counter {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FlowState {
+    /// `bpf_ktime_get_boot_ns` when the gate closed (phase `GATED`).
+    pub gated_since_ns: u64,
     /// Upper-cased first five bytes of the current (unfinished) line, packed little-endian
     /// into one integer so the line scanner keeps it in a register: enough to recognise
     /// the verb and the byte after it.
@@ -158,13 +182,20 @@ pub struct FlowState {
     pub line_len: u16,
     pub segments: u8,
     pub phase: u8,
-    pub _pad: [u8; 2],
+    /// Where in the last scanned segment the deciding line ended (the scanner's result,
+    /// passed through map memory to keep the verifier's work small).
+    pub scan_end: u16,
 }
 
 /// `FlowState::phase` values.
 pub mod phase {
+    /// From the SYN until the first decisive command line.
     pub const CAPTURING: u8 = 1;
-    pub const DONE: u8 = 2;
+    /// The decisive line was captured: the client's further payload is held until the
+    /// daemon writes the verdict (or the deadline passes, or the daemon is gone).
+    pub const GATED: u8 = 2;
+    /// Judged (or given up): the kernel lets the flow be.
+    pub const DONE: u8 = 3;
 }
 
 #[cfg(feature = "user")]
@@ -178,5 +209,5 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () =
     assert!(core::mem::size_of::<CaptureEvent>() == 40 + 8 + 8 + 8 + 8 + MAX_CAPTURE_BYTES);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 20);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 28);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 32);

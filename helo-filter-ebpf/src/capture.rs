@@ -1,20 +1,28 @@
 //! Per-flow capture: from the client's SYN until its first command line that is not
-//! NOOP/RSET has ended (normally the HELO/EHLO line), or until the per-flow caps.
+//! NOOP/RSET has ended (normally the HELO/EHLO line), or until the per-flow caps; then the
+//! gate, until the daemon's verdict.
 //!
 //! Each captured segment becomes one ring-buffer event; the daemon reassembles them by
 //! sequence number. The kernel scans in-order bytes only to know when to stop.
+//!
+//! The gate drops the client's further payload-bearing segments (pure ACKs, FIN and RST
+//! pass) so that nothing following a bogus HELO reaches the MTA before the verdict; TCP
+//! retransmits them once the daemon has written an accept. It fails open: after the gate
+//! deadline, and whenever the daemon's heartbeat is stale.
 
 use aya_ebpf::{
+    bindings::xdp_action,
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_xdp_load_bytes},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use helo_filter_common::{
-    CaptureEvent, Counter, FlowState, MAX_CAPTURE_BYTES, MAX_CAPTURE_SEGMENTS, flags, phase,
+    CaptureEvent, Counter, FlowState, KernelConfig, MAX_CAPTURE_BYTES, MAX_CAPTURE_SEGMENTS, flags,
+    phase,
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, count, is_smtp_port},
+    maps::{EVENTS, FLOWS, config, count, daemon_alive, is_smtp_port},
     parse::{TCP_ACK, TCP_SYN, TcpSegment},
 };
 
@@ -24,10 +32,12 @@ const VERB_EHLO: u64 = u32::from_le_bytes(*b"EHLO") as u64;
 const VERB_NOOP: u64 = u32::from_le_bytes(*b"NOOP") as u64;
 const VERB_RSET: u64 = u32::from_le_bytes(*b"RSET") as u64;
 
+/// Handles a TCP segment; returns the XDP action for it.
 #[inline(always)]
-pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) {
-    if !is_smtp_port(segment.key.dport) {
-        return;
+pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
+    let config = config();
+    if !is_smtp_port(&config, segment.key.dport) {
+        return xdp_action::XDP_PASS;
     }
     count(Counter::SmtpPackets);
     if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -40,47 +50,77 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) {
         };
         // A failed insert only means this flow is not captured: the mail still flows.
         let _ = FLOWS.insert(segment.key, state, 0);
-        return;
+        return xdp_action::XDP_PASS;
     }
     if segment.payload_len == 0 {
-        return;
+        return xdp_action::XDP_PASS;
     }
     let Some(state) = FLOWS.get_ptr_mut(segment.key) else {
-        return;
+        return xdp_action::XDP_PASS;
     };
     // SAFETY: a pointer into the map value, valid for this program run.
     let state = unsafe { &mut *state };
-    if state.phase == phase::CAPTURING {
-        capture_segment(ctx, segment, state);
+    // SAFETY: plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    match state.phase {
+        phase::CAPTURING => capture_segment(ctx, segment, state, &config, now),
+        phase::GATED => gate(state, &config, now),
+        _ => xdp_action::XDP_PASS,
     }
 }
 
-/// What the line scanner found in a segment's copied bytes.
-enum ScanResult {
-    /// No decisive line ended; the scanner state carries over to the next segment.
-    NeedMore,
-    /// A line that ends the capture ended just before byte `end`.
-    Decisive { end: usize, helo: bool },
+/// A payload segment of a flow awaiting its verdict: held while the daemon is alive and
+/// the deadline has not passed.
+#[inline(always)]
+fn gate(state: &mut FlowState, config: &KernelConfig, now: u64) -> u32 {
+    if !daemon_alive(config, now) {
+        count(Counter::DaemonAbsent);
+        return xdp_action::XDP_PASS;
+    }
+    if now.saturating_sub(state.gated_since_ns) > config.gate_deadline_ms as u64 * 1_000_000 {
+        state.phase = phase::DONE;
+        count(Counter::GateDeadline);
+        return xdp_action::XDP_PASS;
+    }
+    count(Counter::GateHeld);
+    xdp_action::XDP_DROP
 }
 
+// What the line scanner found in a segment: plain integers (not an enum carrying the
+// end offset) so that the scan loop's exits look alike to the verifier.
+/// No decisive line ended; the scanner state carries over to the next segment.
+const SCAN_NEED_MORE: u32 = 0;
+/// A HELO/EHLO line ended the capture (at `FlowState::scan_end`).
+const SCAN_HELO: u32 = 1;
+/// Another command line ended the capture (at `FlowState::scan_end`).
+const SCAN_OTHER: u32 = 2;
+
+/// Captures one payload segment; returns the XDP action for it (XDP_DROP only for a
+/// pipelined HELO segment, which the gate holds with the rest).
 #[inline(always)]
-fn capture_segment(ctx: &XdpContext, segment: &TcpSegment, state: &mut FlowState) {
+fn capture_segment(
+    ctx: &XdpContext,
+    segment: &TcpSegment,
+    state: &mut FlowState,
+    config: &KernelConfig,
+    now: u64,
+) -> u32 {
     let offset_from_expected = segment.seq.wrapping_sub(state.next_seq) as i32;
     let segment_end = segment.seq.wrapping_add(segment.payload_len as u32);
     if offset_from_expected < 0 && segment_end.wrapping_sub(state.next_seq) as i32 <= 0 {
         // A retransmission of bytes already captured.
-        return;
+        return xdp_action::XDP_PASS;
     }
     let remaining = MAX_CAPTURE_BYTES.saturating_sub(state.captured_bytes as usize);
     let copy_len = segment.payload_len.min(remaining);
     if copy_len == 0 {
         state.phase = phase::DONE;
-        return;
+        return xdp_action::XDP_PASS;
     }
     let Some(mut entry) = EVENTS.reserve::<CaptureEvent>(0) else {
         // Fail open: the segment passes, the daemon never judges this flow.
         count(Counter::RingbufReserveFailed);
-        return;
+        return xdp_action::XDP_PASS;
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points to reserved ring-buffer memory of the event's size; every
@@ -100,30 +140,33 @@ fn capture_segment(ctx: &XdpContext, segment: &TcpSegment, state: &mut FlowState
     };
     if loaded != 0 {
         entry.discard(0);
-        return;
+        return xdp_action::XDP_PASS;
     }
 
     state.segments = state.segments.saturating_add(1);
     state.captured_bytes += bounded_len as u16;
+    event.len = bounded_len as u16;
     let mut event_flags = 0;
+    if offset_from_expected == 0 {
+        state.next_seq = segment_end;
+        let found = scan_lines(event, state);
+        if found != SCAN_NEED_MORE {
+            event_flags |= flags::FINAL;
+            if found == SCAN_HELO {
+                event_flags |= flags::HELO_LINE;
+            }
+            // SAFETY: a field of the flow's map value, written by the scanner.
+            let end = unsafe { core::ptr::read_volatile(&state.scan_end) } as usize;
+            if end < segment.payload_len {
+                event_flags |= flags::PIPELINED;
+            }
+        }
+    }
     if state.segments > 1 {
         event_flags |= flags::CONTINUATION;
     }
     if bounded_len < segment.payload_len {
         event_flags |= flags::TRUNCATED;
-    }
-    event.len = bounded_len as u16;
-    if offset_from_expected == 0 {
-        state.next_seq = segment_end;
-        if let ScanResult::Decisive { end, helo } = scan_lines(event, state) {
-            event_flags |= flags::FINAL;
-            if helo {
-                event_flags |= flags::HELO_LINE;
-            }
-            if end < segment.payload_len {
-                event_flags |= flags::PIPELINED;
-            }
-        }
     }
     if event_flags & flags::FINAL == 0
         && (state.captured_bytes as usize >= MAX_CAPTURE_BYTES
@@ -135,16 +178,23 @@ fn capture_segment(ctx: &XdpContext, segment: &TcpSegment, state: &mut FlowState
             "capture cap reached after {} segments, {} bytes", state.segments, state.captured_bytes
         );
     }
+    let mut action = xdp_action::XDP_PASS;
     if event_flags & flags::FINAL != 0 {
-        state.phase = phase::DONE;
+        state.phase = phase::GATED;
+        state.gated_since_ns = now;
+        // Commands sent with the HELO before our reply (RFC 2920 forbids it) are held
+        // with it: the verdict decides whether TCP may deliver them.
+        if event_flags & flags::PIPELINED != 0 && daemon_alive(config, now) {
+            count(Counter::GateHeld);
+            action = xdp_action::XDP_DROP;
+        }
     }
 
     event.key = segment.key;
     // SAFETY: `ctx.ctx` is the program's xdp_md.
     event.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     event.flags = event_flags;
-    // SAFETY: plain helper call without arguments.
-    event.timestamp_ns = unsafe { bpf_ktime_get_boot_ns() };
+    event.timestamp_ns = now;
     event.seq = segment.seq;
     event.stream_start_seq = state.stream_start_seq;
     event.wire_len = segment.payload_len as u16;
@@ -157,6 +207,7 @@ fn capture_segment(ctx: &XdpContext, segment: &TcpSegment, state: &mut FlowState
     if event_flags & flags::HELO_LINE != 0 {
         count(Counter::HeloEvents);
     }
+    action
 }
 
 /// Feeds the event's copied bytes through the flow's line scanner.
@@ -168,12 +219,13 @@ fn capture_segment(ctx: &XdpContext, segment: &TcpSegment, state: &mut FlowState
 /// complex to verify. For the same reason the length is read back from the event: the
 /// copy length the helper call made precise would tell every loop exit apart.
 #[inline(always)]
-fn scan_lines(event: &CaptureEvent, state: &mut FlowState) -> ScanResult {
+fn scan_lines(event: &CaptureEvent, state: &mut FlowState) -> u32 {
     // SAFETY: a field of the reserved event, written by the caller.
     let len = unsafe { core::ptr::read_volatile(&event.len) } as usize;
     let data = &event.data;
     let head_slot: *mut u64 = &mut state.line_head;
     let len_slot: *mut u16 = &mut state.line_len;
+    let end_slot: *mut u16 = &mut state.scan_end;
     for i in 0..MAX_CAPTURE_BYTES {
         if i >= len {
             break;
@@ -186,23 +238,19 @@ fn scan_lines(event: &CaptureEvent, state: &mut FlowState) -> ScanResult {
         if line_len < 5 {
             head |= (byte.to_ascii_uppercase() as u64) << ((line_len as u64 & 7) * 8);
         }
-        let line_len = line_len.saturating_add(1);
+        // Wrapping is fine: a flow never captures more than 512 bytes.
+        let line_len = line_len.wrapping_add(1);
         let mut next_line_len = line_len;
         if byte == b'\n' {
             let verb = head & 0xFFFF_FFFF;
             let after_verb = (head >> 32) as u8;
             let verb_ends = line_len >= 5 && matches!(after_verb, b' ' | b'\t' | b'\r' | b'\n');
-            if verb_ends && (verb == VERB_HELO || verb == VERB_EHLO) {
-                return ScanResult::Decisive {
-                    end: i + 1,
-                    helo: true,
-                };
-            }
-            if !(verb_ends && (verb == VERB_NOOP || verb == VERB_RSET)) {
-                return ScanResult::Decisive {
-                    end: i + 1,
-                    helo: false,
-                };
+            let helo = verb_ends && (verb == VERB_HELO || verb == VERB_EHLO);
+            let skippable = verb_ends && (verb == VERB_NOOP || verb == VERB_RSET);
+            if !skippable {
+                // SAFETY: as above.
+                unsafe { end_slot.write_volatile(i as u16 + 1) };
+                return if helo { SCAN_HELO } else { SCAN_OTHER };
             }
             head = 0;
             next_line_len = 0;
@@ -213,5 +261,5 @@ fn scan_lines(event: &CaptureEvent, state: &mut FlowState) -> ScanResult {
             len_slot.write_volatile(next_line_len);
         }
     }
-    ScanResult::NeedMore
+    SCAN_NEED_MORE
 }

@@ -1,6 +1,6 @@
-//! The helo-filter XDP program: finds the client side of SMTP flows and copies their
-//! first command lines into a ring buffer for the daemon. It never drops anything (yet):
-//! every path returns XDP_PASS.
+//! The helo-filter XDP program: finds the client side of SMTP flows, copies their first
+//! command lines into a ring buffer for the daemon, and holds a flow's further payload
+//! while its verdict is pending (the gate). Everything else returns XDP_PASS.
 #![no_std]
 #![no_main]
 
@@ -14,10 +14,10 @@ use helo_filter_common::Counter;
 #[xdp]
 pub fn helo_capture(ctx: XdpContext) -> u32 {
     maps::count(Counter::PacketsSeen);
-    if let Some(segment) = parse::parse_tcp(&ctx) {
-        capture::on_tcp_segment(&ctx, &segment);
+    match parse::parse_tcp(&ctx) {
+        Some(segment) => capture::on_tcp_segment(&ctx, &segment),
+        None => xdp_action::XDP_PASS,
     }
-    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -19,6 +19,10 @@ pub static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(
 #[map]
 pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 
+/// `bpf_ktime_get_boot_ns` time of the daemon's last heartbeat (0: never).
+#[map]
+pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -30,15 +34,18 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// Whether `port` is one of the configured SMTP ports (25 when no config was written).
+/// The run-time config; the defaults until user space has written one.
 #[inline(always)]
-pub fn is_smtp_port(port: u16) -> bool {
-    let Some(config) = CONFIG.get(0) else {
-        return port == 25;
-    };
-    if config.port_count == 0 {
-        return port == 25;
+pub fn config() -> KernelConfig {
+    match CONFIG.get(0) {
+        Some(config) if config.port_count != 0 => *config,
+        _ => KernelConfig::default(),
     }
+}
+
+/// Whether `port` is one of the configured SMTP ports.
+#[inline(always)]
+pub fn is_smtp_port(config: &KernelConfig, port: u16) -> bool {
     for (i, configured) in config.ports.iter().enumerate() {
         if i as u32 >= config.port_count {
             break;
@@ -48,4 +55,11 @@ pub fn is_smtp_port(port: u16) -> bool {
         }
     }
     false
+}
+
+/// Whether the daemon's heartbeat is fresh at `now`.
+#[inline(always)]
+pub fn daemon_alive(config: &KernelConfig, now: u64) -> bool {
+    let last = HEARTBEAT.get(0).copied().unwrap_or(0);
+    last != 0 && now.saturating_sub(last) <= config.heartbeat_timeout_ms as u64 * 1_000_000
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::RingBuf;
+use aya::maps::{HashMap, RingBuf};
 use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS, maps};
 use log::{error, info, warn};
 use tokio::{
@@ -20,7 +20,8 @@ use tokio::{
 use crate::{
     capture::{self, Finding, Limits, NoHeloCause, Session},
     check_cmd::PolicyArgs,
-    kernel::{self, CounterReader, XdpModeChoice},
+    enforce::{Action, Enforcer},
+    kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
     metrics,
     policy::{HeloInput, PolicyEngine, Verdict},
 };
@@ -30,6 +31,8 @@ const POLICY_QUEUE: usize = 4096;
 /// Validations running at once (each may wait on DNS); further sessions wait in the queue.
 const VALIDATIONS_IN_FLIGHT: usize = 512;
 const COUNTER_REFRESH: Duration = Duration::from_secs(1);
+/// How often the daemon tells the kernel it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -45,6 +48,16 @@ pub struct RunArgs {
     /// TCP port the MTA listens on (repeat for several, at most 8).
     #[arg(long = "smtp-port", value_name = "PORT", default_values_t = [25u16])]
     pub smtp_ports: Vec<u16>,
+    /// Enforce nothing: count the actions that would have been taken.
+    #[arg(long)]
+    pub monitor: bool,
+    /// How long the kernel holds a flow's further segments waiting for its verdict before
+    /// letting them through (fail-open).
+    #[arg(long, value_name = "MS", default_value_t = KernelConfig::DEFAULT_GATE_DEADLINE_MS)]
+    pub gate_deadline_ms: u32,
+    /// A daemon heartbeat older than this turns the gate off (the daemon is gone).
+    #[arg(long, value_name = "MS", default_value_t = KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS)]
+    pub heartbeat_timeout_ms: u32,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -61,9 +74,17 @@ impl RunArgs {
         if self.smtp_ports.contains(&0) {
             bail!("--smtp-port: 0 is not a port");
         }
+        if self.heartbeat_timeout_ms < 2 * HEARTBEAT_INTERVAL.as_millis() as u32 {
+            bail!(
+                "--heartbeat-timeout-ms: at least {} ms (twice the heartbeat interval)",
+                2 * HEARTBEAT_INTERVAL.as_millis()
+            );
+        }
         let mut config = KernelConfig {
             ports: [0; MAX_SMTP_PORTS],
             port_count: self.smtp_ports.len() as u32,
+            gate_deadline_ms: self.gate_deadline_ms,
+            heartbeat_timeout_ms: self.heartbeat_timeout_ms,
         };
         config.ports[..self.smtp_ports.len()].copy_from_slice(&self.smtp_ports);
         Ok(config)
@@ -123,9 +144,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
+    let mut heartbeat = Heartbeat::new(&mut ebpf)?;
+    heartbeat.beat()?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tick.tick().await;
+            if let Err(e) = heartbeat.beat() {
+                warn!("writing the heartbeat: {e:#}");
+            }
+        }
+    });
+    let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
+    let enforcer = Arc::new(Enforcer::new(flows, args.monitor));
+    if args.monitor {
+        info!("monitor mode: verdicts are counted, nothing is enforced");
+    }
+
     let (tx, rx) = mpsc::channel(POLICY_QUEUE);
     let mut capture = tokio::spawn(capture::run(ring, tx, Limits::default()));
-    tokio::spawn(policy_stage(rx, engine));
+    tokio::spawn(policy_stage(rx, engine, enforcer));
     info!("ready: capturing on {} interface(s)", args.ifaces.len());
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -149,23 +187,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// Judges every session, many at once: a slow DNS answer for one HELO never holds up the
-/// verdicts of others. Enforcement acts on these verdicts in a later stage.
-async fn policy_stage(mut sessions: mpsc::Receiver<Session>, engine: PolicyEngine) {
+/// Judges every session, many at once (a slow DNS answer for one HELO never holds up the
+/// verdicts of others), and acts on each verdict.
+async fn policy_stage(
+    mut sessions: mpsc::Receiver<Session>,
+    engine: PolicyEngine,
+    enforcer: Arc<Enforcer>,
+) {
     let in_flight = Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT));
     while let Some(session) = sessions.recv().await {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break;
         };
         let engine = engine.clone();
+        let enforcer = Arc::clone(&enforcer);
         tokio::spawn(async move {
-            judge(&engine, &session).await;
+            judge(&engine, &enforcer, &session).await;
             drop(permit);
         });
     }
 }
 
-async fn judge(engine: &PolicyEngine, session: &Session) {
+async fn judge(engine: &PolicyEngine, enforcer: &Enforcer, session: &Session) {
     let client = session.client.ip();
     let input = match &session.finding {
         Finding::Helo(helo) => {
@@ -182,11 +225,15 @@ async fn judge(engine: &PolicyEngine, session: &Session) {
     let started = Instant::now();
     let verdict = engine.evaluate(&input).await;
     metrics::verdict(&verdict, started.elapsed());
-    report(session, &verdict);
+    let action = enforcer.apply(session, &verdict);
+    if let Some(action) = action {
+        metrics::action(action, session.timestamp_ns);
+    }
+    report(session, &verdict, action);
 }
 
-/// One log line per session: who, what they said (escaped), and the verdict.
-fn report(session: &Session, verdict: &Verdict) {
+/// One log line per session: who, what they said (escaped), the verdict and the action.
+fn report(session: &Session, verdict: &Verdict, action: Option<Action>) {
     let what = match &session.finding {
         Finding::Helo(helo) => format!(
             "helo client={} server={} verb={} pipelined={} line=\"{}\"",
@@ -212,10 +259,11 @@ fn report(session: &Session, verdict: &Verdict) {
     let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
     let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
     info!(
-        "{what} verdict={} reasons={} score={} notes={}",
+        "{what} verdict={} reasons={} score={} notes={} action={}",
         verdict.decision.as_str(),
         reasons.join(","),
         verdict.score,
-        notes.join(",")
+        notes.join(","),
+        action.map_or("none", Action::as_str)
     );
 }

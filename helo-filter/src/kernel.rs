@@ -150,3 +150,41 @@ pub fn readable_fd<T: AsRawFd>(inner: T) -> anyhow::Result<AsyncFd<T>> {
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
         .map_err(|e| anyhow!("registering a kernel map with the reactor: {e}"))
 }
+
+/// Now on the clock the kernel program reads (`bpf_ktime_get_boot_ns`), in nanoseconds.
+pub fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Writes the daemon's heartbeat; while it is fresh the kernel's gate holds flows awaiting
+/// their verdict, and once it is stale the gate lets everything through.
+pub struct Heartbeat {
+    array: Array<aya::maps::MapData, u64>,
+}
+
+impl Heartbeat {
+    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map(maps::HEARTBEAT)
+            .context("HEARTBEAT map missing")?;
+        Ok(Heartbeat {
+            array: Array::try_from(map)?,
+        })
+    }
+
+    pub fn beat(&mut self) -> anyhow::Result<()> {
+        self.beat_at(boot_time_ns())
+    }
+
+    /// Writes a heartbeat of the given boot-clock time (tests use an old one).
+    pub fn beat_at(&mut self, boot_ns: u64) -> anyhow::Result<()> {
+        self.array.set(0, boot_ns, 0)?;
+        Ok(())
+    }
+}

@@ -3,6 +3,7 @@ pub mod capture;
 pub mod check_cmd;
 pub mod daemon;
 pub mod dns;
+pub mod enforce;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;

@@ -12,7 +12,8 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::{
     dns::{DnsAnswer, DnsObserver, RecordKind},
-    kernel::{AttachedMode, CounterReader},
+    enforce::Action,
+    kernel::{AttachedMode, CounterReader, boot_time_ns},
     policy::{Decision, Note, Reason, Verdict},
 };
 
@@ -26,6 +27,9 @@ pub const CHECK_FAILURES: &str = "helo_filter_check_failures_total";
 pub const VALIDATION_DURATION: &str = "helo_filter_validation_duration_seconds";
 pub const DNS_LOOKUP_DURATION: &str = "helo_filter_dns_lookup_duration_seconds";
 pub const DNS_CACHE: &str = "helo_filter_dns_cache_total";
+pub const ACTIONS: &str = "helo_filter_actions_total";
+pub const HELO_TO_ACTION: &str = "helo_filter_helo_to_action_seconds";
+pub const GATE_HELD: &str = "helo_filter_gate_held_total";
 
 /// Buckets for the latency histograms (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -58,15 +62,23 @@ impl FailOpenCause {
     }
 }
 
-/// The `kind` label of a kernel counter exported under `XDP_PACKETS`; `None` for the
-/// counters exported as series of their own.
-fn packet_kind(counter: Counter) -> Option<&'static str> {
+/// The series and label of each kernel counter.
+fn kernel_series(counter: Counter) -> (&'static str, Option<(&'static str, &'static str)>) {
     match counter {
-        Counter::PacketsSeen => Some("seen"),
-        Counter::SmtpPackets => Some("smtp"),
-        Counter::HeloEvents => Some("helo"),
-        Counter::ContinuationEvents => Some("continuation"),
-        Counter::RingbufReserveFailed => None,
+        Counter::PacketsSeen => (XDP_PACKETS, Some(("kind", "seen"))),
+        Counter::SmtpPackets => (XDP_PACKETS, Some(("kind", "smtp"))),
+        Counter::HeloEvents => (XDP_PACKETS, Some(("kind", "helo"))),
+        Counter::ContinuationEvents => (XDP_PACKETS, Some(("kind", "continuation"))),
+        Counter::RingbufReserveFailed => (RINGBUF_DROPPED, None),
+        Counter::GateHeld => (GATE_HELD, None),
+        Counter::GateDeadline => (
+            FAIL_OPEN,
+            Some(("cause", FailOpenCause::GateDeadline.as_str())),
+        ),
+        Counter::DaemonAbsent => (
+            FAIL_OPEN,
+            Some(("cause", FailOpenCause::DaemonAbsent.as_str())),
+        ),
     }
 }
 
@@ -84,6 +96,9 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     for cause in FailOpenCause::ALL {
         counter!(FAIL_OPEN, "cause" => cause.as_str()).absolute(0);
     }
+    for action in Action::LABELS {
+        counter!(ACTIONS, "action" => action).absolute(0);
+    }
     counter!(VERDICTS, "verdict" => Decision::Accept.as_str(), "reason" => "none").absolute(0);
     for reason in Reason::ALL {
         counter!(VERDICTS, "verdict" => Decision::Reject.as_str(), "reason" => reason.as_str())
@@ -97,9 +112,11 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 fn set_kernel_counter(counter: Counter, value: u64) {
-    match packet_kind(counter) {
-        Some(kind) => counter!(XDP_PACKETS, "kind" => kind).absolute(value),
-        None => counter!(RINGBUF_DROPPED).absolute(value),
+    match kernel_series(counter) {
+        (series, Some((label, value_label))) => {
+            counter!(series, label => value_label).absolute(value)
+        }
+        (series, None) => counter!(series).absolute(value),
     }
 }
 
@@ -149,4 +166,12 @@ impl DnsObserver for DnsMetrics {
     fn wire_lookup(&self, kind: RecordKind, elapsed: Duration, _answer: &DnsAnswer) {
         histogram!(DNS_LOOKUP_DURATION, "type" => kind.as_str()).record(elapsed.as_secs_f64());
     }
+}
+
+/// An action taken on a rejected session whose deciding segment the kernel saw at
+/// `helo_timestamp_ns` (boot clock).
+pub fn action(action: Action, helo_timestamp_ns: u64) {
+    counter!(ACTIONS, "action" => action.as_str()).increment(1);
+    let elapsed = boot_time_ns().saturating_sub(helo_timestamp_ns);
+    histogram!(HELO_TO_ACTION).record(elapsed as f64 / 1e9);
 }

@@ -25,6 +25,19 @@ pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10);
 pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
 
+/// The kernel's key of a test flow from the IPv4 client to the server.
+pub fn flow_key_v4(sport: u16, dport: u16) -> helo_filter_common::FlowKey {
+    let mut key = helo_filter_common::FlowKey {
+        family: helo_filter_common::FAMILY_IPV4,
+        sport,
+        dport,
+        ..Default::default()
+    };
+    key.saddr[..4].copy_from_slice(&CLIENT_V4.octets());
+    key.daddr[..4].copy_from_slice(&SERVER_V4.octets());
+    key
+}
+
 #[derive(Clone, Debug)]
 pub enum Network {
     V4 {

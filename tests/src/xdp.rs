@@ -2,19 +2,21 @@
 
 use aya::{
     Ebpf,
-    maps::{MapData, RingBuf},
+    maps::{HashMap, MapData, RingBuf},
     programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
 use helo_filter::{
     capture::decode,
-    kernel::{self, CounterReader},
+    kernel::{self, CounterReader, Heartbeat},
 };
-use helo_filter_common::{CaptureEvent, Counter, KernelConfig, maps};
+use helo_filter_common::{CaptureEvent, Counter, FlowKey, FlowState, KernelConfig, maps, phase};
 
 pub struct CaptureProgram {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
     counters: CounterReader,
+    heartbeat: Heartbeat,
+    flows: HashMap<MapData, FlowKey, FlowState>,
 }
 
 impl CaptureProgram {
@@ -24,10 +26,15 @@ impl CaptureProgram {
         let events = RingBuf::try_from(ebpf.take_map(maps::EVENTS).expect("EVENTS map"))
             .expect("EVENTS is a ring buffer");
         let counters = CounterReader::new(&mut ebpf).expect("COUNTERS map");
+        let heartbeat = Heartbeat::new(&mut ebpf).expect("HEARTBEAT map");
+        let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).expect("FLOWS map"))
+            .expect("FLOWS is a hash map");
         CaptureProgram {
             ebpf,
             events,
             counters,
+            heartbeat,
+            flows,
         }
     }
 
@@ -46,6 +53,21 @@ impl CaptureProgram {
             events.push(decode(&record).expect("a whole capture event"));
         }
         events
+    }
+
+    /// Writes the daemon's heartbeat as of `ago_ms` milliseconds ago (0: now).
+    pub fn heartbeat(&mut self, ago_ms: u64) {
+        let at = kernel::boot_time_ns() - ago_ms * 1_000_000;
+        self.heartbeat.beat_at(at).expect("writing the heartbeat");
+    }
+
+    /// What the daemon does once a flow is judged: the gate opens.
+    pub fn judge(&mut self, key: &FlowKey) {
+        let mut state = self.flows.get(key, 0).expect("the flow is tracked");
+        state.phase = phase::DONE;
+        self.flows
+            .insert(key, state, 0)
+            .expect("writing the verdict");
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {

@@ -100,10 +100,12 @@ const fn reject(reason: &'static str) -> (&'static str, Option<&'static str>) {
     ("reject", Some(reason))
 }
 
+/// In monitor mode nothing is enforced, so every session runs to its end and the daemon
+/// reports each one (enforcement has its own test below).
 #[test]
 fn every_session_is_reported_exactly_with_its_client_and_verdict() {
     let lab = lab("a");
-    let daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let daemon = Daemon::start(&lab, &["--monitor"], false).expect("starting the daemon");
     let mut expected = BTreeSet::new();
     let mut expect = |report: String, (verdict, reason): (&'static str, Option<&'static str>)| {
         expected.insert((report, verdict.to_owned(), reason.map(str::to_owned)));
@@ -221,6 +223,25 @@ fn every_session_is_reported_exactly_with_its_client_and_verdict() {
     expect(no_helo_line(client, "cap_exceeded", ""), reject("no_helo"));
 
     wait_for_reports(&daemon, &expected);
+    for line in daemon.lines().iter().filter(|l| l.contains(" verdict=")) {
+        let wanted = if line.contains(" verdict=reject ") {
+            "action=monitor"
+        } else {
+            "action=none"
+        };
+        assert!(line.ends_with(wanted), "{line}");
+    }
+    let page = daemon.scrape().expect("scraping");
+    let monitored = metric_value(&page, "helo_filter_actions_total{action=\"monitor\"}");
+    let rejects = expected
+        .iter()
+        .filter(|(_, verdict, _)| verdict == "reject")
+        .count();
+    assert_eq!(monitored, Some(rejects as f64), "{page}");
+    assert_eq!(
+        metric_value(&page, "helo_filter_actions_total{action=\"rst\"}"),
+        Some(0.0)
+    );
 
     let status = daemon.stop().expect("stopping the daemon");
     assert!(status.success(), "the daemon exited with {status}");
@@ -335,7 +356,9 @@ fn metrics_show_the_kernel_counters_move() {
 fn several_interfaces_and_the_generic_fallback() {
     let lab = lab("c");
     // Loopback has no native XDP: auto mode must fall back to generic and say so.
-    let daemon = Daemon::start(&lab, &["--iface", "lo"], false).expect("starting the daemon");
+    // Monitor mode: the HELO names here do not resolve, and this test is about capture.
+    let daemon =
+        Daemon::start(&lab, &["--iface", "lo", "--monitor"], false).expect("starting the daemon");
     let lines = daemon.lines().join("\n");
     assert!(
         lines.contains("lo: native XDP unavailable") && lines.contains("running in generic mode"),
@@ -386,4 +409,50 @@ fn several_interfaces_and_the_generic_fallback() {
             .wait_for(Duration::from_secs(10), |l| l.contains(wanted))
             .unwrap_or_else(|e| panic!("{wanted}: {e}\n{}", daemon.lines().join("\n")));
     }
+}
+
+/// Enforcing (deployment mx, action rst): each bogus session is reset before its MAIL FROM
+/// is answered; a good one completes.
+#[test]
+fn bogus_sessions_are_reset_before_mail_from_is_answered() {
+    let lab = lab("d");
+    let daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let bogus = [
+        (v4(1, 44001), Greeting::Helo, "127.0.0.1"),
+        (v6(1, 44002), Greeting::Ehlo, "[192.168.1.1]"),
+        (v4(2, 44003), Greeting::Ehlo, "localhost"),
+        (v6(3, 44004), Greeting::Helo, "mon-serveur"),
+        (v4(4, 44005), Greeting::Ehlo, "fakedomain.xyz"),
+    ];
+    for (client, greeting, name) in bogus {
+        let (completed, transcript) =
+            sessions::swaks_transcript(&lab, client, greeting, name).expect("swaks");
+        assert!(!completed, "{name}: the session completed:\n{transcript}");
+        let after_mail = transcript
+            .split_once("-> MAIL FROM")
+            .map_or("", |(_, rest)| rest);
+        assert!(
+            !after_mail
+                .lines()
+                .any(|l| l.trim_start().starts_with("<-  250")),
+            "{name}: MAIL FROM was answered:\n{transcript}"
+        );
+    }
+    for (client, greeting, name) in [
+        (v4(0, 44006), Greeting::Ehlo, "mail.example.net"),
+        (v6(0, 44007), Greeting::Helo, "v6.example.net"),
+    ] {
+        sessions::swaks(&lab, client, greeting, name).expect("a good session completes");
+    }
+    let page = daemon.scrape().expect("scraping");
+    let actions = metric_value(&page, "helo_filter_actions_total{action=\"rst\"}");
+    assert_eq!(actions, Some(5.0), "{page}");
+    let timed = metric_value(&page, "helo_filter_helo_to_action_seconds_count");
+    assert_eq!(timed, Some(5.0), "{page}");
+    let resets = daemon
+        .lines()
+        .iter()
+        .filter(|l| l.ends_with("action=rst"))
+        .count();
+    assert_eq!(resets, 5, "{}", daemon.lines().join("\n"));
 }

@@ -9,13 +9,15 @@ use helo_filter_common::{Counter, FAMILY_IPV4, FAMILY_IPV6, KernelConfig, flags}
 use helo_filter_tests::{
     packet::{
         ACK, ETH_P_8021AD, ETH_P_8021Q, FIN, Frame, IPPROTO_UDP, IPV6_DEST_OPTS, IPV6_FRAGMENT,
-        IPV6_HOP_BY_HOP, IPV6_ROUTING, PSH, SYN, arp,
+        IPV6_HOP_BY_HOP, IPV6_ROUTING, PSH, SYN, arp, flow_key_v4,
     },
     xdp::CaptureProgram,
 };
 
-/// `XDP_PASS` from the kernel's UAPI: the only return code the capture program gives.
+/// `XDP_PASS` and `XDP_DROP` from the kernel's UAPI. Without a daemon heartbeat (the table
+/// below writes none) the program passes everything; the gate tests write one.
 const XDP_PASS: u32 = 2;
+const XDP_DROP: u32 = 1;
 
 const ISN: u32 = 1000;
 const DATA: u32 = ISN + 1;
@@ -556,4 +558,101 @@ fn event_carries_flow_and_addresses() {
     assert_eq!(event.stream_start_seq, DATA);
     assert_eq!(event.wire_len, 16);
     assert!(event.timestamp_ns > 0);
+}
+
+/// Runs one frame and returns the action and the number of events it produced.
+fn step(program: &mut CaptureProgram, frame: Frame) -> (u32, usize) {
+    let action = program.run(&frame.bytes(), 1).return_value;
+    (action, program.drain().len())
+}
+
+#[test]
+fn the_gate_holds_payload_until_the_verdict() {
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    program.heartbeat(0);
+    let port = 43_000;
+    let flow = Flow::v4(port);
+    assert_eq!(step(&mut program, flow.syn()), (XDP_PASS, 0));
+    assert_eq!(
+        step(&mut program, flow.data(0, b"EHLO a.example\r\n")),
+        (XDP_PASS, 1)
+    );
+    let mail = flow.data(16, b"MAIL FROM:<a@example.net>\r\n");
+    assert_eq!(
+        step(&mut program, mail.clone()),
+        (XDP_DROP, 0),
+        "held before the verdict"
+    );
+    assert_eq!(
+        step(&mut program, flow.frame(DATA + 16, ACK, b"")),
+        (XDP_PASS, 0),
+        "pure ACK"
+    );
+    assert_eq!(
+        step(&mut program, flow.frame(DATA + 16, FIN | ACK, b"")),
+        (XDP_PASS, 0)
+    );
+    assert_eq!(program.counter(Counter::GateHeld), 1);
+    program.judge(&flow_key_v4(port, 25));
+    assert_eq!(
+        step(&mut program, mail),
+        (XDP_PASS, 0),
+        "the retransmission is delivered"
+    );
+
+    // A HELO with commands pipelined behind it is itself held, and flagged.
+    let flow = Flow::v4(port + 1);
+    step(&mut program, flow.syn());
+    let pipelined = flow.data(0, b"EHLO a.example\r\nMAIL FROM:<>\r\n");
+    assert_eq!(program.run(&pipelined.bytes(), 1).return_value, XDP_DROP);
+    let events = program.drain();
+    assert_eq!(events[0].flags & flags::PIPELINED, flags::PIPELINED);
+    assert_eq!(program.counter(Counter::GateHeld), 2);
+}
+
+#[test]
+fn the_gate_opens_after_its_deadline() {
+    let config = KernelConfig {
+        gate_deadline_ms: 100,
+        ..KernelConfig::default()
+    };
+    let mut program = CaptureProgram::load(&config);
+    program.heartbeat(0);
+    let flow = Flow::v4(44_000);
+    step(&mut program, flow.syn());
+    step(&mut program, flow.data(0, b"HELO a.example\r\n"));
+    let mail = flow.data(16, b"MAIL FROM:<>\r\n");
+    assert_eq!(step(&mut program, mail.clone()).0, XDP_DROP);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    program.heartbeat(0);
+    assert_eq!(
+        step(&mut program, mail.clone()).0,
+        XDP_PASS,
+        "past the deadline"
+    );
+    assert_eq!(step(&mut program, mail).0, XDP_PASS, "and open for good");
+    assert_eq!(program.counter(Counter::GateDeadline), 1);
+}
+
+#[test]
+fn a_stale_heartbeat_turns_the_gate_off() {
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    program.heartbeat(KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS as u64 + 1_000);
+    let flow = Flow::v4(45_000);
+    step(&mut program, flow.syn());
+    step(&mut program, flow.data(0, b"HELO a.example\r\n"));
+    assert_eq!(
+        step(&mut program, flow.data(16, b"MAIL FROM:<>\r\n")).0,
+        XDP_PASS
+    );
+    let flow = Flow::v4(45_001);
+    step(&mut program, flow.syn());
+    let pipelined = flow.data(0, b"EHLO a.example\r\nMAIL FROM:<>\r\n");
+    assert_eq!(
+        step(&mut program, pipelined),
+        (XDP_PASS, 1),
+        "not held either"
+    );
+    assert_eq!(program.counter(Counter::DaemonAbsent), 1);
+    assert_eq!(program.counter(Counter::GateHeld), 0);
 }

@@ -230,25 +230,35 @@ fn play_script(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {
     ];
     for (client, greeting, name, what) in scripted {
         println!("client {client} says {greeting:?} {name}  ({what})");
-        sessions::swaks(lab, client, greeting, name)?;
+        let (completed, _) = sessions::swaks_transcript(lab, client, greeting, name)?;
+        println!(
+            "  → {}",
+            if completed {
+                "session completed"
+            } else {
+                "session reset by the filter"
+            }
+        );
     }
     println!(
         "client {} writes EHLO a few bytes per segment",
         v4(0, 40009)
     );
-    sessions::raw_session(
+    let outcome = sessions::raw_session(
         lab,
         v4(0, 40009),
         &[b"EH", b"LO mail.", b"example", b".net\r", b"\n"],
         Duration::from_millis(50),
-    )?;
+    );
+    print_raw_outcome(outcome);
     println!("client {} sends MAIL FROM before any HELO", v4(1, 40010));
-    sessions::raw_session(
+    let outcome = sessions::raw_session(
         lab,
         v4(1, 40010),
         &[b"MAIL FROM:<bot@example.net>\r\n"],
         Duration::ZERO,
-    )?;
+    );
+    print_raw_outcome(outcome);
     // Give the daemon a moment to log the last sessions.
     std::thread::sleep(Duration::from_millis(500));
     let reported = daemon
@@ -262,6 +272,13 @@ fn play_script(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_raw_outcome(outcome: anyhow::Result<String>) {
+    match outcome {
+        Ok(reply) => println!("  → server replied: {reply}"),
+        Err(e) => println!("  → session ended: {e:#}"),
+    }
+}
+
 fn print_counters(page: &str) {
     println!("kernel counters:");
     for kind in ["seen", "smtp", "helo", "continuation"] {
@@ -272,6 +289,8 @@ fn print_counters(page: &str) {
     for series in [
         "helo_filter_ringbuf_dropped_total",
         "helo_filter_helo_events_total",
+        "helo_filter_actions_total{action=\"rst\"}",
+        "helo_filter_helo_to_action_seconds_count",
     ] {
         println!(
             "  {series} {}",

@@ -29,8 +29,24 @@ pub fn mx_for(client: IpAddr) -> IpAddr {
     }
 }
 
-/// One complete mail transaction with swaks from `client:port`, greeting with `name`.
+/// One complete mail transaction with swaks from `client:port`, greeting with `name`;
+/// an error if it does not complete.
 pub fn swaks(lab: &Lab, client: SocketAddr, greeting: Greeting, name: &str) -> anyhow::Result<()> {
+    let (completed, transcript) = swaks_transcript(lab, client, greeting, name)?;
+    if !completed {
+        bail!("swaks from {client} with {name:?} did not complete:\n{transcript}");
+    }
+    Ok(())
+}
+
+/// Runs the swaks session and returns whether it completed, and its transcript (what was
+/// sent, `->`, what came back, `<-`, and swaks's own `***` errors).
+pub fn swaks_transcript(
+    lab: &Lab,
+    client: SocketAddr,
+    greeting: Greeting,
+    name: &str,
+) -> anyhow::Result<(bool, String)> {
     let mut command = lab.command_in(&lab.client_ns, "swaks");
     command
         .args(["--server", &mx_for(client.ip()).to_string()])
@@ -44,7 +60,7 @@ pub fn swaks(lab: &Lab, client: SocketAddr, greeting: Greeting, name: &str) -> a
             "--to",
             "postmaster@example.org",
         ])
-        .args(["--timeout", "10", "--silent", "2"]);
+        .args(["--timeout", "10"]);
     if greeting == Greeting::Helo {
         command.args(["--protocol", "SMTP"]);
     }
@@ -52,14 +68,9 @@ pub fn swaks(lab: &Lab, client: SocketAddr, greeting: Greeting, name: &str) -> a
         .stdin(Stdio::null())
         .output()
         .context("running swaks")?;
-    if !out.status.success() {
-        bail!(
-            "swaks from {client} with {name:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let mut transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    transcript.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), transcript))
 }
 
 /// Connects from `client`, reads the greeting, writes each chunk as its own segment

@@ -21,6 +21,9 @@ use crate::smtp::{Verb, escape_for_log, parse_command, strip_line_end};
 /// What one client session's first command lines showed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
+    /// The flow as the kernel keys it, and the sequence number its stream started at.
+    pub flow: FlowKey,
+    pub stream_start_seq: u32,
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub ifindex: u32,
@@ -164,6 +167,8 @@ impl Reassembler {
             self.flows.remove(&id);
             self.remember_decided(id);
             Session {
+                flow: event.key,
+                stream_start_seq: event.stream_start_seq,
                 client: socket_addr(&event.key, event.key.saddr, event.key.sport),
                 server: socket_addr(&event.key, event.key.daddr, event.key.dport),
                 ifindex: event.ifindex,
