@@ -26,6 +26,16 @@ fn lab(test: &str) -> Lab {
     lab
 }
 
+/// A lab whose MX runs a real Postfix (no HELO restrictions of its own) instead of smtp-sink.
+fn postfix_lab(test: &str) -> Lab {
+    require_root();
+    let name = format!("hf{}{test}", std::process::id() % 100_000);
+    let mut lab = Lab::create(&name).expect("creating the lab");
+    lab.start_dns().expect("starting dnsmasq");
+    lab.start_postfix("").expect("starting Postfix");
+    lab
+}
+
 fn v4(i: usize, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(lab::client_v4(i)), port)
 }
@@ -444,15 +454,194 @@ fn bogus_sessions_are_reset_before_mail_from_is_answered() {
     ] {
         sessions::swaks(&lab, client, greeting, name).expect("a good session completes");
     }
+    // The action is counted before its log line is written: wait for the lines first.
+    assert_resets_logged(&daemon, 5);
     let page = daemon.scrape().expect("scraping");
     let actions = metric_value(&page, "helo_filter_actions_total{action=\"rst\"}");
     assert_eq!(actions, Some(5.0), "{page}");
     let timed = metric_value(&page, "helo_filter_helo_to_action_seconds_count");
     assert_eq!(timed, Some(5.0), "{page}");
-    let resets = daemon
-        .lines()
-        .iter()
-        .filter(|l| l.ends_with("action=rst"))
-        .count();
-    assert_eq!(resets, 5, "{}", daemon.lines().join("\n"));
+}
+
+/// Waits (briefly) for `n` sessions logged with `action=rst`, and no more.
+fn assert_resets_logged(daemon: &Daemon, n: usize) {
+    let resets = || {
+        daemon
+            .lines()
+            .iter()
+            .filter(|l| l.ends_with("action=rst"))
+            .count()
+    };
+    let _ = lab::wait_until(Duration::from_secs(10), || resets() >= n);
+    assert_eq!(resets(), n, "{}", daemon.lines().join("\n"));
+}
+
+/// The five bogus HELOs against a real Postfix: each session is reset before MAIL FROM is
+/// answered, Postfix logs the lost connection and queues nothing; a good session's message
+/// is delivered.
+#[test]
+fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
+    let lab = postfix_lab("e");
+    let daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let bogus = [
+        (v4(1, 45001), Greeting::Helo, "127.0.0.1"),
+        (v4(2, 45002), Greeting::Ehlo, "[192.168.1.1]"),
+        (v6(1, 45003), Greeting::Ehlo, "localhost"),
+        (v4(3, 45004), Greeting::Helo, "mon-serveur"),
+        (v6(4, 45005), Greeting::Ehlo, "fakedomain.xyz"),
+    ];
+    for (client, greeting, name) in bogus {
+        let (completed, transcript) =
+            sessions::swaks_transcript(&lab, client, greeting, name).expect("swaks");
+        assert!(!completed, "{name}: the session completed:\n{transcript}");
+        let after_mail = transcript
+            .split_once("-> MAIL FROM")
+            .map_or("", |(_, rest)| rest);
+        assert!(
+            !after_mail
+                .lines()
+                .any(|l| l.trim_start().starts_with("<-  250")),
+            "{name}: MAIL FROM was answered:\n{transcript}"
+        );
+    }
+    sessions::swaks(&lab, v4(0, 45006), Greeting::Ehlo, "mail.example.net")
+        .expect("the good session completes");
+
+    let postfix = lab.postfix().expect("Postfix runs");
+    let delivered = lab::wait_until(Duration::from_secs(15), || {
+        postfix.log().contains("status=sent")
+    });
+    let log = postfix.log();
+    assert!(
+        delivered.is_ok(),
+        "the good message was not delivered:\n{log}"
+    );
+    for (client, _, name) in bogus {
+        let ip = format!("[{}]", client.ip());
+        assert!(
+            log.lines()
+                .any(|l| l.contains("lost connection") && l.contains(&ip)),
+            "{name}: Postfix did not log the lost connection of {ip}:\n{log}"
+        );
+        assert!(
+            !log.lines()
+                .any(|l| l.contains(": client=") && l.contains(&ip)),
+            "{name}: Postfix queued mail from {ip}:\n{log}"
+        );
+    }
+    assert_resets_logged(&daemon, 5);
+}
+
+fn timed_good_session(lab: &Lab, client: SocketAddr) -> Duration {
+    let started = std::time::Instant::now();
+    sessions::swaks(lab, client, Greeting::Ehlo, "mail.example.net").expect("good session");
+    started.elapsed()
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+/// The gate in real sessions: swaks sends MAIL FROM the instant the EHLO reply arrives and
+/// still completes (the added delay is printed, not asserted); a pipelining bot is cut
+/// before its commands reach Postfix.
+#[test]
+fn the_gate_lets_fast_good_clients_through_and_cuts_pipelining_bots() {
+    let lab = postfix_lab("f");
+    let mut daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let with_filter: Vec<Duration> = (0..10)
+        .map(|i| timed_good_session(&lab, v4(0, 46000 + i)))
+        .collect();
+
+    let client = v4(1, 46100);
+    let bot: [&[u8]; 1] = [b"EHLO mail.example.net\r\nMAIL FROM:<bot@example.net>\r\nRCPT TO:<postmaster@example.org>\r\n"];
+    let outcome = sessions::raw_session(&lab, client, &bot, Duration::ZERO);
+    assert!(
+        outcome.is_err(),
+        "the pipelining bot got a reply: {outcome:?}"
+    );
+    let postfix = lab.postfix().expect("Postfix runs");
+    let ip = format!("[{}]", client.ip());
+    let cut = lab::wait_until(Duration::from_secs(10), || {
+        postfix
+            .log()
+            .lines()
+            .any(|l| l.contains("lost connection") && l.contains(&ip))
+    });
+    let log = postfix.log();
+    assert!(cut.is_ok(), "no lost connection for {ip}:\n{log}");
+    let bot_lines: Vec<&str> = log.lines().filter(|l| l.contains(&ip)).collect();
+    assert!(
+        bot_lines
+            .iter()
+            .all(|l| !l.contains("EHLO") && !l.contains("MAIL") && !l.contains("RCPT")),
+        "the bot's commands reached Postfix: {bot_lines:#?}"
+    );
+    let wanted = format!("client={client} ");
+    let line = daemon
+        .wait_for(Duration::from_secs(10), |l| l.contains(&wanted))
+        .expect("the bot's session is reported");
+    assert!(
+        line.contains("pipelined=true") && line.contains("reasons=pipelining"),
+        "{line}"
+    );
+
+    let status = daemon.stop().expect("stopping the daemon");
+    assert!(status.success());
+    let without: Vec<Duration> = (0..10)
+        .map(|i| timed_good_session(&lab, v4(0, 46200 + i)))
+        .collect();
+    eprintln!(
+        "good session (swaks, EHLO to QUIT) median: {:?} with the filter enforcing, {:?} without",
+        median(with_filter),
+        median(without)
+    );
+}
+
+/// A frozen daemon: the gate opens by itself after its deadline (counted), and once the
+/// heartbeat is stale it holds nothing at all (counted).
+#[test]
+fn a_frozen_daemon_fails_open() {
+    let lab = lab("g");
+    let args = [
+        "--monitor",
+        "--gate-deadline-ms",
+        "1000",
+        "--heartbeat-timeout-ms",
+        "4000",
+    ];
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    daemon.signal(libc::SIGSTOP);
+    // The heartbeat is still fresh: the gate holds MAIL FROM until its deadline.
+    let held = timed_good_session(&lab, v4(0, 47001));
+    assert!(
+        held >= Duration::from_millis(1000),
+        "MAIL FROM was not held: {held:?}"
+    );
+    // Past the heartbeat timeout the gate is off.
+    std::thread::sleep(Duration::from_secs(4));
+    let free = timed_good_session(&lab, v4(0, 47002));
+    daemon.signal(libc::SIGCONT);
+    let mut page = String::new();
+    let counted = lab::wait_until(Duration::from_secs(10), || {
+        page = daemon.scrape().unwrap_or_default();
+        metric_value(
+            &page,
+            "helo_filter_fail_open_total{cause=\"daemon_absent\"}",
+        )
+        .is_some_and(|v| v >= 1.0)
+    });
+    assert!(counted.is_ok(), "{page}");
+    assert_eq!(
+        metric_value(
+            &page,
+            "helo_filter_fail_open_total{cause=\"gate_deadline\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    eprintln!(
+        "frozen daemon: session held {held:?} by the gate deadline, {free:?} once the heartbeat was stale"
+    );
 }

@@ -139,10 +139,15 @@ impl Daemon {
         })
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT, …) to the daemon.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.signal(libc::SIGTERM);
         wait_until(Duration::from_secs(10), || {
             self.child.try_wait().ok().flatten().is_some()
         })?;

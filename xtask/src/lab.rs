@@ -12,9 +12,10 @@
 //! on 127.0.0.1:53 inside the MX namespace, where the daemon resolves.
 
 use std::{
-    fs::File,
+    fs::{self, File},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -54,6 +55,36 @@ pub struct Lab {
     pub client_iface: String,
     processes: Vec<Child>,
     dns: Option<Dnsmasq>,
+    postfix: Option<PostfixInstance>,
+}
+
+/// A Postfix instance of the lab's own (its own configuration, queue and log directories;
+/// nothing under /etc/postfix is used or changed), listening on the MX's port 25.
+pub struct PostfixInstance {
+    pub dir: PathBuf,
+    config: PathBuf,
+    ns: String,
+}
+
+impl PostfixInstance {
+    /// Postfix's log (`maillog_file`).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for PostfixInstance {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "postfix", "-c"])
+            .arg(&self.config)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(format!("/etc/netns/{}", self.ns));
+    }
 }
 
 impl Lab {
@@ -70,6 +101,7 @@ impl Lab {
             client_iface: format!("{name}-c"),
             processes: Vec::new(),
             dns: None,
+            postfix: None,
         };
         lab.remove_namespaces();
         lab.build()
@@ -196,6 +228,93 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts a real Postfix on the MX's port 25 (instead of smtp-sink), resolving through the
+    /// fixture DNS (start that first). `helo_restrictions` is its `smtpd_helo_restrictions`
+    /// (empty: Postfix leaves HELO checking to helo-filter). Mail for example.org is accepted
+    /// and handed to Postfix's discard transport, which logs `status=sent`.
+    pub fn start_postfix(&mut self, helo_restrictions: &str) -> anyhow::Result<&PostfixInstance> {
+        let dir = std::env::temp_dir().join(format!("helo-filter-postfix-{}", self.mx_ns));
+        let _ = fs::remove_dir_all(&dir);
+        let config = dir.join("etc");
+        for sub in ["etc", "spool", "lib"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        run(Command::new("chown")
+            .args(["postfix:postfix"])
+            .arg(dir.join("lib")))?;
+        let d = dir.display();
+        let main_cf = format!(
+            "compatibility_level = 3.6\n\
+             inet_interfaces = {MX_V4}, {MX_V6}\n\
+             inet_protocols = all\n\
+             myhostname = mx.example.org\n\
+             mydestination = example.org\n\
+             mynetworks = 127.0.0.0/8\n\
+             smtpd_helo_required = yes\n\
+             smtpd_helo_restrictions = {helo_restrictions}\n\
+             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+             smtpd_tls_security_level = none\n\
+             smtpd_client_connection_rate_limit = 0\n\
+             queue_directory = {d}/spool\n\
+             data_directory = {d}/lib\n\
+             maillog_file = {d}/maillog\n\
+             maillog_file_prefixes = {d}\n\
+             alias_maps =\n\
+             alias_database =\n\
+             local_recipient_maps =\n\
+             local_transport = discard:lab\n\
+             default_transport = discard:lab\n"
+        );
+        fs::write(config.join("main.cf"), main_cf)?;
+        // The package's pristine copies: on a machine where Postfix was installed with "No
+        // configuration" they are all there is.
+        fs::copy(
+            "/usr/share/postfix/master.cf.dist",
+            config.join("master.cf"),
+        )
+        .context("/usr/share/postfix/master.cf.dist (Debian package postfix)")?;
+        fs::copy(
+            "/usr/share/postfix/dynamicmaps.cf",
+            config.join("dynamicmaps.cf"),
+        )?;
+        fs::create_dir_all(config.join("dynamicmaps.cf.d"))?;
+        // No chroot: smtpd then reads the namespace's resolv.conf, which `ip netns exec`
+        // mounts over /etc/resolv.conf.
+        run(Command::new("postconf")
+            .arg("-c")
+            .arg(&config)
+            .args(["-F", "*/*/chroot = n"]))?;
+        let netns_etc = format!("/etc/netns/{}", self.mx_ns);
+        fs::create_dir_all(&netns_etc)?;
+        fs::write(format!("{netns_etc}/resolv.conf"), "nameserver 127.0.0.1\n")?;
+        let instance = PostfixInstance {
+            dir,
+            config: config.clone(),
+            ns: self.mx_ns.clone(),
+        };
+        run(self
+            .command_in(&self.mx_ns, "postfix")
+            .arg("-c")
+            .arg(&config)
+            .arg("start"))
+        .context("starting Postfix")?;
+        for addr in [IpAddr::V4(MX_V4), IpAddr::V6(MX_V6)] {
+            let target = SocketAddr::new(addr, SMTP_PORT);
+            wait_until(Duration::from_secs(20), || {
+                in_netns(&self.client_ns, move || {
+                    TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
+                })
+            })
+            .with_context(|| format!("Postfix did not start listening on {target}"))?;
+        }
+        Ok(self.postfix.insert(instance))
+    }
+
+    /// The Postfix instance, once started.
+    pub fn postfix(&self) -> Option<&PostfixInstance> {
+        self.postfix.as_ref()
+    }
+
     /// `program` to be run inside the namespace `ns`.
     pub fn command_in(&self, ns: &str, program: &str) -> Command {
         let mut command = Command::new("ip");
@@ -240,6 +359,7 @@ fn remove_namespaces(namespaces: &[&str]) {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        self.postfix.take();
         self.dns.take();
         for child in &mut self.processes {
             let _ = child.kill();
@@ -247,6 +367,10 @@ impl Drop for Lab {
         }
         self.remove_namespaces();
     }
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    output(command).map(drop)
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
