@@ -18,6 +18,8 @@ pub mod maps {
     pub const FLOWS: &str = "FLOWS";
     pub const CONFIG: &str = "CONFIG";
     pub const HEARTBEAT: &str = "HEARTBEAT";
+    pub const DENY: &str = "DENY";
+    pub const ALLOW: &str = "ALLOW";
     pub const COUNTERS: &str = "COUNTERS";
 }
 
@@ -146,10 +148,12 @@ pub enum Counter {
     GateDeadline = 6,
     /// Segments the gate let through because the daemon's heartbeat was stale.
     DaemonAbsent = 7,
+    /// SYNs to an SMTP port from a denied source, dropped.
+    SynDropped = 8,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::PacketsSeen,
         Counter::SmtpPackets,
@@ -159,7 +163,39 @@ impl Counter {
         Counter::GateHeld,
         Counter::GateDeadline,
         Counter::DaemonAbsent,
+        Counter::SynDropped,
     ];
+}
+
+/// The `ALLOW` and `DENY` tries hold both families under one key type: an IPv6 address, or
+/// an IPv4 address mapped into `::ffff:0:0/96` (its prefix length plus 96).
+pub const IPV4_MAPPED_PREFIX: u32 = 96;
+
+/// A source address as trie key data.
+#[inline(always)]
+pub fn trie_address(family: u8, addr: &[u8; 16]) -> [u8; 16] {
+    if family == FAMILY_IPV4 {
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, addr[0], addr[1], addr[2], addr[3],
+        ]
+    } else {
+        *addr
+    }
+}
+
+/// A `DENY` entry: until when (boot clock, 0 = no expiry) and who put it there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenyEntry {
+    pub expires_ns: u64,
+    pub origin: u32,
+    pub _pad: u32,
+}
+
+/// `DenyEntry::origin` values.
+pub mod origin {
+    pub const OPERATOR: u32 = 1;
+    pub const REPUTATION: u32 = 2;
 }
 
 /// Per-flow capture state kept by the kernel in an LRU hash keyed by `FlowKey`.
@@ -204,6 +240,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for KernelConfig {}
     unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for DenyEntry {}
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

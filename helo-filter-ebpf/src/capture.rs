@@ -22,7 +22,7 @@ use helo_filter_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, config, count, daemon_alive, is_smtp_port},
+    maps::{EVENTS, FLOWS, allowed, config, count, daemon_alive, denied, is_smtp_port, source_key},
     parse::{TCP_ACK, TCP_SYN, TcpSegment},
 };
 
@@ -40,7 +40,19 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
         return xdp_action::XDP_PASS;
     }
     count(Counter::SmtpPackets);
+    let source = source_key(&segment.key);
+    if allowed(&source) {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: plain helper call without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
     if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        // Repeat offenders and operator entries: not even a connection. Enforced whether
+        // or not the daemon is alive.
+        if denied(&source, now) {
+            count(Counter::SynDropped);
+            return xdp_action::XDP_DROP;
+        }
         let start = segment.seq.wrapping_add(1);
         let state = FlowState {
             stream_start_seq: start,
@@ -60,8 +72,6 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
     };
     // SAFETY: a pointer into the map value, valid for this program run.
     let state = unsafe { &mut *state };
-    // SAFETY: plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
     match state.phase {
         phase::CAPTURING => capture_segment(ctx, segment, state, &config, now),
         phase::GATED => gate(state, &config, now),

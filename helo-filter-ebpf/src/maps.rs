@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
-use helo_filter_common::{Counter, FlowKey, FlowState, KernelConfig};
+use helo_filter_common::{Counter, DenyEntry, FlowKey, FlowState, KernelConfig, trie_address};
 
 /// Capture events for the daemon. 1 MiB holds about 1,700 events: HELOs arrive at most
 /// a few thousand per second, and the daemon drains continuously.
@@ -22,6 +22,15 @@ pub static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
 /// `bpf_ktime_get_boot_ns` time of the daemon's last heartbeat (0: never).
 #[map]
 pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Sources whose SYNs to the SMTP ports are dropped: operator entries (CIDRs) and
+/// repeat offenders (/32, /64), with an expiry.
+#[map]
+pub static DENY: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(65_536, 0);
+
+/// Sources the filter leaves alone (CIDRs).
+#[map]
+pub static ALLOW: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(16_384, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -62,4 +71,26 @@ pub fn is_smtp_port(config: &KernelConfig, port: u16) -> bool {
 pub fn daemon_alive(config: &KernelConfig, now: u64) -> bool {
     let last = HEARTBEAT.get(0).copied().unwrap_or(0);
     last != 0 && now.saturating_sub(last) <= config.heartbeat_timeout_ms as u64 * 1_000_000
+}
+
+/// A flow's source as a full-length trie key.
+#[inline(always)]
+pub fn source_key(key: &FlowKey) -> Key<[u8; 16]> {
+    Key::new(128, trie_address(key.family, &key.saddr))
+}
+
+/// Whether the source is in the allow list.
+#[inline(always)]
+pub fn allowed(source: &Key<[u8; 16]>) -> bool {
+    ALLOW.get(source).is_some()
+}
+
+/// Whether the source is denied at `now` (an expired entry no longer counts; user space
+/// removes it).
+#[inline(always)]
+pub fn denied(source: &Key<[u8; 16]>, now: u64) -> bool {
+    match DENY.get(source) {
+        Some(entry) => entry.expires_ns == 0 || entry.expires_ns > now,
+        None => false,
+    }
 }

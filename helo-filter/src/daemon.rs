@@ -3,14 +3,15 @@
 
 use std::{
     collections::HashSet,
-    net::SocketAddr,
-    sync::Arc,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, RingBuf};
-use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS, maps};
+use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS, maps, origin};
+use ipnet::IpNet;
 use log::{error, info, warn};
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -22,8 +23,10 @@ use crate::{
     check_cmd::PolicyArgs,
     enforce::{Action, Enforcer},
     kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
+    lists::KernelLists,
     metrics,
-    policy::{HeloInput, PolicyEngine, Verdict},
+    policy::{HeloInput, PolicyEngine, Verdict, default_trusted_networks},
+    reputation::{Reputation, ReputationSettings},
 };
 
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
@@ -58,11 +61,54 @@ pub struct RunArgs {
     /// A daemon heartbeat older than this turns the gate off (the daemon is gone).
     #[arg(long, value_name = "MS", default_value_t = KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS)]
     pub heartbeat_timeout_ms: u32,
+    /// A source (CIDR) the filter leaves alone: no capture, no gate, trusted by the policy
+    /// (repeat for several).
+    #[arg(long = "allow", value_name = "CIDR", value_parser = parse_net)]
+    pub allow: Vec<IpNet>,
+    /// A source (CIDR) whose SYNs to the SMTP ports are dropped, with no expiry (repeat for
+    /// several).
+    #[arg(long = "deny-source", value_name = "CIDR", value_parser = parse_net)]
+    pub deny_sources: Vec<IpNet>,
+    /// A source (IPv4 /32, IPv6 /64) is denied when its reputation score reaches this.
+    #[arg(long, value_name = "SCORE", default_value_t = ReputationSettings::default().threshold)]
+    pub reputation_threshold: f64,
+    /// Reputation scores halve in this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = ReputationSettings::default().half_life.as_secs())]
+    pub reputation_half_life: u64,
+    /// How long a source denied by its reputation stays denied, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = ReputationSettings::default().deny_ttl.as_secs())]
+    pub deny_ttl: u64,
+    /// Sources denied by reputation at most (lowest scores are let go first).
+    #[arg(long, value_name = "N", default_value_t = ReputationSettings::default().max_denied)]
+    pub deny_max: usize,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
 
+/// A CIDR, or a bare address (a /32 or /128).
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an address nor a CIDR"))
+}
+
 impl RunArgs {
+    fn reputation_settings(&self) -> anyhow::Result<ReputationSettings> {
+        if self.reputation_threshold.is_nan() || self.reputation_threshold <= 0.0 {
+            bail!("--reputation-threshold: must be above 0");
+        }
+        if self.reputation_half_life == 0 || self.deny_ttl == 0 {
+            bail!("--reputation-half-life and --deny-ttl: at least 1 second");
+        }
+        Ok(ReputationSettings {
+            threshold: self.reputation_threshold,
+            half_life: Duration::from_secs(self.reputation_half_life),
+            deny_ttl: Duration::from_secs(self.deny_ttl),
+            max_denied: self.deny_max,
+            ..ReputationSettings::default()
+        })
+    }
+
     fn kernel_config(&self) -> anyhow::Result<KernelConfig> {
         let distinct: HashSet<_> = self.smtp_ports.iter().collect();
         if distinct.len() != self.smtp_ports.len() {
@@ -97,7 +143,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if distinct.len() != args.ifaces.len() {
         bail!("--iface: an interface is given twice");
     }
-    let policy_file = args.policy.load().map_err(anyhow::Error::msg)?;
+    let reputation = Reputation::new(args.reputation_settings()?);
+    let mut policy_file = args.policy.load().map_err(anyhow::Error::msg)?;
+    if !args.allow.is_empty() {
+        // Allow-listed sources are trusted by the policy too (whatever path asks it).
+        policy_file
+            .policy
+            .trusted_networks
+            .get_or_insert_with(default_trusted_networks)
+            .extend(args.allow.iter().copied());
+    }
     metrics::install(args.metrics_addr)?;
     info!("metrics on http://{}/metrics", args.metrics_addr);
     let engine = policy_file
@@ -156,14 +211,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
-    let enforcer = Arc::new(Enforcer::new(flows, args.monitor));
+    let enforcer = Enforcer::new(flows, args.monitor);
     if args.monitor {
         info!("monitor mode: verdicts are counted, nothing is enforced");
     }
+    let mut lists = KernelLists::new(&mut ebpf)?;
+    for net in &args.allow {
+        lists.allow(*net)?;
+    }
+    for net in &args.deny_sources {
+        lists.deny(*net, None, origin::OPERATOR)?;
+    }
+    metrics::list_sizes(args.allow.len(), args.deny_sources.len());
+    let stage = Arc::new(Stage {
+        engine,
+        enforcer,
+        reputation,
+        lists: Mutex::new(lists),
+    });
+    tokio::spawn(sweep_reputation(Arc::clone(&stage)));
 
     let (tx, rx) = mpsc::channel(POLICY_QUEUE);
     let mut capture = tokio::spawn(capture::run(ring, tx, Limits::default()));
-    tokio::spawn(policy_stage(rx, engine, enforcer));
+    tokio::spawn(policy_stage(rx, stage));
     info!("ready: capturing on {} interface(s)", args.ifaces.len());
 
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -187,49 +257,97 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     outcome
 }
 
+/// Everything that judges a session and acts on its verdict.
+struct Stage {
+    engine: PolicyEngine,
+    enforcer: Enforcer,
+    reputation: Reputation,
+    lists: Mutex<KernelLists>,
+}
+
 /// Judges every session, many at once (a slow DNS answer for one HELO never holds up the
 /// verdicts of others), and acts on each verdict.
-async fn policy_stage(
-    mut sessions: mpsc::Receiver<Session>,
-    engine: PolicyEngine,
-    enforcer: Arc<Enforcer>,
-) {
+async fn policy_stage(mut sessions: mpsc::Receiver<Session>, stage: Arc<Stage>) {
     let in_flight = Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT));
     while let Some(session) = sessions.recv().await {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break;
         };
-        let engine = engine.clone();
-        let enforcer = Arc::clone(&enforcer);
+        let stage = Arc::clone(&stage);
         tokio::spawn(async move {
-            judge(&engine, &enforcer, &session).await;
+            stage.judge(&session).await;
             drop(permit);
         });
     }
 }
 
-async fn judge(engine: &PolicyEngine, enforcer: &Enforcer, session: &Session) {
-    let client = session.client.ip();
-    let input = match &session.finding {
-        Finding::Helo(helo) => {
-            metrics::helo_event();
-            HeloInput {
-                helo: Some(helo.argument.clone()),
-                client,
-                pipelined: helo.pipelined,
-                no_helo: false,
+impl Stage {
+    async fn judge(&self, session: &Session) {
+        let client = session.client.ip();
+        let input = match &session.finding {
+            Finding::Helo(helo) => {
+                metrics::helo_event();
+                HeloInput {
+                    helo: Some(helo.argument.clone()),
+                    client,
+                    pipelined: helo.pipelined,
+                    no_helo: false,
+                }
+            }
+            Finding::NoHelo(_) => HeloInput::without_helo(client),
+        };
+        let started = Instant::now();
+        let verdict = self.engine.evaluate(&input).await;
+        metrics::verdict(&verdict, started.elapsed());
+        let action = self.enforcer.apply(session, &verdict);
+        if let Some(action) = action {
+            metrics::action(action, session.timestamp_ns);
+        }
+        report(session, &verdict, action);
+        if let Some(source) = self.reputation.record(client, &verdict, Instant::now()) {
+            self.deny(source);
+        }
+    }
+
+    /// Denies a repeat offender in the kernel (not in monitor mode: counted only).
+    fn deny(&self, source: IpNet) {
+        let ttl = self.reputation.settings().deny_ttl;
+        if self.enforcer.monitor() {
+            info!("monitor mode: would deny {source} for {} s", ttl.as_secs());
+            return;
+        }
+        let Ok(mut lists) = self.lists.lock() else {
+            return;
+        };
+        match lists.deny(source, Some(ttl), origin::REPUTATION) {
+            Ok(()) => info!(
+                "denied {source} for {} s: reputation score over the threshold",
+                ttl.as_secs()
+            ),
+            Err(e) => warn!("{e:#}"),
+        }
+    }
+}
+
+/// Once a second: ends expired denials, enforces the cap, refreshes the gauges.
+async fn sweep_reputation(stage: Arc<Stage>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let released = stage.reputation.sweep(Instant::now());
+        // In monitor mode nothing went into the kernel.
+        if let (false, Ok(mut lists)) = (stage.enforcer.monitor(), stage.lists.lock()) {
+            for source in released.expired.iter().chain(&released.evicted) {
+                if let Err(e) = lists.undeny(*source) {
+                    warn!("{e:#}");
+                }
             }
         }
-        Finding::NoHelo(_) => HeloInput::without_helo(client),
-    };
-    let started = Instant::now();
-    let verdict = engine.evaluate(&input).await;
-    metrics::verdict(&verdict, started.elapsed());
-    let action = enforcer.apply(session, &verdict);
-    if let Some(action) = action {
-        metrics::action(action, session.timestamp_ns);
+        for source in &released.evicted {
+            info!("deny list full: let {source} go (lowest score)");
+        }
+        metrics::reputation(stage.reputation.sources(), stage.reputation.denied());
     }
-    report(session, &verdict, action);
 }
 
 /// One log line per session: who, what they said (escaped), the verdict and the action.

@@ -30,6 +30,10 @@ pub const DNS_CACHE: &str = "helo_filter_dns_cache_total";
 pub const ACTIONS: &str = "helo_filter_actions_total";
 pub const HELO_TO_ACTION: &str = "helo_filter_helo_to_action_seconds";
 pub const GATE_HELD: &str = "helo_filter_gate_held_total";
+pub const SYN_DROPPED: &str = "helo_filter_syn_dropped_total";
+pub const REPUTATION_SOURCES: &str = "helo_filter_reputation_sources";
+pub const DENY_ENTRIES: &str = "helo_filter_deny_entries";
+pub const ALLOW_ENTRIES: &str = "helo_filter_allow_entries";
 
 /// Buckets for the latency histograms (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -79,6 +83,7 @@ fn kernel_series(counter: Counter) -> (&'static str, Option<(&'static str, &'sta
             FAIL_OPEN,
             Some(("cause", FailOpenCause::DaemonAbsent.as_str())),
         ),
+        Counter::SynDropped => (SYN_DROPPED, None),
     }
 }
 
@@ -108,6 +113,8 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     for result in ["hit", "miss"] {
         counter!(DNS_CACHE, "result" => result).absolute(0);
     }
+    list_sizes(0, 0);
+    reputation(0, 0);
     Ok(())
 }
 
@@ -174,4 +181,16 @@ pub fn action(action: Action, helo_timestamp_ns: u64) {
     counter!(ACTIONS, "action" => action.as_str()).increment(1);
     let elapsed = boot_time_ns().saturating_sub(helo_timestamp_ns);
     histogram!(HELO_TO_ACTION).record(elapsed as f64 / 1e9);
+}
+
+/// Sizes of the allow list and of the operator's deny entries (set at start).
+pub fn list_sizes(allow: usize, deny_operator: usize) {
+    gauge!(ALLOW_ENTRIES).set(allow as f64);
+    gauge!(DENY_ENTRIES, "origin" => "operator").set(deny_operator as f64);
+}
+
+/// Sources with a score, and sources denied by reputation.
+pub fn reputation(sources: usize, denied: usize) {
+    gauge!(REPUTATION_SOURCES).set(sources as f64);
+    gauge!(DENY_ENTRIES, "origin" => "reputation").set(denied as f64);
 }

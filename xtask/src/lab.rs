@@ -315,6 +315,11 @@ impl Lab {
         self.postfix.as_ref()
     }
 
+    /// Stops the fixture DNS server (lookups then fail).
+    pub fn stop_dns(&mut self) {
+        self.dns.take();
+    }
+
     /// `program` to be run inside the namespace `ns`.
     pub fn command_in(&self, ns: &str, program: &str) -> Command {
         let mut command = Command::new("ip");

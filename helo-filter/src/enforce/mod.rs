@@ -49,6 +49,10 @@ impl Enforcer {
         }
     }
 
+    pub fn monitor(&self) -> bool {
+        self.monitor
+    }
+
     /// Acts on one verdict; returns the action taken on a reject. The socket is destroyed
     /// before the gate opens, so nothing the client sent after its HELO reaches the MTA.
     pub fn apply(&self, session: &Session, verdict: &Verdict) -> Option<Action> {

@@ -1,0 +1,267 @@
+//! Per-source reputation: a score per IPv4 /32 or IPv6 /64, raised by bogus verdicts,
+//! lowered by clean sessions, decaying with a half-life. A source whose score reaches the
+//! threshold is denied for a while (the daemon puts it into the kernel's deny map).
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::policy::Verdict;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ReputationSettings {
+    /// A source is denied when its score reaches this.
+    pub threshold: f64,
+    /// Scores halve in this time.
+    pub half_life: Duration,
+    /// How long a denial lasts.
+    pub deny_ttl: Duration,
+    /// Denied sources at most; past it the lowest scores are let go first.
+    pub max_denied: usize,
+    /// Added by a reject (on top of the verdict's soft score).
+    pub reject_weight: f64,
+    /// Taken off by a clean session (an accept with nothing against it).
+    pub clean_credit: f64,
+}
+
+impl Default for ReputationSettings {
+    fn default() -> Self {
+        ReputationSettings {
+            threshold: 5.0,
+            half_life: Duration::from_secs(3600),
+            deny_ttl: Duration::from_secs(3600),
+            max_denied: 10_000,
+            reject_weight: 2.0,
+            clean_credit: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Score {
+    value: f64,
+    at: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Denial {
+    until: Instant,
+    score: f64,
+}
+
+/// What a sweep took out of the deny list.
+#[derive(Debug, Default, PartialEq)]
+pub struct Released {
+    pub expired: Vec<IpNet>,
+    /// Let go because the list was over its cap (lowest scores first).
+    pub evicted: Vec<IpNet>,
+}
+
+pub struct Reputation {
+    settings: ReputationSettings,
+    scores: DashMap<IpNet, Score>,
+    denied: DashMap<IpNet, Denial>,
+}
+
+/// The unit a score belongs to: the address for IPv4, its /64 for IPv6 (one host's
+/// usual allocation).
+pub fn source_of(ip: IpAddr) -> IpNet {
+    match ip {
+        IpAddr::V4(v4) => IpNet::V4(Ipv4Net::new(v4, 32).expect("a /32")),
+        IpAddr::V6(v6) => IpNet::V6(Ipv6Net::new(v6, 64).expect("a /64").trunc()),
+    }
+}
+
+impl Reputation {
+    pub fn new(settings: ReputationSettings) -> Self {
+        Reputation {
+            settings,
+            scores: DashMap::new(),
+            denied: DashMap::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &ReputationSettings {
+        &self.settings
+    }
+
+    fn decayed(&self, score: Score, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(score.at).as_secs_f64();
+        score.value * 0.5f64.powf(elapsed / self.settings.half_life.as_secs_f64())
+    }
+
+    /// The source's score at `now`.
+    pub fn score(&self, source: IpNet, now: Instant) -> f64 {
+        self.scores
+            .get(&source)
+            .map_or(0.0, |s| self.decayed(*s, now))
+    }
+
+    /// Records a verdict for the client; returns its source when it has just crossed the
+    /// threshold and must be denied.
+    pub fn record(&self, client: IpAddr, verdict: &Verdict, now: Instant) -> Option<IpNet> {
+        let source = source_of(client);
+        let delta = if verdict.is_reject() {
+            self.settings.reject_weight + f64::from(verdict.score)
+        } else if verdict.score > 0 {
+            f64::from(verdict.score)
+        } else {
+            -self.settings.clean_credit
+        };
+        let value = {
+            let mut entry = self.scores.entry(source).or_insert(Score {
+                value: 0.0,
+                at: now,
+            });
+            let value = (self.decayed(*entry, now) + delta).max(0.0);
+            *entry = Score { value, at: now };
+            value
+        };
+        if value <= 0.0 {
+            self.scores.remove(&source);
+        }
+        if value >= self.settings.threshold && !self.denied.contains_key(&source) {
+            let until = now + self.settings.deny_ttl;
+            self.denied.insert(
+                source,
+                Denial {
+                    until,
+                    score: value,
+                },
+            );
+            return Some(source);
+        }
+        None
+    }
+
+    /// Sources with a non-zero score.
+    pub fn sources(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Sources currently denied by reputation.
+    pub fn denied(&self) -> usize {
+        self.denied.len()
+    }
+
+    /// Ends expired denials, forgets scores that decayed to (almost) nothing, and enforces
+    /// the cap on denials, lowest score first.
+    pub fn sweep(&self, now: Instant) -> Released {
+        let mut released = Released::default();
+        self.denied.retain(|source, denial| {
+            let live = denial.until > now;
+            if !live {
+                released.expired.push(*source);
+            }
+            live
+        });
+        self.scores
+            .retain(|_, score| self.decayed(*score, now) >= 0.01);
+        let excess = self.denied.len().saturating_sub(self.settings.max_denied);
+        if excess > 0 {
+            let mut by_score: Vec<(IpNet, f64)> =
+                self.denied.iter().map(|d| (*d.key(), d.score)).collect();
+            by_score.sort_by(|a, b| a.1.total_cmp(&b.1));
+            for (source, _) in by_score.into_iter().take(excess) {
+                self.denied.remove(&source);
+                released.evicted.push(source);
+            }
+        }
+        released
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Decision, Verdict};
+
+    fn verdict(reject: bool, score: u32) -> Verdict {
+        Verdict {
+            decision: if reject {
+                Decision::Reject
+            } else {
+                Decision::Accept
+            },
+            reasons: Vec::new(),
+            notes: Vec::new(),
+            score,
+        }
+    }
+
+    fn settings() -> ReputationSettings {
+        ReputationSettings {
+            threshold: 5.0,
+            half_life: Duration::from_secs(60),
+            deny_ttl: Duration::from_secs(30),
+            max_denied: 2,
+            reject_weight: 2.0,
+            clean_credit: 1.0,
+        }
+    }
+
+    #[test]
+    fn repeated_rejects_cross_the_threshold_once() {
+        let r = Reputation::new(settings());
+        let now = Instant::now();
+        let ip: IpAddr = "203.0.113.12".parse().unwrap();
+        assert_eq!(r.record(ip, &verdict(true, 0), now), None);
+        assert_eq!(r.record(ip, &verdict(true, 0), now), None);
+        assert_eq!(r.record(ip, &verdict(true, 1), now), Some(source_of(ip)));
+        assert_eq!(r.record(ip, &verdict(true, 0), now), None, "already denied");
+        assert_eq!(r.denied(), 1);
+        assert_eq!(r.score(source_of(ip), now), 9.0);
+    }
+
+    #[test]
+    fn scores_decay_with_the_half_life_and_clean_sessions_lower_them() {
+        let r = Reputation::new(settings());
+        let now = Instant::now();
+        let ip: IpAddr = "203.0.113.13".parse().unwrap();
+        r.record(ip, &verdict(true, 2), now);
+        assert_eq!(r.score(source_of(ip), now), 4.0);
+        let later = now + Duration::from_secs(60);
+        assert!((r.score(source_of(ip), later) - 2.0).abs() < 1e-9);
+        r.record(ip, &verdict(false, 0), later);
+        assert!((r.score(source_of(ip), later) - 1.0).abs() < 1e-9);
+        r.record(ip, &verdict(false, 0), later);
+        assert_eq!(r.sources(), 0, "a score at zero is forgotten");
+    }
+
+    #[test]
+    fn ipv6_sources_are_their_64() {
+        let a: IpAddr = "2001:db8:1::10".parse().unwrap();
+        let b: IpAddr = "2001:db8:1::ffff".parse().unwrap();
+        assert_eq!(source_of(a), source_of(b));
+        assert_eq!(source_of(a).to_string(), "2001:db8:1::/64");
+    }
+
+    #[test]
+    fn denials_expire_and_the_cap_lets_the_lowest_scores_go_first() {
+        let r = Reputation::new(settings());
+        let now = Instant::now();
+        let ips: Vec<IpAddr> = ["203.0.113.1", "203.0.113.2", "203.0.113.3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        // Scores 6, 8 and 10: all cross the threshold of 5.
+        for (i, ip) in ips.iter().enumerate() {
+            r.record(*ip, &verdict(true, 4 + 2 * i as u32), now);
+        }
+        assert_eq!(r.denied(), 3);
+        let released = r.sweep(now);
+        assert_eq!(
+            released.evicted,
+            vec![source_of(ips[0])],
+            "lowest score first"
+        );
+        assert!(released.expired.is_empty());
+        let released = r.sweep(now + Duration::from_secs(31));
+        assert_eq!(released.expired.len(), 2);
+        assert_eq!(r.denied(), 0);
+    }
+}
