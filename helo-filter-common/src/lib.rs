@@ -26,6 +26,8 @@ pub mod maps {
 /// Program names (the Rust function names of the `#[xdp]` entry points).
 pub mod programs {
     pub const CAPTURE: &str = "helo_capture";
+    /// TC egress: silences the MTA's packets of condemned flows (action `drop` on an MX).
+    pub const EGRESS: &str = "helo_egress";
     pub const BASELINE_PASS: &str = "baseline_pass";
 }
 
@@ -150,10 +152,12 @@ pub enum Counter {
     DaemonAbsent = 7,
     /// SYNs to an SMTP port from a denied source, dropped.
     SynDropped = 8,
+    /// Packets of condemned flows dropped (client packets in XDP, MTA packets at egress).
+    CondemnedDropped = 9,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::PacketsSeen,
         Counter::SmtpPackets,
@@ -164,6 +168,7 @@ impl Counter {
         Counter::GateDeadline,
         Counter::DaemonAbsent,
         Counter::SynDropped,
+        Counter::CondemnedDropped,
     ];
 }
 
@@ -232,6 +237,9 @@ pub mod phase {
     pub const GATED: u8 = 2;
     /// Judged (or given up): the kernel lets the flow be.
     pub const DONE: u8 = 3;
+    /// Rejected with action `drop`: the client's packets are dropped, and the MTA's packets
+    /// to it too (TC egress), so the client gets silence.
+    pub const CONDEMNED: u8 = 4;
 }
 
 #[cfg(feature = "user")]

@@ -64,14 +64,18 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
         let _ = FLOWS.insert(segment.key, state, 0);
         return xdp_action::XDP_PASS;
     }
-    if segment.payload_len == 0 {
-        return xdp_action::XDP_PASS;
-    }
     let Some(state) = FLOWS.get_ptr_mut(segment.key) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: a pointer into the map value, valid for this program run.
     let state = unsafe { &mut *state };
+    if state.phase == phase::CONDEMNED {
+        count(Counter::CondemnedDropped);
+        return xdp_action::XDP_DROP;
+    }
+    if segment.payload_len == 0 {
+        return xdp_action::XDP_PASS;
+    }
     match state.phase {
         phase::CAPTURING => capture_segment(ctx, segment, state, &config, now),
         phase::GATED => gate(state, &config, now),

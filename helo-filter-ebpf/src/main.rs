@@ -1,6 +1,8 @@
 //! The helo-filter XDP program: finds the client side of SMTP flows, copies their first
-//! command lines into a ring buffer for the daemon, and holds a flow's further payload
-//! while its verdict is pending (the gate). Everything else returns XDP_PASS.
+//! command lines into a ring buffer for the daemon, holds a flow's further payload while
+//! its verdict is pending (the gate), drops SYNs from denied sources and the packets of
+//! condemned flows. Everything else returns XDP_PASS. A TC egress classifier completes the
+//! `drop` action on an MX.
 #![no_std]
 #![no_main]
 
@@ -8,8 +10,12 @@ mod capture;
 mod maps;
 mod parse;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use helo_filter_common::Counter;
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use helo_filter_common::{Counter, FlowKey, phase};
 
 #[xdp]
 pub fn helo_capture(ctx: XdpContext) -> u32 {
@@ -17,6 +23,36 @@ pub fn helo_capture(ctx: XdpContext) -> u32 {
     match parse::parse_tcp(&ctx) {
         Some(segment) => capture::on_tcp_segment(&ctx, &segment),
         None => xdp_action::XDP_PASS,
+    }
+}
+
+/// TC egress on the MTA's interface (action `drop`): the MTA's packets to a condemned
+/// client, the RST that destroying its socket sends above all, never leave, so the client
+/// gets silence.
+#[classifier]
+pub fn helo_egress(ctx: TcContext) -> i32 {
+    let Some(segment) = parse::parse_tcp(&ctx) else {
+        return TC_ACT_OK;
+    };
+    if !maps::is_smtp_port(&maps::config(), segment.key.sport) {
+        return TC_ACT_OK;
+    }
+    // The flow as the client sent it.
+    let client_flow = FlowKey {
+        saddr: segment.key.daddr,
+        daddr: segment.key.saddr,
+        sport: segment.key.dport,
+        dport: segment.key.sport,
+        family: segment.key.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: map values are read as plain data.
+    match unsafe { maps::FLOWS.get(client_flow) } {
+        Some(state) if state.phase == phase::CONDEMNED => {
+            maps::count(Counter::CondemnedDropped);
+            TC_ACT_SHOT
+        }
+        _ => TC_ACT_OK,
     }
 }
 

@@ -5,7 +5,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use helo_filter_common::{FAMILY_IPV4, FAMILY_IPV6, FlowKey};
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -91,14 +91,42 @@ pub struct TcpSegment {
     pub payload_len: usize,
 }
 
+/// A packet's linear bytes, in XDP or at TC (where the data also starts at Ethernet).
+pub trait Packet {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
 /// Reads a whole fixed-size header through one checked pointer.
 #[inline(always)]
-fn read<T>(ctx: &XdpContext, offset: usize) -> Option<T> {
+fn read<T, P: Packet>(ctx: &P, offset: usize) -> Option<T> {
     if offset > MAX_HEADER_OFFSET {
         return None;
     }
-    let start = ctx.data();
-    if start + offset + size_of::<T>() > ctx.data_end() {
+    let start = ctx.start();
+    if start + offset + size_of::<T>() > ctx.end() {
         return None;
     }
     // SAFETY: the range [start + offset, start + offset + size_of::<T>()) lies inside
@@ -108,7 +136,7 @@ fn read<T>(ctx: &XdpContext, offset: usize) -> Option<T> {
 
 /// Where the network header starts and which protocol it is, after up to two VLAN tags.
 #[inline(always)]
-fn parse_l2(ctx: &XdpContext) -> Option<(usize, u16)> {
+fn parse_l2<P: Packet>(ctx: &P) -> Option<(usize, u16)> {
     let eth: EthHdr = read(ctx, 0)?;
     let mut proto = u16::from_be_bytes(eth.proto);
     let mut offset = size_of::<EthHdr>();
@@ -125,7 +153,7 @@ fn parse_l2(ctx: &XdpContext) -> Option<(usize, u16)> {
 
 /// Parses the frame down to TCP; `None` for anything else (including IP fragments).
 #[inline(always)]
-pub fn parse_tcp(ctx: &XdpContext) -> Option<TcpSegment> {
+pub fn parse_tcp<P: Packet>(ctx: &P) -> Option<TcpSegment> {
     let (l3, proto) = parse_l2(ctx)?;
     let mut key = FlowKey::default();
     let (l4, l4_len) = match proto {
@@ -181,7 +209,7 @@ pub fn parse_tcp(ctx: &XdpContext) -> Option<TcpSegment> {
     key.sport = u16::from_be_bytes(tcp.sport);
     key.dport = u16::from_be_bytes(tcp.dport);
     let payload_offset = l4 + tcp_len;
-    let in_frame = (ctx.data_end() - ctx.data()).saturating_sub(payload_offset);
+    let in_frame = (ctx.end() - ctx.start()).saturating_sub(payload_offset);
     let declared = l4_len.checked_sub(tcp_len)?;
     Some(TcpSegment {
         key,

@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// TCP port the MTA listens on (repeat for several, at most 8).
     #[arg(long = "smtp-port", value_name = "PORT", default_values_t = [25u16])]
     pub smtp_ports: Vec<u16>,
+    /// What to do with a rejected session: `rst` (the client gets a RST) or `drop` (the
+    /// client gets silence); either way the MTA's socket is destroyed at once.
+    #[arg(long, value_enum, default_value_t = Action::Rst)]
+    pub action: Action,
     /// Enforce nothing: count the actions that would have been taken.
     #[arg(long)]
     pub monitor: bool,
@@ -177,7 +181,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
+    let action = if args.monitor {
+        Action::Monitor
+    } else {
+        args.action
+    };
     for iface in &args.ifaces {
+        if action == Action::Drop {
+            kernel::attach_egress(&mut ebpf, iface)?;
+        }
         let mode = kernel::attach(&mut ebpf, iface, args.xdp_mode)?;
         metrics::xdp_attached(iface, mode);
         info!(
@@ -211,7 +223,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
-    let enforcer = Enforcer::new(flows, args.monitor);
+    let enforcer = Enforcer::new(flows, action);
     if args.monitor {
         info!("monitor mode: verdicts are counted, nothing is enforced");
     }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use helo_filter_common::{Counter, KernelConfig, maps, programs};
 use log::warn;
@@ -120,6 +120,28 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpModeChoice) -> anyhow::Resu
             }
         },
     }
+}
+
+/// Attaches the TC egress program (action `drop`) to `iface`, adding the clsact qdisc it
+/// needs when the interface has none.
+pub fn attach_egress(ebpf: &mut Ebpf, iface: &str) -> anyhow::Result<()> {
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        // Already there (another tool's, or ours from an earlier run): fine.
+        log::debug!("{iface}: clsact qdisc: {e}");
+    }
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(programs::EGRESS)
+        .context("egress program missing from the object")?
+        .try_into()?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .context("the kernel verifier refused the egress program")?;
+    }
+    program
+        .attach(iface, TcAttachType::Egress)
+        .with_context(|| format!("attaching the TC egress program to {iface}"))?;
+    Ok(())
 }
 
 /// The kernel's per-CPU counters, summed over CPUs, indexed like `Counter::ALL`.

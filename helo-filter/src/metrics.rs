@@ -31,6 +31,7 @@ pub const ACTIONS: &str = "helo_filter_actions_total";
 pub const HELO_TO_ACTION: &str = "helo_filter_helo_to_action_seconds";
 pub const GATE_HELD: &str = "helo_filter_gate_held_total";
 pub const SYN_DROPPED: &str = "helo_filter_syn_dropped_total";
+pub const CONDEMNED_DROPPED: &str = "helo_filter_condemned_dropped_total";
 pub const REPUTATION_SOURCES: &str = "helo_filter_reputation_sources";
 pub const DENY_ENTRIES: &str = "helo_filter_deny_entries";
 pub const ALLOW_ENTRIES: &str = "helo_filter_allow_entries";
@@ -84,6 +85,7 @@ fn kernel_series(counter: Counter) -> (&'static str, Option<(&'static str, &'sta
             Some(("cause", FailOpenCause::DaemonAbsent.as_str())),
         ),
         Counter::SynDropped => (SYN_DROPPED, None),
+        Counter::CondemnedDropped => (CONDEMNED_DROPPED, None),
     }
 }
 
@@ -101,8 +103,8 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     for cause in FailOpenCause::ALL {
         counter!(FAIL_OPEN, "cause" => cause.as_str()).absolute(0);
     }
-    for action in Action::LABELS {
-        counter!(ACTIONS, "action" => action).absolute(0);
+    for action in Action::ALL {
+        counter!(ACTIONS, "action" => action.as_str()).absolute(0);
     }
     counter!(VERDICTS, "verdict" => Decision::Accept.as_str(), "reason" => "none").absolute(0);
     for reason in Reason::ALL {

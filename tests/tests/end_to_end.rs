@@ -770,3 +770,81 @@ fn dns_fail_closed_turns_a_dns_failure_into_a_reset() {
         "{line}"
     );
 }
+
+/// Action `drop` on an MX: after a bogus HELO the client's next command gets no answer and
+/// no RST, while the MTA's socket is gone at once.
+#[test]
+fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
+    use std::io::{BufRead as _, BufReader, ErrorKind, Write as _};
+
+    let lab = lab("k");
+    let mut daemon =
+        Daemon::start(&lab, &["--action", "drop"], false).expect("starting the daemon");
+    let client = v4(1, 51001);
+    let server = server_of(client);
+    let outcome = lab::in_netns(&lab.client_ns, move || -> Result<ErrorKind, String> {
+        let stream = sessions::connect_from(client, server).map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let mut line = String::new();
+        reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        let mut writer = stream;
+        writer
+            .write_all(b"HELO localhost\r\n")
+            .map_err(|e| e.to_string())?;
+        line.clear();
+        reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        // Time for the verdict, then the next command.
+        std::thread::sleep(Duration::from_millis(500));
+        writer
+            .write_all(b"MAIL FROM:<bot@example.net>\r\n")
+            .map_err(|e| e.to_string())?;
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => Ok(ErrorKind::UnexpectedEof),
+            Ok(_) => Err(format!("MAIL FROM was answered: {line}")),
+            Err(e) => Ok(e.kind()),
+        }
+    });
+    let kind = outcome.expect("the session");
+    assert!(
+        matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "the client got {kind:?} instead of silence"
+    );
+    let line = daemon
+        .wait_for(Duration::from_secs(5), |l| {
+            l.contains("client=203.0.113.11:51001")
+        })
+        .expect("the session is reported");
+    assert!(line.ends_with("action=drop"), "{line}");
+    let sockets = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.mx_ns,
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+        ])
+        .args(["( dport = :51001 )"])
+        .output()
+        .expect("ss");
+    let sockets = String::from_utf8_lossy(&sockets.stdout);
+    assert!(
+        sockets.trim().is_empty(),
+        "the MTA's socket is still there: {sockets}"
+    );
+    let page = daemon.scrape().expect("scraping");
+    assert!(
+        metric_value(&page, "helo_filter_condemned_dropped_total").is_some_and(|v| v >= 1.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric_value(&page, "helo_filter_actions_total{action=\"drop\"}"),
+        Some(1.0)
+    );
+}

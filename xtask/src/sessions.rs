@@ -109,7 +109,7 @@ pub fn raw_session(
 
 /// Connects from `client` (address and port) with SO_REUSEADDR, so that the fixed
 /// ports the tests use are free again right after a session.
-fn connect_from(client: SocketAddr, server: SocketAddr) -> anyhow::Result<TcpStream> {
+pub fn connect_from(client: SocketAddr, server: SocketAddr) -> anyhow::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(client),
         Type::STREAM,

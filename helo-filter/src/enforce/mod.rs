@@ -1,8 +1,10 @@
-//! Turning verdicts into action. Deployment `mx` (the MTA runs on this host), action `rst`:
-//! a rejected session's server-side socket is destroyed (the MTA sees the connection
-//! aborted, the client gets a RST); `--monitor` enforces nothing and counts what would
-//! have been done. Every verdict then opens the kernel's gate for its flow: an accepted
-//! client's held segments are retransmitted and delivered.
+//! Turning verdicts into action, on an MX (the MTA runs on this host). A rejected session's
+//! server-side socket is destroyed, so the MTA sees the connection aborted at once; with
+//! action `rst` the client gets the RST that destroying sends; with `drop` the flow is
+//! condemned first, so the XDP program drops the client's packets and the TC egress
+//! program the MTA's (that RST included): the client gets silence. `--monitor` enforces
+//! nothing and counts what would have been done. An accept opens the kernel's gate for its
+//! flow: the client's held segments are retransmitted and delivered.
 
 pub mod sock_destroy;
 
@@ -14,65 +16,74 @@ use log::{debug, warn};
 
 use crate::{capture::Session, policy::Verdict};
 
-/// What was done about a rejected session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What is done about a rejected session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Action {
-    /// The server-side socket was destroyed; the client got a RST.
+    /// The server-side socket is destroyed; the client gets a RST.
     Rst,
-    /// Monitor mode: nothing was done.
+    /// The server-side socket is destroyed; the client gets silence.
+    Drop,
+    /// Monitor mode: nothing is done.
+    #[value(skip)]
     Monitor,
 }
 
 impl Action {
-    /// The `action` label values of `helo_filter_actions_total`.
-    pub const LABELS: [&'static str; 3] = ["rst", "drop", "monitor"];
+    pub const ALL: [Action; 3] = [Action::Rst, Action::Drop, Action::Monitor];
 
+    /// The `action` label of `helo_filter_actions_total`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Rst => "rst",
+            Action::Drop => "drop",
             Action::Monitor => "monitor",
         }
     }
 }
 
 pub struct Enforcer {
-    monitor: bool,
+    /// The action on a reject (`Monitor`: none).
+    action: Action,
     /// The kernel's flow table, where verdicts open the gate.
     flows: Mutex<HashMap<MapData, FlowKey, FlowState>>,
 }
 
 impl Enforcer {
-    pub fn new(flows: HashMap<MapData, FlowKey, FlowState>, monitor: bool) -> Self {
+    pub fn new(flows: HashMap<MapData, FlowKey, FlowState>, action: Action) -> Self {
         Enforcer {
-            monitor,
+            action,
             flows: Mutex::new(flows),
         }
     }
 
     pub fn monitor(&self) -> bool {
-        self.monitor
+        self.action == Action::Monitor
     }
 
-    /// Acts on one verdict; returns the action taken on a reject. The socket is destroyed
-    /// before the gate opens, so nothing the client sent after its HELO reaches the MTA.
+    /// Acts on one verdict; returns the action taken on a reject. Nothing the client sent
+    /// after its HELO reaches the MTA: the socket is destroyed before the gate opens, and a
+    /// flow to silence is condemned before its socket is destroyed.
     pub fn apply(&self, session: &Session, verdict: &Verdict) -> Option<Action> {
-        let action = verdict.is_reject().then(|| {
-            if self.monitor {
-                return Action::Monitor;
+        if !verdict.is_reject() {
+            self.set_phase(session, phase::DONE);
+            return None;
+        }
+        match self.action {
+            Action::Monitor => self.set_phase(session, phase::DONE),
+            Action::Rst => {
+                destroy(session);
+                self.set_phase(session, phase::DONE);
             }
-            match sock_destroy::destroy_tcp_socket(session.server, session.client) {
-                Ok(true) => {}
-                Ok(false) => debug!("{}: the session had already ended", session.client),
-                Err(e) => warn!("{}: cannot destroy the MTA's socket: {e}", session.client),
+            Action::Drop => {
+                self.set_phase(session, phase::CONDEMNED);
+                destroy(session);
             }
-            Action::Rst
-        });
-        self.open_gate(session);
-        action
+        }
+        Some(self.action)
     }
 
-    /// Marks the flow judged, unless its 4-tuple has since been reused by a new connection.
-    fn open_gate(&self, session: &Session) {
+    /// Sets the flow's phase, unless its 4-tuple has since been reused by a new connection.
+    fn set_phase(&self, session: &Session, to: u8) {
         let Ok(mut flows) = self.flows.lock() else {
             return;
         };
@@ -80,10 +91,22 @@ impl Enforcer {
             return;
         };
         if state.stream_start_seq == session.stream_start_seq {
-            state.phase = phase::DONE;
+            state.phase = to;
             if let Err(e) = flows.insert(session.flow, state, 0) {
-                warn!("{}: cannot open the gate: {e}", session.client);
+                warn!(
+                    "{}: cannot write the verdict to the kernel: {e}",
+                    session.client
+                );
             }
         }
+    }
+}
+
+/// Destroys the MTA's socket of the session.
+fn destroy(session: &Session) {
+    match sock_destroy::destroy_tcp_socket(session.server, session.client) {
+        Ok(true) => {}
+        Ok(false) => debug!("{}: the session had already ended", session.client),
+        Err(e) => warn!("{}: cannot destroy the MTA's socket: {e}", session.client),
     }
 }
