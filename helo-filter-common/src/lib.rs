@@ -110,6 +110,8 @@ pub struct KernelConfig {
     pub gate_deadline_ms: u32,
     /// A daemon heartbeat older than this means the daemon is gone: the gate stays open.
     pub heartbeat_timeout_ms: u32,
+    /// Non-zero: a denied source's SYN is answered with a RST instead of dropped.
+    pub deny_with_rst: u32,
 }
 
 impl KernelConfig {
@@ -126,6 +128,7 @@ impl Default for KernelConfig {
             port_count: 1,
             gate_deadline_ms: Self::DEFAULT_GATE_DEADLINE_MS,
             heartbeat_timeout_ms: Self::DEFAULT_HEARTBEAT_TIMEOUT_MS,
+            deny_with_rst: 0,
         }
     }
 }
@@ -150,9 +153,10 @@ pub enum Counter {
     GateDeadline = 6,
     /// Segments the gate let through because the daemon's heartbeat was stale.
     DaemonAbsent = 7,
-    /// SYNs to an SMTP port from a denied source, dropped.
+    /// SYNs to an SMTP port from a denied source, dropped (or answered with a RST).
     SynDropped = 8,
-    /// Packets of condemned flows dropped (client packets in XDP, MTA packets at egress).
+    /// Packets of condemned flows dropped or answered with a RST (client packets in XDP, MTA
+    /// packets at egress).
     CondemnedDropped = 9,
 }
 
@@ -240,6 +244,9 @@ pub mod phase {
     /// Rejected with action `drop`: the client's packets are dropped, and the MTA's packets
     /// to it too (TC egress), so the client gets silence.
     pub const CONDEMNED: u8 = 4;
+    /// Rejected with action `rst` on a gateway: each further client packet is answered
+    /// with a RST (XDP_TX).
+    pub const CONDEMNED_RST: u8 = 5;
 }
 
 #[cfg(feature = "user")]
@@ -254,5 +261,5 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () =
     assert!(core::mem::size_of::<CaptureEvent>() == 40 + 8 + 8 + 8 + 8 + MAX_CAPTURE_BYTES);
-const _: () = assert!(core::mem::size_of::<KernelConfig>() == 28);
+const _: () = assert!(core::mem::size_of::<KernelConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 32);

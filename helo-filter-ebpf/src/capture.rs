@@ -24,6 +24,7 @@ use helo_filter_common::{
 use crate::{
     maps::{EVENTS, FLOWS, allowed, config, count, daemon_alive, denied, is_smtp_port, source_key},
     parse::{TCP_ACK, TCP_SYN, TcpSegment},
+    rst::ANSWER_WITH_RST,
 };
 
 // Verbs as the little-endian integer of their four upper-cased bytes.
@@ -32,11 +33,13 @@ const VERB_EHLO: u64 = u32::from_le_bytes(*b"EHLO") as u64;
 const VERB_NOOP: u64 = u32::from_le_bytes(*b"NOOP") as u64;
 const VERB_RSET: u64 = u32::from_le_bytes(*b"RSET") as u64;
 
-/// Handles a TCP segment; returns the XDP action for it.
-#[inline(always)]
+/// Handles a TCP segment; returns the XDP action for it, or `ANSWER_WITH_RST`.
+#[inline(never)]
 pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
-    let config = config();
-    if !is_smtp_port(&config, segment.key.dport) {
+    let Some(config) = config() else {
+        return xdp_action::XDP_PASS;
+    };
+    if !is_smtp_port(config, segment.key.dport) {
         return xdp_action::XDP_PASS;
     }
     count(Counter::SmtpPackets);
@@ -51,6 +54,9 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
         // or not the daemon is alive.
         if denied(&source, now) {
             count(Counter::SynDropped);
+            if config.deny_with_rst != 0 {
+                return ANSWER_WITH_RST;
+            }
             return xdp_action::XDP_DROP;
         }
         let start = segment.seq.wrapping_add(1);
@@ -73,12 +79,16 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
         count(Counter::CondemnedDropped);
         return xdp_action::XDP_DROP;
     }
+    if state.phase == phase::CONDEMNED_RST {
+        count(Counter::CondemnedDropped);
+        return ANSWER_WITH_RST;
+    }
     if segment.payload_len == 0 {
         return xdp_action::XDP_PASS;
     }
     match state.phase {
-        phase::CAPTURING => capture_segment(ctx, segment, state, &config, now),
-        phase::GATED => gate(state, &config, now),
+        phase::CAPTURING => capture_segment(ctx, segment, state, config, now),
+        phase::GATED => gate(state, config, now),
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -110,8 +120,10 @@ const SCAN_HELO: u32 = 1;
 const SCAN_OTHER: u32 = 2;
 
 /// Captures one payload segment; returns the XDP action for it (XDP_DROP only for a
-/// pipelined HELO segment, which the gate holds with the rest).
-#[inline(always)]
+/// pipelined HELO segment, which the gate holds with the rest). A function of its own (a
+/// BPF subprogram with its own stack frame), so that its locals and the RST builder's
+/// never share one frame over the 512-byte limit.
+#[inline(never)]
 fn capture_segment(
     ctx: &XdpContext,
     segment: &TcpSegment,

@@ -9,6 +9,7 @@
 mod capture;
 mod maps;
 mod parse;
+mod rst;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
@@ -20,9 +21,17 @@ use helo_filter_common::{Counter, FlowKey, phase};
 #[xdp]
 pub fn helo_capture(ctx: XdpContext) -> u32 {
     maps::count(Counter::PacketsSeen);
-    match parse::parse_tcp(&ctx) {
-        Some(segment) => capture::on_tcp_segment(&ctx, &segment),
-        None => xdp_action::XDP_PASS,
+    let Some(segment) = maps::SEGMENTS.get_ptr_mut(maps::SLOT_XDP) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
+    let segment = unsafe { &mut *segment };
+    if !parse::parse_tcp(&ctx, segment) {
+        return xdp_action::XDP_PASS;
+    }
+    match capture::on_tcp_segment(&ctx, segment) {
+        rst::ANSWER_WITH_RST => rst::reply_with_rst(&ctx, segment),
+        action => action,
     }
 }
 
@@ -31,11 +40,17 @@ pub fn helo_capture(ctx: XdpContext) -> u32 {
 /// gets silence.
 #[classifier]
 pub fn helo_egress(ctx: TcContext) -> i32 {
-    let Some(segment) = parse::parse_tcp(&ctx) else {
+    let Some(segment) = maps::SEGMENTS.get_ptr_mut(maps::SLOT_TC) else {
         return TC_ACT_OK;
     };
-    if !maps::is_smtp_port(&maps::config(), segment.key.sport) {
+    // SAFETY: this CPU's egress scratch slot.
+    let segment = unsafe { &mut *segment };
+    if !parse::parse_tcp(&ctx, segment) {
         return TC_ACT_OK;
+    }
+    match maps::config() {
+        Some(config) if maps::is_smtp_port(config, segment.key.sport) => {}
+        _ => return TC_ACT_OK,
     }
     // The flow as the client sent it.
     let client_flow = FlowKey {

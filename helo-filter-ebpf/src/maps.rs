@@ -1,5 +1,6 @@
 //! The maps shared with user space (names in `helo_filter_common::maps`).
 
+use crate::parse::TcpSegment;
 use aya_ebpf::{
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -32,6 +33,13 @@ pub static DENY: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(65_536
 #[map]
 pub static ALLOW: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(16_384, 0);
 
+/// Per-CPU scratch for the segment being handled: slot `SLOT_XDP` for the XDP program,
+/// `SLOT_TC` for the egress classifier (which a softirq running XDP may interrupt).
+#[map]
+pub static SEGMENTS: PerCpuArray<TcpSegment> = PerCpuArray::with_max_entries(2, 0);
+pub const SLOT_XDP: u32 = 0;
+pub const SLOT_TC: u32 = 1;
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
@@ -43,13 +51,11 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// The run-time config; the defaults until user space has written one.
+/// The run-time config user space writes at load time (until then nothing is an SMTP
+/// port: the program passes everything).
 #[inline(always)]
-pub fn config() -> KernelConfig {
-    match CONFIG.get(0) {
-        Some(config) if config.port_count != 0 => *config,
-        _ => KernelConfig::default(),
-    }
+pub fn config() -> Option<&'static KernelConfig> {
+    CONFIG.get(0)
 }
 
 /// Whether `port` is one of the configured SMTP ports.

@@ -73,7 +73,7 @@ struct TcpHdr {
     sport: [u8; 2],
     dport: [u8; 2],
     seq: [u8; 4],
-    _ack: [u8; 4],
+    ack: [u8; 4],
     data_offset: u8,
     flags: u8,
     _window: [u8; 2],
@@ -81,11 +81,16 @@ struct TcpHdr {
     _urg: [u8; 2],
 }
 
-/// A TCP segment: its flow, flags, sequence number and where its payload is.
+/// A TCP segment: its flow, flags, sequence numbers and where its headers and payload are.
+/// Lives in a per-CPU scratch map (`maps::SEGMENTS`), not on the BPF stack.
+#[derive(Default)]
 pub struct TcpSegment {
     pub key: FlowKey,
     pub flags: u8,
     pub seq: u32,
+    pub ack: u32,
+    /// Where the IP header starts (after Ethernet and VLAN tags).
+    pub l3_offset: usize,
     pub payload_offset: usize,
     /// Payload bytes present in the frame (the IP length, clamped to the frame).
     pub payload_len: usize,
@@ -151,11 +156,18 @@ fn parse_l2<P: Packet>(ctx: &P) -> Option<(usize, u16)> {
     Some((offset, proto))
 }
 
-/// Parses the frame down to TCP; `None` for anything else (including IP fragments).
+/// Parses the frame down to TCP into `out`; false for anything else (including IP
+/// fragments).
 #[inline(always)]
-pub fn parse_tcp<P: Packet>(ctx: &P) -> Option<TcpSegment> {
+pub fn parse_tcp<P: Packet>(ctx: &P, out: &mut TcpSegment) -> bool {
+    parse_into(ctx, out).is_some()
+}
+
+#[inline(always)]
+fn parse_into<P: Packet>(ctx: &P, out: &mut TcpSegment) -> Option<()> {
     let (l3, proto) = parse_l2(ctx)?;
-    let mut key = FlowKey::default();
+    let key = &mut out.key;
+    *key = FlowKey::default();
     let (l4, l4_len) = match proto {
         ETH_P_IPV4 => {
             let ip: Ipv4Hdr = read(ctx, l3)?;
@@ -211,11 +223,11 @@ pub fn parse_tcp<P: Packet>(ctx: &P) -> Option<TcpSegment> {
     let payload_offset = l4 + tcp_len;
     let in_frame = (ctx.end() - ctx.start()).saturating_sub(payload_offset);
     let declared = l4_len.checked_sub(tcp_len)?;
-    Some(TcpSegment {
-        key,
-        flags: tcp.flags,
-        seq: u32::from_be_bytes(tcp.seq),
-        payload_offset,
-        payload_len: declared.min(in_frame),
-    })
+    out.flags = tcp.flags;
+    out.seq = u32::from_be_bytes(tcp.seq);
+    out.ack = u32::from_be_bytes(tcp.ack);
+    out.l3_offset = l3;
+    out.payload_offset = payload_offset;
+    out.payload_len = declared.min(in_frame);
+    Some(())
 }

@@ -21,7 +21,7 @@ use tokio::{
 use crate::{
     capture::{self, Finding, Limits, NoHeloCause, Session},
     check_cmd::PolicyArgs,
-    enforce::{Action, Enforcer},
+    enforce::{Action, Deployment, Enforcer},
     kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
     lists::KernelLists,
     metrics,
@@ -51,10 +51,17 @@ pub struct RunArgs {
     /// TCP port the MTA listens on (repeat for several, at most 8).
     #[arg(long = "smtp-port", value_name = "PORT", default_values_t = [25u16])]
     pub smtp_ports: Vec<u16>,
+    /// Where the filter sits: `mx` (the MTA runs on this host) or `gateway` (this host
+    /// forwards SMTP traffic to MTAs elsewhere).
+    #[arg(long, value_enum, default_value_t = Deployment::Mx)]
+    pub deployment: Deployment,
     /// What to do with a rejected session: `rst` (the client gets a RST) or `drop` (the
-    /// client gets silence); either way the MTA's socket is destroyed at once.
+    /// client gets silence). On an MX the MTA's socket is destroyed at once either way.
     #[arg(long, value_enum, default_value_t = Action::Rst)]
     pub action: Action,
+    /// How a denied source's SYN is answered: `drop` (silence) or `rst`.
+    #[arg(long, value_enum, default_value_t = Action::Drop)]
+    pub deny_answer: Action,
     /// Enforce nothing: count the actions that would have been taken.
     #[arg(long)]
     pub monitor: bool,
@@ -135,6 +142,7 @@ impl RunArgs {
             port_count: self.smtp_ports.len() as u32,
             gate_deadline_ms: self.gate_deadline_ms,
             heartbeat_timeout_ms: self.heartbeat_timeout_ms,
+            deny_with_rst: u32::from(self.deny_answer == Action::Rst),
         };
         config.ports[..self.smtp_ports.len()].copy_from_slice(&self.smtp_ports);
         Ok(config)
@@ -187,7 +195,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.action
     };
     for iface in &args.ifaces {
-        if action == Action::Drop {
+        // On an MX, `drop` must also keep the destroyed socket's RST from the client.
+        if action == Action::Drop && args.deployment == Deployment::Mx {
             kernel::attach_egress(&mut ebpf, iface)?;
         }
         let mode = kernel::attach(&mut ebpf, iface, args.xdp_mode)?;
@@ -223,7 +232,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
-    let enforcer = Enforcer::new(flows, action);
+    let enforcer = Enforcer::new(flows, args.deployment, action);
     if args.monitor {
         info!("monitor mode: verdicts are counted, nothing is enforced");
     }

@@ -38,6 +38,30 @@ pub fn flow_key_v4(sport: u16, dport: u16) -> helo_filter_common::FlowKey {
     key
 }
 
+/// The kernel's key of a test flow from the IPv6 client to the server.
+pub fn flow_key_v6(sport: u16, dport: u16) -> helo_filter_common::FlowKey {
+    helo_filter_common::FlowKey {
+        family: helo_filter_common::FAMILY_IPV6,
+        sport,
+        dport,
+        saddr: CLIENT_V6.octets(),
+        daddr: SERVER_V6.octets(),
+        ..Default::default()
+    }
+}
+
+/// The Internet checksum's one's-complement sum of `bytes` (big-endian words), folded.
+pub fn ones_complement_sum(bytes: &[u8], mut sum: u32) -> u16 {
+    for pair in bytes.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xFFFF {
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    sum as u16
+}
+
 #[derive(Clone, Debug)]
 pub enum Network {
     V4 {

@@ -8,6 +8,7 @@ use aya::{
 use helo_filter::{
     capture::decode,
     kernel::{self, CounterReader, Heartbeat},
+    lists::KernelLists,
 };
 use helo_filter_common::{CaptureEvent, Counter, FlowKey, FlowState, KernelConfig, maps, phase};
 
@@ -17,6 +18,7 @@ pub struct CaptureProgram {
     counters: CounterReader,
     heartbeat: Heartbeat,
     flows: HashMap<MapData, FlowKey, FlowState>,
+    lists: KernelLists,
 }
 
 impl CaptureProgram {
@@ -29,12 +31,14 @@ impl CaptureProgram {
         let heartbeat = Heartbeat::new(&mut ebpf).expect("HEARTBEAT map");
         let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).expect("FLOWS map"))
             .expect("FLOWS is a hash map");
+        let lists = KernelLists::new(&mut ebpf).expect("ALLOW and DENY maps");
         CaptureProgram {
             ebpf,
             events,
             counters,
             heartbeat,
             flows,
+            lists,
         }
     }
 
@@ -63,11 +67,39 @@ impl CaptureProgram {
 
     /// What the daemon does once a flow is judged: the gate opens.
     pub fn judge(&mut self, key: &FlowKey) {
+        self.set_phase(key, phase::DONE);
+    }
+
+    /// Writes a verdict phase (`phase::CONDEMNED_RST`, …) for the flow, as the daemon does.
+    pub fn set_phase(&mut self, key: &FlowKey, to: u8) {
         let mut state = self.flows.get(key, 0).expect("the flow is tracked");
-        state.phase = phase::DONE;
+        state.phase = to;
         self.flows
             .insert(key, state, 0)
             .expect("writing the verdict");
+    }
+
+    /// Denies `net` (operator entry, no expiry).
+    pub fn deny(&mut self, net: ipnet::IpNet) {
+        self.lists
+            .deny(net, None, helo_filter_common::origin::OPERATOR)
+            .expect("writing the deny map");
+    }
+
+    /// Runs the frame once and returns the action and the frame as the program left it.
+    pub fn run_out(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program = kernel::capture_program(&mut self.ebpf).expect("capture program");
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
     }
 
     pub fn counter(&self, counter: Counter) -> u64 {

@@ -771,18 +771,17 @@ fn dns_fail_closed_turns_a_dns_failure_into_a_reset() {
     );
 }
 
-/// Action `drop` on an MX: after a bogus HELO the client's next command gets no answer and
-/// no RST, while the MTA's socket is gone at once.
-#[test]
-fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
+/// A raw client says `HELO localhost`, reads the reply, waits for the verdict, sends
+/// MAIL FROM and reads again: how the connection then fails (`UnexpectedEof` for a FIN),
+/// or the reply if there was one (as an error).
+fn next_command_after_bogus_helo(
+    lab: &Lab,
+    client: SocketAddr,
+) -> Result<std::io::ErrorKind, String> {
     use std::io::{BufRead as _, BufReader, ErrorKind, Write as _};
 
-    let lab = lab("k");
-    let mut daemon =
-        Daemon::start(&lab, &["--action", "drop"], false).expect("starting the daemon");
-    let client = v4(1, 51001);
     let server = server_of(client);
-    let outcome = lab::in_netns(&lab.client_ns, move || -> Result<ErrorKind, String> {
+    lab::in_netns(&lab.client_ns, move || -> Result<ErrorKind, String> {
         let stream = sessions::connect_from(client, server).map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         stream
@@ -797,18 +796,32 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
             .map_err(|e| e.to_string())?;
         line.clear();
         reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        // Time for the verdict, then the next command.
+        // Time for the verdict, then the next command. From here on, how the connection
+        // fails is the outcome (a RST may already have come back for the client's ACK).
         std::thread::sleep(Duration::from_millis(500));
-        writer
-            .write_all(b"MAIL FROM:<bot@example.net>\r\n")
-            .map_err(|e| e.to_string())?;
+        if let Err(e) = writer.write_all(b"MAIL FROM:<bot@example.net>\r\n") {
+            return Ok(e.kind());
+        }
         line.clear();
         match reader.read_line(&mut line) {
             Ok(0) => Ok(ErrorKind::UnexpectedEof),
             Ok(_) => Err(format!("MAIL FROM was answered: {line}")),
             Err(e) => Ok(e.kind()),
         }
-    });
+    })
+}
+
+/// Action `drop` on an MX: after a bogus HELO the client's next command gets no answer and
+/// no RST, while the MTA's socket is gone at once.
+#[test]
+fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
+    use std::io::ErrorKind;
+
+    let lab = lab("k");
+    let mut daemon =
+        Daemon::start(&lab, &["--action", "drop"], false).expect("starting the daemon");
+    let client = v4(1, 51001);
+    let outcome = next_command_after_bogus_helo(&lab, client);
     let kind = outcome.expect("the session");
     assert!(
         matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut),
@@ -846,5 +859,47 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
     assert_eq!(
         metric_value(&page, "helo_filter_actions_total{action=\"drop\"}"),
         Some(1.0)
+    );
+}
+
+/// Deployment `gateway` (three namespaces: client, gateway running the filter, MX): a bogus
+/// client's next packet is answered with a RST built in XDP; a good session goes through.
+/// Generic XDP: on veth, natively transmitted frames are dropped unless the peer runs XDP.
+#[test]
+fn gateway_mode_answers_bogus_clients_with_a_rst() {
+    require_root();
+    let name = format!("hf{}l", std::process::id() % 100_000);
+    let mut lab = Lab::create_with_gateway(&name).expect("creating the gateway lab");
+    lab.start_smtp_sink().expect("starting smtp-sink");
+    lab.start_dns().expect("starting dnsmasq");
+    let args = ["--deployment", "gateway", "--xdp-mode", "generic"];
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    for (client, greeting, name) in [
+        (v4(1, 52001), Greeting::Helo, "localhost"),
+        (v6(2, 52002), Greeting::Ehlo, "[192.168.1.1]"),
+    ] {
+        let (completed, transcript) =
+            sessions::swaks_transcript(&lab, client, greeting, name).expect("swaks");
+        assert!(!completed, "{name}: the session completed:\n{transcript}");
+        let after_mail = transcript
+            .split_once("-> MAIL FROM")
+            .map_or("", |(_, rest)| rest);
+        assert!(
+            !after_mail
+                .lines()
+                .any(|l| l.trim_start().starts_with("<-  250")),
+            "{name}: MAIL FROM was answered:\n{transcript}"
+        );
+    }
+    // What exactly the client gets: a RST (the MTA behind the gateway never closed).
+    let kind = next_command_after_bogus_helo(&lab, v4(3, 52004)).expect("the session");
+    assert_eq!(kind, std::io::ErrorKind::ConnectionReset);
+    sessions::swaks(&lab, v4(0, 52003), Greeting::Ehlo, "mail.example.net")
+        .expect("a good session goes through the gateway");
+    assert_resets_logged(&daemon, 3);
+    let page = daemon.scrape().expect("scraping");
+    assert!(
+        metric_value(&page, "helo_filter_condemned_dropped_total").is_some_and(|v| v >= 1.0),
+        "no packet of a condemned flow was answered:\n{page}"
     );
 }

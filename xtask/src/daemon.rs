@@ -38,11 +38,11 @@ pub fn workspace_root() -> PathBuf {
 pub struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
-    mx_ns: String,
+    filter_ns: String,
 }
 
 impl Daemon {
-    /// Starts `helo-filter run` on the lab's MX interface, with the lab's identity
+    /// Starts `helo-filter run` on the lab's filter interface, with the lab's identity
     /// (`helo-policy.md`'s) and DNS server and `extra` arguments, and waits until it reports
     /// being ready (every interface attached).
     pub fn start(lab: &Lab, extra: &[&str], echo: bool) -> anyhow::Result<Daemon> {
@@ -54,11 +54,11 @@ impl Daemon {
             );
         }
         let mut child = lab
-            .command_in(&lab.mx_ns, &binary.to_string_lossy())
+            .command_in(&lab.filter_ns, &binary.to_string_lossy())
             .args([
                 "run",
                 "--iface",
-                &lab.mx_iface,
+                &lab.filter_iface,
                 "--metrics-addr",
                 METRICS_ADDR,
             ])
@@ -87,7 +87,7 @@ impl Daemon {
         let mut daemon = Daemon {
             child,
             lines,
-            mx_ns: lab.mx_ns.clone(),
+            filter_ns: lab.filter_ns.clone(),
         };
         let ready = daemon.wait_for(Duration::from_secs(30), |l| l.contains("ready: capturing"));
         if let Err(e) = ready {
@@ -119,9 +119,9 @@ impl Daemon {
         found.context("the daemon exited")
     }
 
-    /// Fetches the metrics page from inside the MX namespace.
+    /// Fetches the metrics page from inside the daemon's namespace.
     pub fn scrape(&self) -> anyhow::Result<String> {
-        in_netns(&self.mx_ns, || -> anyhow::Result<String> {
+        in_netns(&self.filter_ns, || -> anyhow::Result<String> {
             let addr: SocketAddr = METRICS_ADDR.parse()?;
             let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;

@@ -50,9 +50,15 @@ pub fn client_v6(i: usize) -> Ipv6Addr {
 pub struct Lab {
     pub mx_ns: String,
     pub client_ns: String,
-    /// The MX side of the veth pair, where the filter attaches.
+    /// The MX side of the veth pair.
     pub mx_iface: String,
     pub client_iface: String,
+    /// Where the filter runs and the interface it attaches to: the MX side, or in a
+    /// gateway lab the gateway's client-facing side.
+    pub filter_ns: String,
+    pub filter_iface: String,
+    /// The gateway namespace of a gateway lab.
+    gateway_ns: Option<String>,
     processes: Vec<Child>,
     dns: Option<Dnsmasq>,
     postfix: Option<PostfixInstance>,
@@ -94,19 +100,112 @@ impl Lab {
         if name.len() > 11 {
             bail!("lab name {name:?} is longer than 11 characters");
         }
+        let lab = Lab::named(name, false)?;
+        lab.build()
+            .with_context(|| format!("creating lab {name}"))?;
+        Ok(lab)
+    }
+
+    /// A gateway lab: client ─ gateway (routes between the two subnets; the filter runs
+    /// here, on the client-facing side) ─ MX.
+    ///
+    /// ```text
+    ///  <name>-cl                 <name>-gw                         <name>-mx
+    ///  203.0.113.10-14  <name>-c ═ <name>-gc  203.0.113.1
+    ///  2001:db8:1::10-14           2001:db8:1::1
+    ///                              <name>-gm  198.51.100.1 ═ <name>-m  198.51.100.25
+    ///                              2001:db8:25::1                    2001:db8:25::25
+    /// ```
+    pub fn create_with_gateway(name: &str) -> anyhow::Result<Lab> {
+        let lab = Lab::named(name, true)?;
+        lab.build_gateway()
+            .with_context(|| format!("creating gateway lab {name}"))?;
+        Ok(lab)
+    }
+
+    fn named(name: &str, gateway: bool) -> anyhow::Result<Lab> {
+        if name.len() > 11 {
+            bail!("lab name {name:?} is longer than 11 characters");
+        }
+        let mx_ns = format!("{name}-mx");
+        let mx_iface = format!("{name}-m");
+        let gateway_ns = gateway.then(|| format!("{name}-gw"));
+        let (filter_ns, filter_iface) = match &gateway_ns {
+            Some(gw) => (gw.clone(), format!("{name}-gc")),
+            None => (mx_ns.clone(), mx_iface.clone()),
+        };
         let lab = Lab {
-            mx_ns: format!("{name}-mx"),
+            mx_ns,
             client_ns: format!("{name}-cl"),
-            mx_iface: format!("{name}-m"),
+            mx_iface,
             client_iface: format!("{name}-c"),
+            filter_ns,
+            filter_iface,
+            gateway_ns,
             processes: Vec::new(),
             dns: None,
             postfix: None,
         };
-        lab.remove_namespaces();
-        lab.build()
-            .with_context(|| format!("creating lab {name}"))?;
+        remove(name);
         Ok(lab)
+    }
+
+    fn build_gateway(&self) -> anyhow::Result<()> {
+        let gw = self.gateway_ns.as_deref().context("not a gateway lab")?;
+        let (mx, cl) = (&self.mx_ns, &self.client_ns);
+        let gw_mx_iface = self.filter_iface.replace("-gc", "-gm");
+        for ns in [mx, cl, gw] {
+            ip(&["netns", "add", ns])?;
+            ip_in(ns, &["link", "set", "lo", "up"])?;
+        }
+        let pairs = [
+            (cl.as_str(), &self.client_iface, gw, &self.filter_iface),
+            (gw, &gw_mx_iface, mx.as_str(), &self.mx_iface),
+        ];
+        for (a_ns, a, b_ns, b) in pairs {
+            ip(&[
+                "link", "add", a, "netns", a_ns, "type", "veth", "peer", "name", b, "netns", b_ns,
+            ])?;
+            ip_in(a_ns, &["link", "set", a, "up"])?;
+            ip_in(b_ns, &["link", "set", b, "up"])?;
+        }
+        let addresses = [
+            (gw, &self.filter_iface, "203.0.113.1/24", "2001:db8:1::1/64"),
+            (gw, &gw_mx_iface, "198.51.100.1/24", "2001:db8:25::1/64"),
+            (
+                mx.as_str(),
+                &self.mx_iface,
+                "198.51.100.25/24",
+                "2001:db8:25::25/64",
+            ),
+        ];
+        for (ns, iface, v4, v6) in addresses {
+            ip_in(ns, &["addr", "add", v4, "dev", iface])?;
+            ip_in(ns, &["-6", "addr", "add", v6, "dev", iface, "nodad"])?;
+        }
+        for i in 0..CLIENTS {
+            let v4 = format!("{}/24", client_v4(i));
+            let v6 = format!("{}/64", client_v6(i));
+            ip_in(cl, &["addr", "add", &v4, "dev", &self.client_iface])?;
+            ip_in(
+                cl,
+                &["-6", "addr", "add", &v6, "dev", &self.client_iface, "nodad"],
+            )?;
+        }
+        ip_in(cl, &["route", "add", "default", "via", "203.0.113.1"])?;
+        ip_in(
+            cl,
+            &["-6", "route", "add", "default", "via", "2001:db8:1::1"],
+        )?;
+        ip_in(mx, &["route", "add", "default", "via", "198.51.100.1"])?;
+        ip_in(
+            mx,
+            &["-6", "route", "add", "default", "via", "2001:db8:25::1"],
+        )?;
+        for key in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            run(self.command_in(gw, "sysctl").args(["-q", "-w", key]))?;
+        }
+        Ok(())
     }
 
     fn build(&self) -> anyhow::Result<()> {
@@ -217,12 +316,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts dnsmasq with the DNS fixture on `DNS_SERVER` in the MX namespace.
+    /// Starts dnsmasq with the DNS fixture on `DNS_SERVER` where the filter runs.
     pub fn start_dns(&mut self) -> anyhow::Result<()> {
         let port = DNS_SERVER
             .rsplit_once(':')
             .map_or(53, |(_, p)| p.parse().unwrap_or(53));
-        let dns = Dnsmasq::start_in_netns(&self.mx_ns, port, Some(DNS_TTL))
+        let dns = Dnsmasq::start_in_netns(&self.filter_ns, port, Some(DNS_TTL))
             .map_err(|e| anyhow::anyhow!("starting the fixture DNS server: {e}"))?;
         self.dns = Some(dns);
         Ok(())
@@ -333,14 +432,17 @@ impl Lab {
     }
 
     fn remove_namespaces(&self) {
-        remove_namespaces(&[&self.mx_ns, &self.client_ns]);
+        let mut namespaces = vec![self.mx_ns.as_str(), self.client_ns.as_str()];
+        namespaces.extend(self.gateway_ns.as_deref());
+        remove_namespaces(&namespaces);
     }
 }
 
 /// Removes the lab `name` whatever state it is in: kills what runs in its namespaces and
-/// deletes them (which deletes the veth pair).
+/// deletes them (which deletes the veth pairs).
 pub fn remove(name: &str) {
-    remove_namespaces(&[&format!("{name}-mx"), &format!("{name}-cl")]);
+    let namespaces = ["mx", "cl", "gw"].map(|role| format!("{name}-{role}"));
+    remove_namespaces(&namespaces.each_ref().map(String::as_str));
 }
 
 fn remove_namespaces(namespaces: &[&str]) {

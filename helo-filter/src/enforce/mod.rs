@@ -1,10 +1,15 @@
-//! Turning verdicts into action, on an MX (the MTA runs on this host). A rejected session's
-//! server-side socket is destroyed, so the MTA sees the connection aborted at once; with
-//! action `rst` the client gets the RST that destroying sends; with `drop` the flow is
-//! condemned first, so the XDP program drops the client's packets and the TC egress
-//! program the MTA's (that RST included): the client gets silence. `--monitor` enforces
-//! nothing and counts what would have been done. An accept opens the kernel's gate for its
-//! flow: the client's held segments are retransmitted and delivered.
+//! Turning verdicts into action.
+//!
+//! - Deployment `mx` (the MTA runs on this host): a rejected session's server-side socket
+//!   is destroyed, so the MTA sees the connection aborted at once. With action `rst` the
+//!   client gets the RST that destroying sends; with `drop` the flow is condemned first, so
+//!   the XDP program drops the client's packets and the TC egress program the MTA's (that
+//!   RST included): the client gets silence.
+//! - Deployment `gateway` (the MTA is elsewhere): the flow is condemned in the kernel, which
+//!   drops the client's further packets (`drop`) or answers each with a RST (`rst`).
+//!
+//! `--monitor` enforces nothing and counts what would have been done. An accept opens the
+//! kernel's gate for its flow: the client's held segments are retransmitted and delivered.
 
 pub mod sock_destroy;
 
@@ -41,7 +46,17 @@ impl Action {
     }
 }
 
+/// Where the filter sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Deployment {
+    /// The MTA runs on this host.
+    Mx,
+    /// This host forwards SMTP traffic to MTAs elsewhere.
+    Gateway,
+}
+
 pub struct Enforcer {
+    deployment: Deployment,
     /// The action on a reject (`Monitor`: none).
     action: Action,
     /// The kernel's flow table, where verdicts open the gate.
@@ -49,8 +64,13 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    pub fn new(flows: HashMap<MapData, FlowKey, FlowState>, action: Action) -> Self {
+    pub fn new(
+        flows: HashMap<MapData, FlowKey, FlowState>,
+        deployment: Deployment,
+        action: Action,
+    ) -> Self {
         Enforcer {
+            deployment,
             action,
             flows: Mutex::new(flows),
         }
@@ -68,16 +88,18 @@ impl Enforcer {
             self.set_phase(session, phase::DONE);
             return None;
         }
-        match self.action {
-            Action::Monitor => self.set_phase(session, phase::DONE),
-            Action::Rst => {
+        match (self.deployment, self.action) {
+            (_, Action::Monitor) => self.set_phase(session, phase::DONE),
+            (Deployment::Mx, Action::Rst) => {
                 destroy(session);
                 self.set_phase(session, phase::DONE);
             }
-            Action::Drop => {
+            (Deployment::Mx, Action::Drop) => {
                 self.set_phase(session, phase::CONDEMNED);
                 destroy(session);
             }
+            (Deployment::Gateway, Action::Rst) => self.set_phase(session, phase::CONDEMNED_RST),
+            (Deployment::Gateway, Action::Drop) => self.set_phase(session, phase::CONDEMNED),
         }
         Some(self.action)
     }
