@@ -461,6 +461,26 @@ fn bogus_sessions_are_reset_before_mail_from_is_answered() {
     assert_eq!(actions, Some(5.0), "{page}");
     let timed = metric_value(&page, "helo_filter_helo_to_action_seconds_count");
     assert_eq!(timed, Some(5.0), "{page}");
+    eprintln!(
+        "HELO→action: p50 ≤ {} s, p99 ≤ {} s (histogram bucket bounds, 5 resets)",
+        bucket_quantile(&page, "helo_filter_helo_to_action_seconds", 0.5),
+        bucket_quantile(&page, "helo_filter_helo_to_action_seconds", 0.99)
+    );
+}
+
+/// The upper bound of the histogram bucket holding quantile `q` (what the closing notes
+/// report; Prometheus would interpolate within it).
+fn bucket_quantile(page: &str, histogram: &str, q: f64) -> String {
+    let total = metric_value(page, &format!("{histogram}_count")).unwrap_or(0.0);
+    let prefix = format!("{histogram}_bucket{{le=\"");
+    page.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), count.trim().parse::<f64>().ok()?))
+        })
+        .find(|(_, count)| *count >= q * total)
+        .map_or_else(|| "?".to_owned(), |(le, _)| le)
 }
 
 /// Waits (briefly) for `n` sessions logged with `action=rst`, and no more.
@@ -644,6 +664,10 @@ fn a_frozen_daemon_fails_open() {
     eprintln!(
         "frozen daemon: session held {held:?} by the gate deadline, {free:?} once the heartbeat was stale"
     );
+    // A killed daemon takes its program with it: sessions flow as if it had never been.
+    daemon.signal(libc::SIGKILL);
+    let after_kill = timed_good_session(&lab, v4(0, 47003));
+    eprintln!("killed daemon: session took {after_kill:?}");
 }
 
 /// Whether `client` can open a TCP connection to the MX's port 25 within a second.
