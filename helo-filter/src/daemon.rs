@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, RingBuf};
-use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS, maps, origin};
+use helo_filter_common::{maps, origin};
 use ipnet::IpNet;
 use log::{error, info, warn};
 use tokio::{
@@ -21,12 +21,14 @@ use tokio::{
 use crate::{
     capture::{self, Finding, Limits, NoHeloCause, Session},
     check_cmd::PolicyArgs,
+    config,
     enforce::{Action, Deployment, Enforcer},
     kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
     lists::KernelLists,
     metrics,
     policy::{HeloInput, PolicyEngine, Verdict, default_trusted_networks},
-    reputation::{Reputation, ReputationSettings},
+    policy_config::PolicyFile,
+    reputation::Reputation,
 };
 
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
@@ -51,47 +53,53 @@ pub struct RunArgs {
     /// TCP port the MTA listens on (repeat for several, at most 8).
     #[arg(long = "smtp-port", value_name = "PORT", default_values_t = [25u16])]
     pub smtp_ports: Vec<u16>,
+    // The flags below override the configuration file's `[enforce]`, `[reputation]` and
+    // `[lists]` (whose defaults they show).
     /// Where the filter sits: `mx` (the MTA runs on this host) or `gateway` (this host
-    /// forwards SMTP traffic to MTAs elsewhere).
-    #[arg(long, value_enum, default_value_t = Deployment::Mx)]
-    pub deployment: Deployment,
+    /// forwards SMTP traffic to MTAs elsewhere) [default: mx].
+    #[arg(long, value_enum)]
+    pub deployment: Option<Deployment>,
     /// What to do with a rejected session: `rst` (the client gets a RST) or `drop` (the
-    /// client gets silence). On an MX the MTA's socket is destroyed at once either way.
-    #[arg(long, value_enum, default_value_t = Action::Rst)]
-    pub action: Action,
-    /// How a denied source's SYN is answered: `drop` (silence) or `rst`.
-    #[arg(long, value_enum, default_value_t = Action::Drop)]
-    pub deny_answer: Action,
+    /// client gets silence). On an MX the MTA's socket is destroyed at once either way
+    /// [default: rst].
+    #[arg(long, value_enum)]
+    pub action: Option<Action>,
+    /// How a denied source's SYN is answered: `drop` (silence) or `rst` [default: drop].
+    #[arg(long, value_enum)]
+    pub deny_answer: Option<Action>,
     /// Enforce nothing: count the actions that would have been taken.
     #[arg(long)]
     pub monitor: bool,
     /// How long the kernel holds a flow's further segments waiting for its verdict before
-    /// letting them through (fail-open).
-    #[arg(long, value_name = "MS", default_value_t = KernelConfig::DEFAULT_GATE_DEADLINE_MS)]
-    pub gate_deadline_ms: u32,
-    /// A daemon heartbeat older than this turns the gate off (the daemon is gone).
-    #[arg(long, value_name = "MS", default_value_t = KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS)]
-    pub heartbeat_timeout_ms: u32,
+    /// letting them through (fail-open) [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub gate_deadline_ms: Option<u32>,
+    /// A daemon heartbeat older than this turns the gate off (the daemon is gone)
+    /// [default: 3000].
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_timeout_ms: Option<u32>,
     /// A source (CIDR) the filter leaves alone: no capture, no gate, trusted by the policy
-    /// (repeat for several).
+    /// (repeat for several; added to the file's).
     #[arg(long = "allow", value_name = "CIDR", value_parser = parse_net)]
     pub allow: Vec<IpNet>,
     /// A source (CIDR) whose SYNs to the SMTP ports are dropped, with no expiry (repeat for
-    /// several).
+    /// several; added to the file's).
     #[arg(long = "deny-source", value_name = "CIDR", value_parser = parse_net)]
     pub deny_sources: Vec<IpNet>,
-    /// A source (IPv4 /32, IPv6 /64) is denied when its reputation score reaches this.
-    #[arg(long, value_name = "SCORE", default_value_t = ReputationSettings::default().threshold)]
-    pub reputation_threshold: f64,
-    /// Reputation scores halve in this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = ReputationSettings::default().half_life.as_secs())]
-    pub reputation_half_life: u64,
-    /// How long a source denied by its reputation stays denied, in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = ReputationSettings::default().deny_ttl.as_secs())]
-    pub deny_ttl: u64,
-    /// Sources denied by reputation at most (lowest scores are let go first).
-    #[arg(long, value_name = "N", default_value_t = ReputationSettings::default().max_denied)]
-    pub deny_max: usize,
+    /// A source (IPv4 /32, IPv6 /64) is denied when its reputation score reaches this
+    /// [default: 5].
+    #[arg(long, value_name = "SCORE")]
+    pub reputation_threshold: Option<f64>,
+    /// Reputation scores halve in this many seconds [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub reputation_half_life: Option<u64>,
+    /// How long a source denied by its reputation stays denied, in seconds [default: 3600].
+    #[arg(long, value_name = "SECS")]
+    pub deny_ttl: Option<u64>,
+    /// Sources denied by reputation at most; the lowest scores are let go first
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub deny_max: Option<usize>,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -104,66 +112,53 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 }
 
 impl RunArgs {
-    fn reputation_settings(&self) -> anyhow::Result<ReputationSettings> {
-        if self.reputation_threshold.is_nan() || self.reputation_threshold <= 0.0 {
-            bail!("--reputation-threshold: must be above 0");
-        }
-        if self.reputation_half_life == 0 || self.deny_ttl == 0 {
-            bail!("--reputation-half-life and --deny-ttl: at least 1 second");
-        }
-        Ok(ReputationSettings {
-            threshold: self.reputation_threshold,
-            half_life: Duration::from_secs(self.reputation_half_life),
-            deny_ttl: Duration::from_secs(self.deny_ttl),
-            max_denied: self.deny_max,
-            ..ReputationSettings::default()
-        })
-    }
-
-    fn kernel_config(&self) -> anyhow::Result<KernelConfig> {
-        let distinct: HashSet<_> = self.smtp_ports.iter().collect();
-        if distinct.len() != self.smtp_ports.len() {
-            bail!("--smtp-port: a port is given twice");
-        }
-        if self.smtp_ports.len() > MAX_SMTP_PORTS {
-            bail!("--smtp-port: at most {MAX_SMTP_PORTS} ports");
-        }
-        if self.smtp_ports.contains(&0) {
-            bail!("--smtp-port: 0 is not a port");
-        }
-        if self.heartbeat_timeout_ms < 2 * HEARTBEAT_INTERVAL.as_millis() as u32 {
-            bail!(
-                "--heartbeat-timeout-ms: at least {} ms (twice the heartbeat interval)",
-                2 * HEARTBEAT_INTERVAL.as_millis()
-            );
-        }
-        let mut config = KernelConfig {
-            ports: [0; MAX_SMTP_PORTS],
-            port_count: self.smtp_ports.len() as u32,
-            gate_deadline_ms: self.gate_deadline_ms,
-            heartbeat_timeout_ms: self.heartbeat_timeout_ms,
-            deny_with_rst: u32::from(self.deny_answer == Action::Rst),
-        };
-        config.ports[..self.smtp_ports.len()].copy_from_slice(&self.smtp_ports);
-        Ok(config)
+    /// Applies the flags given over the file's sections.
+    fn apply_to(&self, file: &mut PolicyFile) {
+        let enforce = &mut file.enforce;
+        enforce.deployment = self.deployment.unwrap_or(enforce.deployment);
+        enforce.action = self.action.unwrap_or(enforce.action);
+        enforce.deny_answer = self.deny_answer.unwrap_or(enforce.deny_answer);
+        enforce.monitor |= self.monitor;
+        enforce.gate_deadline_ms = self.gate_deadline_ms.unwrap_or(enforce.gate_deadline_ms);
+        enforce.heartbeat_timeout_ms = self
+            .heartbeat_timeout_ms
+            .unwrap_or(enforce.heartbeat_timeout_ms);
+        let reputation = &mut file.reputation;
+        reputation.threshold = self.reputation_threshold.unwrap_or(reputation.threshold);
+        reputation.half_life_secs = self
+            .reputation_half_life
+            .unwrap_or(reputation.half_life_secs);
+        reputation.deny_ttl_secs = self.deny_ttl.unwrap_or(reputation.deny_ttl_secs);
+        reputation.max_denied = self.deny_max.unwrap_or(reputation.max_denied);
+        file.lists.allow.extend(self.allow.iter().copied());
+        file.lists.deny.extend(self.deny_sources.iter().copied());
     }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = args.kernel_config()?;
     let distinct: HashSet<_> = args.ifaces.iter().collect();
     if distinct.len() != args.ifaces.len() {
         bail!("--iface: an interface is given twice");
     }
-    let reputation = Reputation::new(args.reputation_settings()?);
     let mut policy_file = args.policy.load().map_err(anyhow::Error::msg)?;
-    if !args.allow.is_empty() {
+    args.apply_to(&mut policy_file);
+    let enforce = policy_file.enforce.clone();
+    let lists = policy_file.lists.clone();
+    if enforce.heartbeat_timeout_ms < 2 * HEARTBEAT_INTERVAL.as_millis() as u32 {
+        bail!(
+            "heartbeat timeout: at least {} ms (twice the heartbeat interval)",
+            2 * HEARTBEAT_INTERVAL.as_millis()
+        );
+    }
+    let config = config::kernel_config(&args.smtp_ports, &enforce)?;
+    let reputation = Reputation::new(policy_file.reputation.settings()?);
+    if !lists.allow.is_empty() {
         // Allow-listed sources are trusted by the policy too (whatever path asks it).
         policy_file
             .policy
             .trusted_networks
             .get_or_insert_with(default_trusted_networks)
-            .extend(args.allow.iter().copied());
+            .extend(lists.allow.iter().copied());
     }
     metrics::install(args.metrics_addr)?;
     info!("metrics on http://{}/metrics", args.metrics_addr);
@@ -189,14 +184,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    let action = if args.monitor {
+    let action = if enforce.monitor {
         Action::Monitor
     } else {
-        args.action
+        enforce.action
     };
     for iface in &args.ifaces {
         // On an MX, `drop` must also keep the destroyed socket's RST from the client.
-        if action == Action::Drop && args.deployment == Deployment::Mx {
+        if action == Action::Drop && enforce.deployment == Deployment::Mx {
             kernel::attach_egress(&mut ebpf, iface)?;
         }
         let mode = kernel::attach(&mut ebpf, iface, args.xdp_mode)?;
@@ -232,23 +227,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
-    let enforcer = Enforcer::new(flows, args.deployment, action);
-    if args.monitor {
+    let enforcer = Enforcer::new(flows, enforce.deployment, action);
+    if enforce.monitor {
         info!("monitor mode: verdicts are counted, nothing is enforced");
     }
-    let mut lists = KernelLists::new(&mut ebpf)?;
-    for net in &args.allow {
-        lists.allow(*net)?;
+    let mut kernel_lists = KernelLists::new(&mut ebpf)?;
+    for net in &lists.allow {
+        kernel_lists.allow(*net)?;
     }
-    for net in &args.deny_sources {
-        lists.deny(*net, None, origin::OPERATOR)?;
+    for net in &lists.deny {
+        kernel_lists.deny(*net, None, origin::OPERATOR)?;
     }
-    metrics::list_sizes(args.allow.len(), args.deny_sources.len());
+    metrics::list_sizes(lists.allow.len(), lists.deny.len());
     let stage = Arc::new(Stage {
         engine,
         enforcer,
         reputation,
-        lists: Mutex::new(lists),
+        lists: Mutex::new(kernel_lists),
     });
     tokio::spawn(sweep_reputation(Arc::clone(&stage)));
 

@@ -1,6 +1,7 @@
 //! helo-filter: the daemon's library. One module per concern; `daemon` ties them.
 pub mod capture;
 pub mod check_cmd;
+pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod enforce;

@@ -1,8 +1,9 @@
-//! The `[policy]` and `[dns]` sections of the configuration file.
+//! The configuration file: its `[policy]` and `[dns]` sections (the daemon's `[enforce]`,
+//! `[reputation]` and `[lists]` are defined in `crate::config`), and the loader.
 //!
-//! Both sections reject unknown keys; every value is validated while it is read, so that an
-//! error names the file, the line and the key (from toml's span information). Other top-level
-//! sections are left to their owners: this loader ignores them.
+//! Every section rejects unknown keys, and the file unknown sections; every value is
+//! validated while it is read, so that an error names the file, the line and the key (from
+//! toml's span information).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +15,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::config::{EnforceSection, ListsSection, ReputationSection};
 use crate::dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings};
 use crate::policy::rfc5321;
 use crate::policy::{
@@ -181,14 +183,21 @@ impl Default for DnsSection {
     }
 }
 
-/// The sections of the configuration file this module owns.
+/// The configuration file: the policy engine's sections, which this module owns, and the
+/// daemon's (`crate::config`). An unknown section is an error like an unknown key.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PolicyFile {
     /// `[policy]`
     pub policy: PolicySection,
     /// `[dns]`
     pub dns: DnsSection,
+    /// `[enforce]`
+    pub enforce: EnforceSection,
+    /// `[reputation]`
+    pub reputation: ReputationSection,
+    /// `[lists]`
+    pub lists: ListsSection,
 }
 
 /// A configuration error, located when possible.
@@ -438,8 +447,8 @@ servers = ["127.0.0.1:5353", "[::1]:53"]
 deadline_ms = 500
 fail_closed = true
 
-[daemon]
-whatever = 1
+[enforce]
+monitor = true
 "#;
         let f = PolicyFile::parse(text, "t.toml").unwrap();
         let s = f.settings();

@@ -842,8 +842,12 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
     use std::io::ErrorKind;
 
     let lab = lab("k");
-    let mut daemon =
-        Daemon::start(&lab, &["--action", "drop"], false).expect("starting the daemon");
+    // Through the configuration file's `[enforce]` section, this time.
+    let config = std::env::temp_dir().join(format!("hf-drop-{}.toml", std::process::id()));
+    std::fs::write(&config, "[enforce]\naction = \"drop\"\n").expect("config");
+    let args = ["--config", config.to_str().expect("utf-8 path")];
+    let mut daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    let _ = std::fs::remove_file(&config);
     let client = v4(1, 51001);
     let outcome = next_command_after_bogus_helo(&lab, client);
     let kind = outcome.expect("the session");

@@ -22,7 +22,8 @@ use log::{debug, warn};
 use crate::{capture::Session, policy::Verdict};
 
 /// What is done about a rejected session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     /// The server-side socket is destroyed; the client gets a RST.
     Rst,
@@ -30,6 +31,7 @@ pub enum Action {
     Drop,
     /// Monitor mode: nothing is done.
     #[value(skip)]
+    #[serde(skip)]
     Monitor,
 }
 
@@ -47,7 +49,8 @@ impl Action {
 }
 
 /// Where the filter sits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Deployment {
     /// The MTA runs on this host.
     Mx,

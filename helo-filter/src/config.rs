@@ -1,0 +1,198 @@
+//! The daemon's own sections of the configuration file, `[enforce]`, `[reputation]` and
+//! `[lists]` (the policy engine's `[policy]` and `[dns]` live in `policy_config`), and how
+//! they combine with the command line: a flag given wins over the file, lists add up.
+
+use std::{collections::HashSet, time::Duration};
+
+use anyhow::bail;
+use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::{
+    enforce::{Action, Deployment},
+    reputation::ReputationSettings,
+};
+
+/// `[enforce]`: where the filter sits and what it does.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnforceSection {
+    pub deployment: Deployment,
+    pub action: Action,
+    pub monitor: bool,
+    pub deny_answer: Action,
+    pub gate_deadline_ms: u32,
+    pub heartbeat_timeout_ms: u32,
+}
+
+impl Default for EnforceSection {
+    fn default() -> Self {
+        EnforceSection {
+            deployment: Deployment::Mx,
+            action: Action::Rst,
+            monitor: false,
+            deny_answer: Action::Drop,
+            gate_deadline_ms: KernelConfig::DEFAULT_GATE_DEADLINE_MS,
+            heartbeat_timeout_ms: KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS,
+        }
+    }
+}
+
+/// `[reputation]`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReputationSection {
+    pub threshold: f64,
+    pub half_life_secs: u64,
+    pub deny_ttl_secs: u64,
+    pub max_denied: usize,
+}
+
+impl Default for ReputationSection {
+    fn default() -> Self {
+        let defaults = ReputationSettings::default();
+        ReputationSection {
+            threshold: defaults.threshold,
+            half_life_secs: defaults.half_life.as_secs(),
+            deny_ttl_secs: defaults.deny_ttl.as_secs(),
+            max_denied: defaults.max_denied,
+        }
+    }
+}
+
+impl ReputationSection {
+    pub fn settings(&self) -> anyhow::Result<ReputationSettings> {
+        if self.threshold.is_nan() || self.threshold <= 0.0 {
+            bail!("reputation threshold: must be above 0");
+        }
+        if self.half_life_secs == 0 || self.deny_ttl_secs == 0 {
+            bail!("reputation half-life and deny TTL: at least 1 second");
+        }
+        Ok(ReputationSettings {
+            threshold: self.threshold,
+            half_life: Duration::from_secs(self.half_life_secs),
+            deny_ttl: Duration::from_secs(self.deny_ttl_secs),
+            max_denied: self.max_denied,
+            ..ReputationSettings::default()
+        })
+    }
+}
+
+/// `[lists]`: operator entries, CIDRs.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListsSection {
+    /// Left alone: no capture, no gate, trusted by the policy.
+    pub allow: Vec<IpNet>,
+    /// SYNs to the SMTP ports dropped (or answered with a RST), no expiry.
+    pub deny: Vec<IpNet>,
+}
+
+/// The kernel's run-time config from the ports and the `[enforce]` settings.
+pub fn kernel_config(ports: &[u16], enforce: &EnforceSection) -> anyhow::Result<KernelConfig> {
+    let distinct: HashSet<_> = ports.iter().collect();
+    if distinct.len() != ports.len() {
+        bail!("SMTP ports: a port is given twice");
+    }
+    if ports.len() > MAX_SMTP_PORTS {
+        bail!("SMTP ports: at most {MAX_SMTP_PORTS}");
+    }
+    if ports.contains(&0) {
+        bail!("SMTP ports: 0 is not a port");
+    }
+    let mut config = KernelConfig {
+        ports: [0; MAX_SMTP_PORTS],
+        port_count: ports.len() as u32,
+        gate_deadline_ms: enforce.gate_deadline_ms,
+        heartbeat_timeout_ms: enforce.heartbeat_timeout_ms,
+        deny_with_rst: u32::from(enforce.deny_answer == Action::Rst),
+    };
+    config.ports[..ports.len()].copy_from_slice(ports);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy_config::PolicyFile;
+
+    #[test]
+    fn the_daemon_sections_parse() {
+        let text = "[enforce]\ndeployment = \"gateway\"\naction = \"drop\"\ndeny_answer = \"rst\"\n\
+                    gate_deadline_ms = 800\n[reputation]\nthreshold = 3.5\ndeny_ttl_secs = 60\n\
+                    [lists]\nallow = [\"192.0.2.0/24\"]\ndeny = [\"2001:db8:bad::/48\"]\n";
+        let file = PolicyFile::parse(text, "t.toml").expect("a valid file");
+        assert_eq!(file.enforce.deployment, Deployment::Gateway);
+        assert_eq!(file.enforce.action, Action::Drop);
+        assert_eq!(file.enforce.gate_deadline_ms, 800);
+        assert_eq!(
+            file.enforce.heartbeat_timeout_ms,
+            KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS
+        );
+        let settings = file.reputation.settings().expect("valid settings");
+        assert_eq!(settings.threshold, 3.5);
+        assert_eq!(settings.deny_ttl, Duration::from_secs(60));
+        assert_eq!(file.lists.allow, ["192.0.2.0/24".parse::<IpNet>().unwrap()]);
+        let kernel = kernel_config(&[25, 587], &file.enforce).expect("a kernel config");
+        assert_eq!(
+            (
+                kernel.port_count,
+                kernel.deny_with_rst,
+                kernel.gate_deadline_ms
+            ),
+            (2, 1, 800)
+        );
+    }
+
+    #[test]
+    fn bad_daemon_settings_are_located_errors() {
+        let cases = [
+            (
+                "[enforce]\ndeployment = \"router\"\n",
+                "t.toml:2:",
+                "enforce.deployment",
+            ),
+            (
+                "[enforce]\naction = \"monitor\"\n",
+                "t.toml:2:",
+                "enforce.action",
+            ),
+            (
+                "[reputation]\nthreshhold = 2\n",
+                "t.toml:2:",
+                "reputation.threshhold",
+            ),
+            (
+                "[lists]\nallow = [\"10.0.0.0/33\"]\n",
+                "t.toml:2:",
+                "lists.allow",
+            ),
+            (
+                "[enforcement]\nmonitor = true\n",
+                "t.toml:1:",
+                "enforcement",
+            ),
+        ];
+        for (text, location, key) in cases {
+            let error = PolicyFile::parse(text, "t.toml")
+                .expect_err(text)
+                .to_string();
+            assert!(error.starts_with(location), "{text:?}: {error}");
+            assert!(error.contains(key), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn impossible_values_are_refused() {
+        let zero = ReputationSection {
+            threshold: 0.0,
+            ..ReputationSection::default()
+        };
+        assert!(zero.settings().is_err());
+        let enforce = EnforceSection::default();
+        assert!(kernel_config(&[25, 25], &enforce).is_err());
+        assert!(kernel_config(&[0], &enforce).is_err());
+        assert!(kernel_config(&[1, 2, 3, 4, 5, 6, 7, 8, 9], &enforce).is_err());
+    }
+}
