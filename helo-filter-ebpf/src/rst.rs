@@ -13,15 +13,12 @@ use aya_ebpf::{
 };
 use helo_filter_common::FAMILY_IPV4;
 
-use crate::parse::{TCP_ACK, TCP_SYN, TcpSegment};
+use crate::parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpSegment};
 
 /// What `capture::on_tcp_segment` returns when the packet is to be answered with a RST:
 /// not an XDP action, so the caller knows to build it (in one place, to spare stack).
 pub const ANSWER_WITH_RST: u32 = u32::MAX;
 
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
-const IPPROTO_TCP: u8 = 6;
 const IPV4_HEADER: usize = 20;
 const IPV6_HEADER: usize = 40;
 const TCP_HEADER: usize = 20;

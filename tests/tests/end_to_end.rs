@@ -421,6 +421,25 @@ fn several_interfaces_and_the_generic_fallback() {
     }
 }
 
+/// Plays each bogus session with swaks and checks it was cut before its MAIL FROM got a
+/// 250.
+fn assert_reset_before_mail_from(lab: &Lab, bogus: &[(SocketAddr, Greeting, &str)]) {
+    for &(client, greeting, name) in bogus {
+        let (completed, transcript) =
+            sessions::swaks_transcript(lab, client, greeting, name).expect("swaks");
+        assert!(!completed, "{name}: the session completed:\n{transcript}");
+        let after_mail = transcript
+            .split_once("-> MAIL FROM")
+            .map_or("", |(_, rest)| rest);
+        assert!(
+            !after_mail
+                .lines()
+                .any(|l| l.trim_start().starts_with("<-  250")),
+            "{name}: MAIL FROM was answered:\n{transcript}"
+        );
+    }
+}
+
 /// Enforcing (deployment mx, action rst): each bogus session is reset before its MAIL FROM
 /// is answered; a good one completes.
 #[test]
@@ -434,20 +453,7 @@ fn bogus_sessions_are_reset_before_mail_from_is_answered() {
         (v6(3, 44004), Greeting::Helo, "mon-serveur"),
         (v4(4, 44005), Greeting::Ehlo, "fakedomain.xyz"),
     ];
-    for (client, greeting, name) in bogus {
-        let (completed, transcript) =
-            sessions::swaks_transcript(&lab, client, greeting, name).expect("swaks");
-        assert!(!completed, "{name}: the session completed:\n{transcript}");
-        let after_mail = transcript
-            .split_once("-> MAIL FROM")
-            .map_or("", |(_, rest)| rest);
-        assert!(
-            !after_mail
-                .lines()
-                .any(|l| l.trim_start().starts_with("<-  250")),
-            "{name}: MAIL FROM was answered:\n{transcript}"
-        );
-    }
+    assert_reset_before_mail_from(&lab, &bogus);
     for (client, greeting, name) in [
         (v4(0, 44006), Greeting::Ehlo, "mail.example.net"),
         (v6(0, 44007), Greeting::Helo, "v6.example.net"),
@@ -510,20 +516,7 @@ fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
         (v4(3, 45004), Greeting::Helo, "mon-serveur"),
         (v6(4, 45005), Greeting::Ehlo, "fakedomain.xyz"),
     ];
-    for (client, greeting, name) in bogus {
-        let (completed, transcript) =
-            sessions::swaks_transcript(&lab, client, greeting, name).expect("swaks");
-        assert!(!completed, "{name}: the session completed:\n{transcript}");
-        let after_mail = transcript
-            .split_once("-> MAIL FROM")
-            .map_or("", |(_, rest)| rest);
-        assert!(
-            !after_mail
-                .lines()
-                .any(|l| l.trim_start().starts_with("<-  250")),
-            "{name}: MAIL FROM was answered:\n{transcript}"
-        );
-    }
+    assert_reset_before_mail_from(&lab, &bogus);
     sessions::swaks(&lab, v4(0, 45006), Greeting::Ehlo, "mail.example.net")
         .expect("the good session completes");
 
@@ -902,23 +895,11 @@ fn gateway_mode_answers_bogus_clients_with_a_rst() {
     lab.start_dns().expect("starting dnsmasq");
     let args = ["--deployment", "gateway", "--xdp-mode", "generic"];
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
-    for (client, greeting, name) in [
+    let bogus = [
         (v4(1, 52001), Greeting::Helo, "localhost"),
         (v6(2, 52002), Greeting::Ehlo, "[192.168.1.1]"),
-    ] {
-        let (completed, transcript) =
-            sessions::swaks_transcript(&lab, client, greeting, name).expect("swaks");
-        assert!(!completed, "{name}: the session completed:\n{transcript}");
-        let after_mail = transcript
-            .split_once("-> MAIL FROM")
-            .map_or("", |(_, rest)| rest);
-        assert!(
-            !after_mail
-                .lines()
-                .any(|l| l.trim_start().starts_with("<-  250")),
-            "{name}: MAIL FROM was answered:\n{transcript}"
-        );
-    }
+    ];
+    assert_reset_before_mail_from(&lab, &bogus);
     // What exactly the client gets: a RST (the MTA behind the gateway never closed).
     let kind = next_command_after_bogus_helo(&lab, v4(3, 52004)).expect("the session");
     assert_eq!(kind, std::io::ErrorKind::ConnectionReset);

@@ -150,6 +150,18 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The client namespace's documentation-range addresses.
+    fn add_client_addresses(&self) -> anyhow::Result<()> {
+        let (cl, iface) = (&self.client_ns, &self.client_iface);
+        for i in 0..CLIENTS {
+            let v4 = format!("{}/24", client_v4(i));
+            let v6 = format!("{}/64", client_v6(i));
+            ip_in(cl, &["addr", "add", &v4, "dev", iface])?;
+            ip_in(cl, &["-6", "addr", "add", &v6, "dev", iface, "nodad"])?;
+        }
+        Ok(())
+    }
+
     fn build_gateway(&self) -> anyhow::Result<()> {
         let gw = self.gateway_ns.as_deref().context("not a gateway lab")?;
         let (mx, cl) = (&self.mx_ns, &self.client_ns);
@@ -183,15 +195,7 @@ impl Lab {
             ip_in(ns, &["addr", "add", v4, "dev", iface])?;
             ip_in(ns, &["-6", "addr", "add", v6, "dev", iface, "nodad"])?;
         }
-        for i in 0..CLIENTS {
-            let v4 = format!("{}/24", client_v4(i));
-            let v6 = format!("{}/64", client_v6(i));
-            ip_in(cl, &["addr", "add", &v4, "dev", &self.client_iface])?;
-            ip_in(
-                cl,
-                &["-6", "addr", "add", &v6, "dev", &self.client_iface, "nodad"],
-            )?;
-        }
+        self.add_client_addresses()?;
         ip_in(cl, &["route", "add", "default", "via", "203.0.113.1"])?;
         ip_in(
             cl,
@@ -261,15 +265,7 @@ impl Lab {
                 &self.mx_iface,
             ],
         )?;
-        for i in 0..CLIENTS {
-            let v4 = format!("{}/24", client_v4(i));
-            let v6 = format!("{}/64", client_v6(i));
-            ip_in(cl, &["addr", "add", &v4, "dev", &self.client_iface])?;
-            ip_in(
-                cl,
-                &["-6", "addr", "add", &v6, "dev", &self.client_iface, "nodad"],
-            )?;
-        }
+        self.add_client_addresses()?;
         ip_in(
             cl,
             &["route", "add", "198.51.100.0/24", "dev", &self.client_iface],
