@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use crate::{
     enforce::{Action, Deployment},
+    policy::Reason,
+    policy_config::ReputationWeights,
     reputation::ReputationSettings,
 };
 
@@ -47,6 +49,10 @@ pub struct ReputationSection {
     pub half_life_secs: u64,
     pub deny_ttl_secs: u64,
     pub max_denied: usize,
+    /// What a reject adds to its source's score, unless its primary reason has a weight of
+    /// its own in `weights`.
+    pub reject_weight: f64,
+    pub weights: ReputationWeights,
 }
 
 impl Default for ReputationSection {
@@ -57,6 +63,8 @@ impl Default for ReputationSection {
             half_life_secs: defaults.half_life.as_secs(),
             deny_ttl_secs: defaults.deny_ttl.as_secs(),
             max_denied: defaults.max_denied,
+            reject_weight: defaults.reject_weight,
+            weights: ReputationWeights::default(),
         }
     }
 }
@@ -69,11 +77,25 @@ impl ReputationSection {
         if self.half_life_secs == 0 || self.deny_ttl_secs == 0 {
             bail!("reputation half-life and deny TTL: at least 1 second");
         }
+        let weights: Vec<(Reason, f64)> = self
+            .weights
+            .entries()
+            .into_iter()
+            .filter_map(|(reason, weight)| Some((reason, weight?)))
+            .collect();
+        if std::iter::once(self.reject_weight)
+            .chain(weights.iter().map(|(_, w)| *w))
+            .any(|w| !w.is_finite() || w < 0.0)
+        {
+            bail!("reputation weights: must be finite and not negative");
+        }
         Ok(ReputationSettings {
             threshold: self.threshold,
             half_life: Duration::from_secs(self.half_life_secs),
             deny_ttl: Duration::from_secs(self.deny_ttl_secs),
             max_denied: self.max_denied,
+            reject_weight: self.reject_weight,
+            reason_weights: weights.into_iter().collect(),
             ..ReputationSettings::default()
         })
     }
@@ -121,6 +143,7 @@ mod tests {
     fn the_daemon_sections_parse() {
         let text = "[enforce]\ndeployment = \"gateway\"\naction = \"drop\"\ndeny_answer = \"rst\"\n\
                     gate_deadline_ms = 800\n[reputation]\nthreshold = 3.5\ndeny_ttl_secs = 60\n\
+                    [reputation.weights]\nno_helo = 4.5\n\
                     [lists]\nallow = [\"192.0.2.0/24\"]\ndeny = [\"2001:db8:bad::/48\"]\n";
         let file = PolicyFile::parse(text, "t.toml").expect("a valid file");
         assert_eq!(file.enforce.deployment, Deployment::Gateway);
@@ -133,6 +156,8 @@ mod tests {
         let settings = file.reputation.settings().expect("valid settings");
         assert_eq!(settings.threshold, 3.5);
         assert_eq!(settings.deny_ttl, Duration::from_secs(60));
+        assert_eq!(settings.reason_weights.get(&Reason::NoHelo), Some(&4.5));
+        assert_eq!(settings.reason_weights.get(&Reason::BareIp), None);
         assert_eq!(file.lists.allow, ["192.0.2.0/24".parse::<IpNet>().unwrap()]);
         let kernel = kernel_config(&[25, 587], &file.enforce).expect("a kernel config");
         assert_eq!(
@@ -190,6 +215,11 @@ mod tests {
             ..ReputationSection::default()
         };
         assert!(zero.settings().is_err());
+        let negative = ReputationSection {
+            reject_weight: -1.0,
+            ..ReputationSection::default()
+        };
+        assert!(negative.settings().is_err());
         let enforce = EnforceSection::default();
         assert!(kernel_config(&[25, 25], &enforce).is_err());
         assert!(kernel_config(&[0], &enforce).is_err());

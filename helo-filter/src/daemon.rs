@@ -362,6 +362,7 @@ async fn sweep_reputation(stage: Arc<Stage>) {
         for source in &released.evicted {
             info!("deny list full: let {source} go (lowest score)");
         }
+        metrics::deny_evictions(released.evicted.len());
         metrics::reputation(stage.reputation.sources(), stage.reputation.denied());
     }
 }

@@ -35,6 +35,7 @@ pub const CONDEMNED_DROPPED: &str = "helo_filter_condemned_dropped_total";
 pub const REPUTATION_SOURCES: &str = "helo_filter_reputation_sources";
 pub const DENY_ENTRIES: &str = "helo_filter_deny_entries";
 pub const ALLOW_ENTRIES: &str = "helo_filter_allow_entries";
+pub const DENY_EVICTIONS: &str = "helo_filter_deny_evictions_total";
 
 /// Buckets for the latency histograms (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -117,6 +118,7 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     }
     list_sizes(0, 0);
     reputation(0, 0);
+    counter!(DENY_EVICTIONS).absolute(0);
     Ok(())
 }
 
@@ -195,4 +197,9 @@ pub fn list_sizes(allow: usize, deny_operator: usize) {
 pub fn reputation(sources: usize, denied: usize) {
     gauge!(REPUTATION_SOURCES).set(sources as f64);
     gauge!(DENY_ENTRIES, "origin" => "reputation").set(denied as f64);
+}
+
+/// Reputation denials let go early because the deny list was over its cap.
+pub fn deny_evictions(count: usize) {
+    counter!(DENY_EVICTIONS).increment(count as u64);
 }

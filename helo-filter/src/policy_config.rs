@@ -104,6 +104,12 @@ per_check!(
     CheckWeights,
     u32
 );
+per_check!(
+    /// `[reputation.weights]`: what a reject adds to its source's score, per primary reason,
+    /// over `[reputation] reject_weight`.
+    ReputationWeights,
+    f64
+);
 
 /// The `[policy]` section.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -3,6 +3,7 @@
 //! threshold is denied for a while (the daemon puts it into the kernel's deny map).
 
 use std::{
+    collections::HashMap,
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -10,9 +11,9 @@ use std::{
 use dashmap::DashMap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::policy::Verdict;
+use crate::policy::{Reason, Verdict};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ReputationSettings {
     /// A source is denied when its score reaches this.
     pub threshold: f64,
@@ -22,8 +23,10 @@ pub struct ReputationSettings {
     pub deny_ttl: Duration,
     /// Denied sources at most; past it the lowest scores are let go first.
     pub max_denied: usize,
-    /// Added by a reject (on top of the verdict's soft score).
+    /// Added by a reject (on top of the verdict's soft score), unless its primary reason
+    /// has a weight in `reason_weights`.
     pub reject_weight: f64,
+    pub reason_weights: HashMap<Reason, f64>,
     /// Taken off by a clean session (an accept with nothing against it).
     pub clean_credit: f64,
 }
@@ -36,6 +39,7 @@ impl Default for ReputationSettings {
             deny_ttl: Duration::from_secs(3600),
             max_denied: 10_000,
             reject_weight: 2.0,
+            reason_weights: HashMap::new(),
             clean_credit: 1.0,
         }
     }
@@ -106,7 +110,12 @@ impl Reputation {
     pub fn record(&self, client: IpAddr, verdict: &Verdict, now: Instant) -> Option<IpNet> {
         let source = source_of(client);
         let delta = if verdict.is_reject() {
-            self.settings.reject_weight + f64::from(verdict.score)
+            let weight = verdict
+                .primary()
+                .and_then(|reason| self.settings.reason_weights.get(&reason))
+                .copied()
+                .unwrap_or(self.settings.reject_weight);
+            weight + f64::from(verdict.score)
         } else if verdict.score > 0 {
             f64::from(verdict.score)
         } else {
@@ -200,8 +209,28 @@ mod tests {
             deny_ttl: Duration::from_secs(30),
             max_denied: 2,
             reject_weight: 2.0,
+            reason_weights: HashMap::new(),
             clean_credit: 1.0,
         }
+    }
+
+    #[test]
+    fn a_reason_can_weigh_more_than_the_default() {
+        let mut s = settings();
+        s.reason_weights.insert(Reason::NoHelo, 5.0);
+        let r = Reputation::new(s);
+        let now = Instant::now();
+        let mut v = verdict(true, 0);
+        v.reasons.push(crate::policy::Finding {
+            reason: Reason::NoHelo,
+            explanation: String::new(),
+        });
+        let ip: IpAddr = "203.0.113.14".parse().unwrap();
+        assert_eq!(
+            r.record(ip, &v, now),
+            Some(source_of(ip)),
+            "one no_helo is enough"
+        );
     }
 
     #[test]
