@@ -5,7 +5,7 @@ use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -15,26 +15,25 @@ use ipnet::IpNet;
 use log::{error, info, warn};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{Semaphore, mpsc},
+    sync::mpsc,
 };
 
 use crate::{
-    capture::{self, Finding, Limits, NoHeloCause, Session},
+    capture::{self, Limits},
     check_cmd::PolicyArgs,
     config,
     enforce::{Action, Deployment, Enforcer},
     kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
     lists::KernelLists,
     metrics,
-    policy::{HeloInput, PolicyEngine, Verdict, default_trusted_networks},
+    policy::default_trusted_networks,
     policy_config::PolicyFile,
     reputation::Reputation,
+    stage::{Stage, policy_stage, sweep_reputation},
 };
 
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
 const POLICY_QUEUE: usize = 4096;
-/// Validations running at once (each may wait on DNS); further sessions wait in the queue.
-const VALIDATIONS_IN_FLIGHT: usize = 512;
 const COUNTER_REFRESH: Duration = Duration::from_secs(1);
 /// How often the daemon tells the kernel it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -271,134 +270,4 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         error!("{e:#}");
     }
     outcome
-}
-
-/// Everything that judges a session and acts on its verdict.
-struct Stage {
-    engine: PolicyEngine,
-    enforcer: Enforcer,
-    reputation: Reputation,
-    lists: Mutex<KernelLists>,
-}
-
-/// Judges every session, many at once (a slow DNS answer for one HELO never holds up the
-/// verdicts of others), and acts on each verdict.
-async fn policy_stage(mut sessions: mpsc::Receiver<Session>, stage: Arc<Stage>) {
-    let in_flight = Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT));
-    while let Some(session) = sessions.recv().await {
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            break;
-        };
-        let stage = Arc::clone(&stage);
-        tokio::spawn(async move {
-            stage.judge(&session).await;
-            drop(permit);
-        });
-    }
-}
-
-impl Stage {
-    async fn judge(&self, session: &Session) {
-        let client = session.client.ip();
-        let input = match &session.finding {
-            Finding::Helo(helo) => {
-                metrics::helo_event();
-                HeloInput {
-                    helo: Some(helo.argument.clone()),
-                    client,
-                    pipelined: helo.pipelined,
-                    no_helo: false,
-                }
-            }
-            Finding::NoHelo(_) => HeloInput::without_helo(client),
-        };
-        let started = Instant::now();
-        let verdict = self.engine.evaluate(&input).await;
-        metrics::verdict(&verdict, started.elapsed());
-        let action = self.enforcer.apply(session, &verdict);
-        if let Some(action) = action {
-            metrics::action(action, session.timestamp_ns);
-        }
-        report(session, &verdict, action);
-        if let Some(source) = self.reputation.record(client, &verdict, Instant::now()) {
-            self.deny(source);
-        }
-    }
-
-    /// Denies a repeat offender in the kernel (not in monitor mode: counted only).
-    fn deny(&self, source: IpNet) {
-        let ttl = self.reputation.settings().deny_ttl;
-        if self.enforcer.monitor() {
-            info!("monitor mode: would deny {source} for {} s", ttl.as_secs());
-            return;
-        }
-        let Ok(mut lists) = self.lists.lock() else {
-            return;
-        };
-        match lists.deny(source, Some(ttl), origin::REPUTATION) {
-            Ok(()) => info!(
-                "denied {source} for {} s: reputation score over the threshold",
-                ttl.as_secs()
-            ),
-            Err(e) => warn!("{e:#}"),
-        }
-    }
-}
-
-/// Once a second: ends expired denials, enforces the cap, refreshes the gauges.
-async fn sweep_reputation(stage: Arc<Stage>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let released = stage.reputation.sweep(Instant::now());
-        // In monitor mode nothing went into the kernel.
-        if let (false, Ok(mut lists)) = (stage.enforcer.monitor(), stage.lists.lock()) {
-            for source in released.expired.iter().chain(&released.evicted) {
-                if let Err(e) = lists.undeny(*source) {
-                    warn!("{e:#}");
-                }
-            }
-        }
-        for source in &released.evicted {
-            info!("deny list full: let {source} go (lowest score)");
-        }
-        metrics::deny_evictions(released.evicted.len());
-        metrics::reputation(stage.reputation.sources(), stage.reputation.denied());
-    }
-}
-
-/// One log line per session: who, what they said (escaped), the verdict and the action.
-fn report(session: &Session, verdict: &Verdict, action: Option<Action>) {
-    let what = match &session.finding {
-        Finding::Helo(helo) => format!(
-            "helo client={} server={} verb={} pipelined={} line=\"{}\"",
-            session.client,
-            session.server,
-            helo.verb.as_str(),
-            helo.pipelined,
-            helo.escaped_line
-        ),
-        Finding::NoHelo(cause) => {
-            let line = match cause {
-                NoHeloCause::OtherCommandFirst { escaped_line } => escaped_line.as_str(),
-                NoHeloCause::CapExceeded => "",
-            };
-            format!(
-                "no_helo client={} server={} cause={} line=\"{line}\"",
-                session.client,
-                session.server,
-                cause.as_str()
-            )
-        }
-    };
-    let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
-    let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
-    info!(
-        "{what} verdict={} reasons={} score={} notes={} action={}",
-        verdict.decision.as_str(),
-        reasons.join(","),
-        verdict.score,
-        notes.join(","),
-        action.map_or("none", Action::as_str)
-    );
 }

@@ -12,3 +12,4 @@ pub mod policy;
 pub mod policy_config;
 pub mod reputation;
 pub mod smtp;
+pub mod stage;

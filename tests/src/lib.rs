@@ -1,5 +1,6 @@
 //! Shared pieces of the privileged tests: a frame builder and a handle on the real
 //! compiled XDP program run through BPF_PROG_TEST_RUN.
+pub mod e2e;
 pub mod packet;
 pub mod xdp;
 
