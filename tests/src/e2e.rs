@@ -163,3 +163,15 @@ pub fn next_command_after_bogus_helo(
         }
     })
 }
+
+/// Scrapes until `series` satisfies `holds` (kernel counters are copied once a second) and
+/// returns that page; fails with the last page after 10 s.
+pub fn wait_for_metric(daemon: &Daemon, series: &str, holds: impl Fn(f64) -> bool) -> String {
+    let mut page = String::new();
+    let reached = lab::wait_until(Duration::from_secs(10), || {
+        page = daemon.scrape().unwrap_or_default();
+        metric_value(&page, series).is_some_and(&holds)
+    });
+    assert!(reached.is_ok(), "{series} never got there:\n{page}");
+    page
+}

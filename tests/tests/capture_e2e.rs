@@ -276,16 +276,7 @@ fn metrics_show_the_kernel_counters_move() {
     sessions::raw_session(&lab, v4(1, 42002), &split, Duration::from_millis(50)).expect("split");
 
     // The daemon copies the kernel counters every second.
-    let mut page = String::new();
-    let moved = lab::wait_until(Duration::from_secs(10), || {
-        page = daemon.scrape().unwrap_or_default();
-        metric_value(&page, &series("helo")) == Some(helo + 2.0)
-    });
-    assert!(
-        moved.is_ok(),
-        "the helo counter did not reach {}:\n{page}",
-        helo + 2.0
-    );
+    let page = wait_for_metric(&daemon, &series("helo"), |v| v == helo + 2.0);
     let now = |name: &str| metric_value(&page, name).unwrap_or(f64::NAN);
     assert!(now(&series("seen")) > seen);
     assert!(

@@ -168,16 +168,8 @@ fn a_frozen_daemon_fails_open() {
     std::thread::sleep(Duration::from_secs(4));
     let free = timed_good_session(&lab, v4(0, 47002));
     daemon.signal(libc::SIGCONT);
-    let mut page = String::new();
-    let counted = lab::wait_until(Duration::from_secs(10), || {
-        page = daemon.scrape().unwrap_or_default();
-        metric_value(
-            &page,
-            "helo_filter_fail_open_total{cause=\"daemon_absent\"}",
-        )
-        .is_some_and(|v| v >= 1.0)
-    });
-    assert!(counted.is_ok(), "{page}");
+    let absent = "helo_filter_fail_open_total{cause=\"daemon_absent\"}";
+    let page = wait_for_metric(&daemon, absent, |v| v >= 1.0);
     assert_eq!(
         metric_value(
             &page,
@@ -239,11 +231,7 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
         sockets.trim().is_empty(),
         "the MTA's socket is still there: {sockets}"
     );
-    let page = daemon.scrape().expect("scraping");
-    assert!(
-        metric_value(&page, "helo_filter_condemned_dropped_total").is_some_and(|v| v >= 1.0),
-        "{page}"
-    );
+    let page = wait_for_metric(&daemon, "helo_filter_condemned_dropped_total", |v| v >= 1.0);
     assert_eq!(
         metric_value(&page, "helo_filter_actions_total{action=\"drop\"}"),
         Some(1.0)
@@ -273,11 +261,8 @@ fn gateway_mode_answers_bogus_clients_with_a_rst() {
     sessions::swaks(&lab, v4(0, 52003), Greeting::Ehlo, "mail.example.net")
         .expect("a good session goes through the gateway");
     assert_resets_logged(&daemon, 3);
-    let page = daemon.scrape().expect("scraping");
-    assert!(
-        metric_value(&page, "helo_filter_condemned_dropped_total").is_some_and(|v| v >= 1.0),
-        "no packet of a condemned flow was answered:\n{page}"
-    );
+    // A packet of a condemned flow was answered.
+    wait_for_metric(&daemon, "helo_filter_condemned_dropped_total", |v| v >= 1.0);
 }
 
 /// With `[dns] fail_closed`, a DNS failure is an enforced reject.

@@ -15,7 +15,7 @@ use xtask::{
 #[test]
 fn repeat_offenders_are_denied_at_syn_time_until_the_denial_expires() {
     let lab = lab("h");
-    let args = ["--reputation-threshold", "3.5", "--deny-ttl", "3"];
+    let args = ["--reputation-threshold", "3.5", "--deny-ttl", "5"];
     let mut daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let offender = v4(2, 48001);
     assert!(connects(&lab, offender), "not denied yet");
@@ -38,18 +38,14 @@ fn repeat_offenders_are_denied_at_syn_time_until_the_denial_expires() {
         connects(&lab, v4(3, 48002)),
         "another source is not affected"
     );
-    let mut page = String::new();
-    let counted = lab::wait_until(Duration::from_secs(5), || {
-        page = daemon.scrape().unwrap_or_default();
-        metric_value(&page, "helo_filter_syn_dropped_total").is_some_and(|v| v >= 1.0)
-            && metric_value(&page, "helo_filter_deny_entries{origin=\"reputation\"}") == Some(1.0)
-    });
-    assert!(counted.is_ok(), "{page}");
+    wait_for_metric(&daemon, "helo_filter_syn_dropped_total", |v| v >= 1.0);
+    let denied = "helo_filter_deny_entries{origin=\"reputation\"}";
+    let page = wait_for_metric(&daemon, denied, |v| v == 1.0);
     assert!(
         metric_value(&page, "helo_filter_reputation_sources") >= Some(1.0),
         "{page}"
     );
-    let released = lab::wait_until(Duration::from_secs(10), || connects(&lab, offender));
+    let released = lab::wait_until(Duration::from_secs(20), || connects(&lab, offender));
     assert!(released.is_ok(), "the denial did not expire");
 }
 
