@@ -29,7 +29,7 @@ use crate::{
     policy::default_trusted_networks,
     policy_config::PolicyFile,
     reputation::Reputation,
-    stage::{Stage, policy_stage, sweep_reputation},
+    stage::{Stage, policy_stage},
 };
 
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
@@ -37,6 +37,8 @@ const POLICY_QUEUE: usize = 4096;
 const COUNTER_REFRESH: Duration = Duration::from_secs(1);
 /// How often the daemon tells the kernel it is alive.
 const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often expired denials end and the deny-list cap is enforced.
+const REPUTATION_SWEEP: Duration = Duration::from_secs(1);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -183,6 +185,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
+    // The operator's lists are in place before the first packet is seen.
+    let mut kernel_lists = KernelLists::new(&mut ebpf)?;
+    for net in &lists.allow {
+        kernel_lists.allow(*net)?;
+    }
+    for net in &lists.deny {
+        kernel_lists.deny(*net, None, origin::OPERATOR)?;
+    }
+    metrics::list_sizes(lists.allow.len(), lists.deny.len());
+
     let action = if enforce.monitor {
         Action::Monitor
     } else {
@@ -204,47 +216,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?)?;
     let counters = CounterReader::new(&mut ebpf)?;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(COUNTER_REFRESH);
-        loop {
-            tick.tick().await;
-            if let Err(e) = metrics::refresh_kernel_counters(&counters) {
-                warn!("reading kernel counters: {e:#}");
-            }
-        }
+    every(COUNTER_REFRESH, "reading kernel counters", move || {
+        metrics::refresh_kernel_counters(&counters)
     });
-
     let mut heartbeat = Heartbeat::new(&mut ebpf)?;
     heartbeat.beat()?;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
-        loop {
-            tick.tick().await;
-            if let Err(e) = heartbeat.beat() {
-                warn!("writing the heartbeat: {e:#}");
-            }
-        }
+    every(HEARTBEAT_INTERVAL, "writing the heartbeat", move || {
+        heartbeat.beat()
     });
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
     let enforcer = Enforcer::new(flows, enforce.deployment, action);
     if enforce.monitor {
         info!("monitor mode: verdicts are counted, nothing is enforced");
     }
-    let mut kernel_lists = KernelLists::new(&mut ebpf)?;
-    for net in &lists.allow {
-        kernel_lists.allow(*net)?;
-    }
-    for net in &lists.deny {
-        kernel_lists.deny(*net, None, origin::OPERATOR)?;
-    }
-    metrics::list_sizes(lists.allow.len(), lists.deny.len());
     let stage = Arc::new(Stage {
         engine,
         enforcer,
         reputation,
         lists: Mutex::new(kernel_lists),
     });
-    tokio::spawn(sweep_reputation(Arc::clone(&stage)));
+    let sweeping = Arc::clone(&stage);
+    every(REPUTATION_SWEEP, "sweeping reputation", move || {
+        sweeping.sweep_reputation();
+        Ok(())
+    });
 
     let (tx, rx) = mpsc::channel(POLICY_QUEUE);
     let mut capture = tokio::spawn(capture::run(ring, tx, Limits::default()));
@@ -270,4 +265,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         error!("{e:#}");
     }
     outcome
+}
+
+/// Runs `task` every `period` (the first time at once) for the daemon's lifetime; a failure
+/// is logged with `what` and the next tick tries again.
+fn every(
+    period: Duration,
+    what: &'static str,
+    mut task: impl FnMut() -> anyhow::Result<()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            if let Err(e) = task() {
+                warn!("{what}: {e:#}");
+            }
+        }
+    });
 }

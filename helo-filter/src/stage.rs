@@ -3,7 +3,7 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use helo_filter_common::origin;
@@ -75,6 +75,24 @@ impl Stage {
         }
     }
 
+    /// Ends expired denials, enforces the cap, refreshes the gauges (once a second).
+    pub fn sweep_reputation(&self) {
+        let released = self.reputation.sweep(Instant::now());
+        // In monitor mode nothing went into the kernel.
+        if let (false, Ok(mut lists)) = (self.enforcer.monitor(), self.lists.lock()) {
+            for source in released.expired.iter().chain(&released.evicted) {
+                if let Err(e) = lists.undeny(*source) {
+                    warn!("{e:#}");
+                }
+            }
+        }
+        for source in &released.evicted {
+            info!("deny list full: let {source} go (lowest score)");
+        }
+        metrics::deny_evictions(released.evicted.len());
+        metrics::reputation(self.reputation.sources(), self.reputation.denied());
+    }
+
     /// Denies a repeat offender in the kernel (not in monitor mode: counted only).
     fn deny(&self, source: IpNet) {
         let ttl = self.reputation.settings().deny_ttl;
@@ -92,28 +110,6 @@ impl Stage {
             ),
             Err(e) => warn!("{e:#}"),
         }
-    }
-}
-
-/// Once a second: ends expired denials, enforces the cap, refreshes the gauges.
-pub async fn sweep_reputation(stage: Arc<Stage>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let released = stage.reputation.sweep(Instant::now());
-        // In monitor mode nothing went into the kernel.
-        if let (false, Ok(mut lists)) = (stage.enforcer.monitor(), stage.lists.lock()) {
-            for source in released.expired.iter().chain(&released.evicted) {
-                if let Err(e) = lists.undeny(*source) {
-                    warn!("{e:#}");
-                }
-            }
-        }
-        for source in &released.evicted {
-            info!("deny list full: let {source} go (lowest score)");
-        }
-        metrics::deny_evictions(released.evicted.len());
-        metrics::reputation(stage.reputation.sources(), stage.reputation.denied());
     }
 }
 
