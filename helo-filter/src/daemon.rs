@@ -26,8 +26,8 @@ use crate::{
     kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
     lists::KernelLists,
     metrics,
-    policy::default_trusted_networks,
     policy_config::PolicyFile,
+    postfix::{ListenAddr, Listener, PolicyService},
     reputation::Reputation,
     stage::{Stage, policy_stage},
 };
@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// [default: 10000].
     #[arg(long, value_name = "N")]
     pub deny_max: Option<usize>,
+    /// Also answer Postfix's policy delegation requests here: unix:PATH or inet:IP:PORT
+    /// (over the file's `[postfix] listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub policy_listen: Option<ListenAddr>,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -133,6 +137,9 @@ impl RunArgs {
         reputation.max_denied = self.deny_max.unwrap_or(reputation.max_denied);
         file.lists.allow.extend(self.allow.iter().copied());
         file.lists.deny.extend(self.deny_sources.iter().copied());
+        if self.policy_listen.is_some() {
+            file.postfix.listen.clone_from(&self.policy_listen);
+        }
     }
 }
 
@@ -153,14 +160,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let config = config::kernel_config(&args.smtp_ports, &enforce)?;
     let reputation = Reputation::new(policy_file.reputation.settings()?);
-    if !lists.allow.is_empty() {
-        // Allow-listed sources are trusted by the policy too (whatever path asks it).
-        policy_file
-            .policy
-            .trusted_networks
-            .get_or_insert_with(default_trusted_networks)
-            .extend(lists.allow.iter().copied());
-    }
     metrics::install(args.metrics_addr)?;
     info!("metrics on http://{}/metrics", args.metrics_addr);
     let engine = policy_file
@@ -235,6 +234,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         reputation,
         lists: Mutex::new(kernel_lists),
     });
+    if let Some(listen) = &policy_file.postfix.listen {
+        let listener = Listener::bind(listen, &policy_file.postfix.socket_group).await?;
+        let remembering = Arc::clone(&stage);
+        let service = PolicyService::new(
+            stage.engine.clone(),
+            policy_file.postfix.clone(),
+            enforce.monitor,
+            Some(Box::new(move |client, verdict| {
+                remembering.remember(client, verdict)
+            })),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = listener.serve(Arc::new(service)).await {
+                error!("{e:#}");
+            }
+        });
+    }
     let sweeping = Arc::clone(&stage);
     every(REPUTATION_SWEEP, "sweeping reputation", move || {
         sweeping.sweep_reputation();

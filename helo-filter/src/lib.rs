@@ -10,6 +10,7 @@ pub mod lists;
 pub mod metrics;
 pub mod policy;
 pub mod policy_config;
+pub mod postfix;
 pub mod reputation;
 pub mod smtp;
 pub mod stage;

@@ -16,6 +16,9 @@ enum Command {
     Run(helo_filter::daemon::RunArgs),
     /// Judge one HELO for one client address (exit 0 accept, 1 reject, 2 error).
     Check(helo_filter::check_cmd::CheckArgs),
+    /// Answer Postfix's policy delegation requests (check_policy_service) until
+    /// SIGINT/SIGTERM.
+    Policy(helo_filter::postfix::command::PolicyCommandArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => helo_filter::daemon::run(args).await.map(|()| 0),
             Command::Check(args) => Ok(helo_filter::check_cmd::run(args).await),
+            Command::Policy(args) => helo_filter::postfix::command::run(args).await.map(|()| 0),
         }
     });
     match result {

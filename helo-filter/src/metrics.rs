@@ -15,6 +15,7 @@ use crate::{
     enforce::Action,
     kernel::{AttachedMode, CounterReader, boot_time_ns},
     policy::{Decision, Note, Reason, Verdict},
+    postfix::Outcome,
 };
 
 pub const XDP_PACKETS: &str = "helo_filter_xdp_packets_total";
@@ -36,6 +37,7 @@ pub const REPUTATION_SOURCES: &str = "helo_filter_reputation_sources";
 pub const DENY_ENTRIES: &str = "helo_filter_deny_entries";
 pub const ALLOW_ENTRIES: &str = "helo_filter_allow_entries";
 pub const DENY_EVICTIONS: &str = "helo_filter_deny_evictions_total";
+pub const POLICY_REQUESTS: &str = "helo_filter_policy_requests_total";
 
 /// Buckets for the latency histograms (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -90,13 +92,9 @@ fn kernel_series(counter: Counter) -> (&'static str, Option<(&'static str, &'sta
     }
 }
 
-/// Starts the exporter on `addr` and registers every series at zero.
+/// Starts the daemon's exporter on `addr` and registers every series at zero.
 pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets(&LATENCY_BUCKETS)?
-        .install()
-        .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+    install_for_policy_service(addr)?;
     for counter in Counter::ALL {
         set_kernel_counter(counter, 0);
     }
@@ -113,13 +111,32 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
             .absolute(0);
         counter!(CHECK_FAILURES, "reason" => reason.as_str()).absolute(0);
     }
-    for result in ["hit", "miss"] {
-        counter!(DNS_CACHE, "result" => result).absolute(0);
-    }
     list_sizes(0, 0);
     reputation(0, 0);
     counter!(DENY_EVICTIONS).absolute(0);
     Ok(())
+}
+
+/// Starts the exporter of `helo-filter policy` (no kernel, no enforcement) and registers
+/// its series at zero.
+pub fn install_for_policy_service(addr: SocketAddr) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&LATENCY_BUCKETS)?
+        .install()
+        .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+    for result in ["hit", "miss"] {
+        counter!(DNS_CACHE, "result" => result).absolute(0);
+    }
+    for outcome in Outcome::ALL {
+        counter!(POLICY_REQUESTS, "action" => outcome.as_str()).absolute(0);
+    }
+    Ok(())
+}
+
+/// One policy-service reply.
+pub fn policy_request(outcome: Outcome) {
+    counter!(POLICY_REQUESTS, "action" => outcome.as_str()).increment(1);
 }
 
 fn set_kernel_counter(counter: Counter, value: u64) {

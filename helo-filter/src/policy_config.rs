@@ -22,6 +22,7 @@ use crate::policy::{
     Bundle, CheckMode, CheckTable, DenyList, DenyPattern, Identity, PolicyEngine, PolicySettings,
     Reason, default_trusted_networks,
 };
+use crate::postfix::PostfixSection;
 
 /// A host or domain name, validated as an RFC 5321 domain, lower-cased, no trailing dot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,6 +205,8 @@ pub struct PolicyFile {
     pub reputation: ReputationSection,
     /// `[lists]`
     pub lists: ListsSection,
+    /// `[postfix]`
+    pub postfix: PostfixSection,
 }
 
 /// A configuration error, located when possible.
@@ -287,10 +290,14 @@ impl PolicyFile {
                 addrs: p.our_addrs.clone(),
             },
             deny: DenyList::new(p.deny.clone()),
+            // Allow-listed sources are trusted too, whatever path asks the engine.
             trusted_networks: p
                 .trusted_networks
                 .clone()
-                .unwrap_or_else(default_trusted_networks),
+                .unwrap_or_else(default_trusted_networks)
+                .into_iter()
+                .chain(self.lists.allow.iter().copied())
+                .collect(),
             score_threshold: p.score_threshold.map(NonZeroU32::get),
             dns_fail_closed: self.dns.fail_closed,
         }
@@ -428,6 +435,7 @@ mod tests {
             CheckTable::from_bundle(Bundle::Standard)
         );
         assert_eq!(f.dns_settings().negative_ttl, Duration::from_secs(60));
+        assert_eq!(f.postfix, PostfixSection::default());
     }
 
     #[test]
@@ -539,6 +547,25 @@ monitor = true
             ("[dns]\ndeadline_ms = 0\n", 2, "dns.deadline_ms", "nonzero"),
             ("[dns]\nfail_closed = \"yes\"\n", 2, "dns.fail_closed", ""),
             ("[policy]\nbundle = \n", 2, "", ""),
+            ("[postfix]\nreject_code = 450\n", 2, "postfix.reject_code", "5xx"),
+            (
+                "[postfix]\nreject_text = \"a\\nb\"\n",
+                2,
+                "postfix.reject_text",
+                "one line",
+            ),
+            (
+                "[postfix]\nlisten = \"tcp:1.2.3.4:5\"\n",
+                2,
+                "postfix.listen",
+                "unix:PATH",
+            ),
+            (
+                "[postfix]\nlisten = \"unix:relative.sock\"\n",
+                2,
+                "postfix.listen",
+                "absolute",
+            ),
         ];
         for (text, line, key, needle) in cases {
             let e = err(text);

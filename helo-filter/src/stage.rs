@@ -2,6 +2,7 @@
 //! and counted against its source's reputation; repeat offenders are denied in the kernel.
 
 use std::{
+    net::IpAddr,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -58,6 +59,7 @@ impl Stage {
                     client,
                     pipelined: helo.pipelined,
                     no_helo: false,
+                    reverse_name: None,
                 }
             }
             Finding::NoHelo(_) => HeloInput::without_helo(client),
@@ -70,7 +72,12 @@ impl Stage {
             metrics::action(action, session.timestamp_ns);
         }
         report(session, &verdict, action);
-        if let Some(source) = self.reputation.record(client, &verdict, Instant::now()) {
+        self.remember(client, &verdict);
+    }
+
+    /// Counts a verdict against its source's reputation, denying a repeat offender.
+    pub fn remember(&self, client: IpAddr, verdict: &Verdict) {
+        if let Some(source) = self.reputation.record(client, verdict, Instant::now()) {
             self.deny(source);
         }
     }

@@ -24,13 +24,15 @@ pub fn lab(test: &str) -> Lab {
     lab
 }
 
-/// A lab whose MX runs a real Postfix (no HELO restrictions of its own) instead of smtp-sink.
+/// A lab whose MX runs a real Postfix (HELO required, no HELO restrictions of its own)
+/// instead of smtp-sink.
 pub fn postfix_lab(test: &str) -> Lab {
     require_root();
     let name = format!("hf{}{test}", std::process::id() % 100_000);
     let mut lab = Lab::create(&name).expect("creating the lab");
     lab.start_dns().expect("starting dnsmasq");
-    lab.start_postfix("").expect("starting Postfix");
+    lab.start_postfix("smtpd_helo_required = yes")
+        .expect("starting Postfix");
     lab
 }
 
@@ -147,10 +149,16 @@ pub fn next_command_after_bogus_helo(
         writer
             .write_all(b"HELO localhost\r\n")
             .map_err(|e| e.to_string())?;
+        // From here on, how the connection fails is the outcome. A verdict can even beat the
+        // MTA's reply to the HELO itself (the condemned flow's reply is then never seen).
         line.clear();
-        reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        // Time for the verdict, then the next command. From here on, how the connection
-        // fails is the outcome (a RST may already have come back for the client's ACK).
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(ErrorKind::UnexpectedEof),
+            Ok(_) => {}
+            Err(e) => return Ok(e.kind()),
+        }
+        // Time for the verdict, then the next command (a RST may already have come back for
+        // the client's ACK).
         std::thread::sleep(Duration::from_millis(500));
         if let Err(e) = writer.write_all(b"MAIL FROM:<bot@example.net>\r\n") {
             return Ok(e.kind());

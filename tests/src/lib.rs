@@ -2,6 +2,7 @@
 //! compiled XDP program run through BPF_PROG_TEST_RUN.
 pub mod e2e;
 pub mod packet;
+pub mod policy_client;
 pub mod xdp;
 
 /// The privileged tests load BPF programs and create namespaces: they need root. They

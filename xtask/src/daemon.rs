@@ -46,6 +46,30 @@ impl Daemon {
     /// (`helo-policy.md`'s) and DNS server and `extra` arguments, and waits until it reports
     /// being ready (every interface attached).
     pub fn start(lab: &Lab, extra: &[&str], echo: bool) -> anyhow::Result<Daemon> {
+        let run = ["run", "--iface", &lab.filter_iface];
+        Daemon::spawn(lab, &run, extra, "ready: capturing", echo)
+    }
+
+    /// Starts `helo-filter policy` (the Postfix policy service alone, no XDP program) in the
+    /// MX namespace, listening on `listen`, with the lab's identity and DNS server and `extra`
+    /// arguments, and waits until it listens.
+    pub fn start_policy_service(
+        lab: &Lab,
+        listen: &str,
+        extra: &[&str],
+        echo: bool,
+    ) -> anyhow::Result<Daemon> {
+        let policy = ["policy", "--listen", listen];
+        Daemon::spawn(lab, &policy, extra, "policy service listening", echo)
+    }
+
+    fn spawn(
+        lab: &Lab,
+        command: &[&str],
+        extra: &[&str],
+        ready_line: &str,
+        echo: bool,
+    ) -> anyhow::Result<Daemon> {
         let binary = binary();
         if !binary.exists() {
             bail!(
@@ -55,13 +79,8 @@ impl Daemon {
         }
         let mut child = lab
             .command_in(&lab.filter_ns, &binary.to_string_lossy())
-            .args([
-                "run",
-                "--iface",
-                &lab.filter_iface,
-                "--metrics-addr",
-                METRICS_ADDR,
-            ])
+            .args(command)
+            .args(["--metrics-addr", METRICS_ADDR])
             .args(["--dns-server", DNS_SERVER])
             .args(IDENTITY_ARGS)
             .args(extra)
@@ -89,7 +108,7 @@ impl Daemon {
             lines,
             filter_ns: lab.filter_ns.clone(),
         };
-        let ready = daemon.wait_for(Duration::from_secs(30), |l| l.contains("ready: capturing"));
+        let ready = daemon.wait_for(Duration::from_secs(30), |l| l.contains(ready_line));
         if let Err(e) = ready {
             let status = daemon.child.try_wait()?;
             bail!(

@@ -92,6 +92,8 @@ fn test() -> anyhow::Result<()> {
     println!("running every test (unit, packet table, end to end)");
     let mut child = cargo()
         .args(["test", "--workspace", "--exclude", "helo-filter-ebpf"])
+        // Every test binary runs even after a failure, so the closing count is the whole suite.
+        .arg("--no-fail-fast")
         // Two at a time on these 2-core machines: the end-to-end tests each run a lab
         // (daemon, MTA, DNS, clients), and their deadlines assume a machine not overloaded.
         .args(["--", "--test-threads=2"])

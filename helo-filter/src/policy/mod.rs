@@ -28,7 +28,7 @@ pub use checks::Identity;
 pub use deny::{DenyList, DenyPattern};
 pub use reason::{Note, Reason};
 
-use checks::{DnsFacts, DnsOutcome, Subject};
+use checks::{Answer, DnsFacts, DnsOutcome, Subject};
 
 use crate::dns::{DnsClient, RecordKind};
 
@@ -44,6 +44,9 @@ pub struct HeloInput {
     pub pipelined: bool,
     /// The data path found no HELO/EHLO, or another command before it (reason `no_helo`).
     pub no_helo: bool,
+    /// The client's reverse DNS name when the caller already knows it (Postfix's
+    /// `client_name`): used instead of a PTR lookup.
+    pub reverse_name: Option<String>,
 }
 
 impl HeloInput {
@@ -54,6 +57,7 @@ impl HeloInput {
             client,
             pipelined: false,
             no_helo: false,
+            reverse_name: None,
         }
     }
 
@@ -64,6 +68,7 @@ impl HeloInput {
             client,
             pipelined: false,
             no_helo: true,
+            reverse_name: None,
         }
     }
 
@@ -260,7 +265,7 @@ impl PolicyEngine {
         match &self.inner.dns {
             None => notes.push(Note::Offline),
             Some(dns) => {
-                let facts = self.gather(dns, &s).await;
+                let facts = self.gather(dns, &s, input.reverse_name.as_deref()).await;
                 self.dns_findings(&s, &facts, &mut findings, &mut notes);
             }
         }
@@ -308,7 +313,12 @@ impl PolicyEngine {
             .collect()
     }
 
-    async fn gather(&self, dns: &DnsClient, s: &Subject<'_>) -> DnsFacts {
+    async fn gather(
+        &self,
+        dns: &DnsClient,
+        s: &Subject<'_>,
+        known_reverse_name: Option<&str>,
+    ) -> DnsFacts {
         let table = &self.inner.settings.table;
         let mut facts = DnsFacts::default();
         let Some(name) = s.resolvable_domain() else {
@@ -316,6 +326,11 @@ impl PolicyEngine {
         };
         let forward = table.enabled(Reason::NoDns) || table.enabled(Reason::DnsMismatch);
         let reverse = table.enabled(Reason::RdnsMismatch);
+        if reverse && let Some(known) = known_reverse_name {
+            let name = known.trim_end_matches('.').to_ascii_lowercase();
+            facts.ptr = Answer::Records(vec![name]);
+        }
+        let ask_reverse = reverse && known_reverse_name.is_none();
         let fqdn = name.fqdn();
         let ask = |wanted: bool, kind: RecordKind, name: String| async move {
             if wanted {
@@ -328,7 +343,11 @@ impl PolicyEngine {
             ask(forward, RecordKind::A, fqdn.clone()),
             ask(forward, RecordKind::Aaaa, fqdn.clone()),
             ask(forward, RecordKind::Mx, fqdn),
-            ask(reverse, RecordKind::Ptr, crate::dns::reverse_name(s.client)),
+            ask(
+                ask_reverse,
+                RecordKind::Ptr,
+                crate::dns::reverse_name(s.client)
+            ),
         );
         if let Some(a) = a {
             facts.a = a.addresses();

@@ -1,0 +1,286 @@
+//! The Postfix policy-delegation service: Postfix's smtpd asks (`check_policy_service`) and
+//! the same policy engine answers, so Postfix itself refuses bogus HELOs at RCPT time.
+//! Served by `helo-filter policy` alone, or inside `helo-filter run --policy-listen`.
+
+pub mod command;
+pub mod protocol;
+pub mod service;
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use log::{info, warn};
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, UnixListener},
+    sync::Semaphore,
+};
+
+pub use service::{Outcome, PolicyService, RejectHook};
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 1024;
+/// A connection idle this long is closed (a little over Postfix's own 300 s
+/// `smtpd_policy_service_max_idle`, so that Postfix normally closes first).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(330);
+
+/// Where the service listens: `unix:PATH` or `inet:HOST:PORT`, as in Postfix's
+/// `check_policy_service`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Inet(SocketAddr),
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("{s:?}: the socket path must be absolute"));
+            }
+            Ok(ListenAddr::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = s.strip_prefix("inet:") {
+            addr.parse()
+                .map(ListenAddr::Inet)
+                .map_err(|_| format!("{s:?}: expected inet:IP:PORT (an IPv6 address in brackets)"))
+        } else {
+            Err(format!("{s:?}: expected unix:PATH or inet:IP:PORT"))
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Inet(addr) => write!(f, "inet:{addr}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A reply's status code: 5xx (a permanent reject).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RejectCode(pub u16);
+
+impl<'de> Deserialize<'de> for RejectCode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let code = u16::deserialize(d)?;
+        if !(500..=599).contains(&code) {
+            return Err(serde::de::Error::custom(format!(
+                "{code}: a reject code is 5xx"
+            )));
+        }
+        Ok(RejectCode(code))
+    }
+}
+
+/// Text of a reply: printable ASCII on one line (it goes into the SMTP reply as is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyText(pub String);
+
+impl<'de> Deserialize<'de> for ReplyText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() || !text.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(serde::de::Error::custom(
+                "reply text: printable ASCII on one line, not empty",
+            ));
+        }
+        Ok(ReplyText(text))
+    }
+}
+
+/// `[postfix]`: the policy service's listener and replies.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostfixSection {
+    /// Where `helo-filter run` serves policy requests (unset: it does not).
+    pub listen: Option<ListenAddr>,
+    /// Group given the Unix socket (mode 0660), so that Postfix's smtpd can connect.
+    pub socket_group: String,
+    /// The reject's code; the reply is `CODE TEXT (reason)`.
+    pub reject_code: RejectCode,
+    pub reject_text: ReplyText,
+    /// Under a fail-closed DNS policy, a DNS failure answers
+    /// `DEFER_IF_PERMIT TEXT (dns_tempfail)`.
+    pub defer_text: ReplyText,
+}
+
+impl Default for PostfixSection {
+    fn default() -> Self {
+        PostfixSection {
+            listen: None,
+            socket_group: "postfix".to_owned(),
+            reject_code: RejectCode(550),
+            reject_text: ReplyText("5.7.1 Access denied - bogus HELO".to_owned()),
+            defer_text: ReplyText(
+                "4.7.1 HELO check failed temporarily - try again later".to_owned(),
+            ),
+        }
+    }
+}
+
+/// A bound listener (binding first lets a daemon fail at start, not later).
+pub enum Listener {
+    Inet(TcpListener),
+    /// The socket file is removed when the listener is dropped.
+    Unix(UnixListener, SocketFile),
+}
+
+/// A Unix socket's file, removed on drop.
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Listener {
+    /// Binds `addr`; a stale Unix socket file is replaced, and the new one is given mode 0660
+    /// and the group `socket_group`.
+    pub async fn bind(addr: &ListenAddr, socket_group: &str) -> anyhow::Result<Listener> {
+        let listener = match addr {
+            ListenAddr::Inet(socket) => Listener::Inet(
+                TcpListener::bind(socket)
+                    .await
+                    .with_context(|| format!("policy service: cannot listen on {addr}"))?,
+            ),
+            ListenAddr::Unix(path) => {
+                Listener::Unix(bind_unix(path, socket_group)?, SocketFile(path.clone()))
+            }
+        };
+        info!("policy service listening on {addr}");
+        Ok(listener)
+    }
+
+    /// Serves requests until the task is dropped.
+    pub async fn serve(self, service: Arc<PolicyService>) -> anyhow::Result<()> {
+        match &self {
+            Listener::Inet(listener) => {
+                accept_forever(
+                    move || async move { listener.accept().await.map(|(s, _)| s) },
+                    service,
+                )
+                .await
+            }
+            Listener::Unix(listener, _) => {
+                accept_forever(
+                    move || async move { listener.accept().await.map(|(s, _)| s) },
+                    service,
+                )
+                .await
+            }
+        }
+    }
+}
+
+/// Accepts connections, each served by a task of its own, at most [`MAX_CONNECTIONS`] at once.
+async fn accept_forever<S, A>(
+    mut accept: impl FnMut() -> A,
+    service: Arc<PolicyService>,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    A: Future<Output = std::io::Result<S>>,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = Arc::clone(&slots).acquire_owned().await?;
+        let stream = match accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                // Out of descriptors, a connection reset before it was accepted: go on.
+                warn!("policy service: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            converse(stream, &service).await;
+            drop(permit);
+        });
+    }
+}
+
+fn bind_unix(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            bail!(
+                "policy service: {} exists and is not a socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("policy service: removing the stale {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("policy service: creating {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("policy service: cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    match group_id(group) {
+        Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
+            format!("policy service: giving {} to group {group}", path.display())
+        })?,
+        None => warn!(
+            "policy service: no group {group:?}; {} is left to its owner only",
+            path.display()
+        ),
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getgrnam reads the group database and returns a pointer into static storage
+    // (or null); the gid is copied out at once and nothing else here calls it concurrently.
+    let group = unsafe { libc::getgrnam(name.as_ptr()) };
+    // SAFETY: checked for null just before the read.
+    (!group.is_null()).then(|| unsafe { (*group).gr_gid })
+}
+
+/// Serves one persistent connection: request after request until the peer closes, an I/O
+/// error, or the idle timeout.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(stream: S, service: &PolicyService) {
+    let (read, mut write) = tokio::io::split(stream);
+    let mut reader = BufReader::new(read);
+    loop {
+        let received =
+            match tokio::time::timeout(IDLE_TIMEOUT, protocol::read_request(&mut reader)).await {
+                Ok(Ok(protocol::Received::Closed)) | Err(_) => return,
+                Ok(Ok(received)) => received,
+                Ok(Err(e)) => {
+                    warn!("policy connection: {e}");
+                    return;
+                }
+            };
+        let action = service.answer(received).await;
+        if let Err(e) = write.write_all(protocol::reply(&action).as_bytes()).await {
+            warn!("policy connection: cannot reply: {e}");
+            return;
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! What the policy service answers: one request's HELO judged by the engine, the verdict
+//! turned into a Postfix action, each SMTP session logged (and fed to reputation) once.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use log::{info, warn};
+
+use super::{
+    PostfixSection,
+    protocol::{Received, Request},
+};
+use crate::{
+    metrics,
+    policy::{HeloInput, PolicyEngine, Reason, Verdict},
+    smtp::escape_for_log,
+};
+
+/// Sessions remembered for de-duplication (Postfix asks once per recipient).
+const SESSIONS_REMEMBERED: usize = 65_536;
+/// A session seen longer ago than this is forgotten first when the memory is full.
+const SESSION_MEMORY: Duration = Duration::from_secs(600);
+
+/// Called once per SMTP session with a rejected HELO (the daemon feeds its reputation).
+pub type RejectHook = Box<dyn Fn(IpAddr, &Verdict) + Send + Sync>;
+
+/// What a request got, as the metric `helo_filter_policy_requests_total` labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Dunno,
+    Reject,
+    Defer,
+    /// Malformed or incomplete: answered `DUNNO` (fail-open).
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Dunno,
+        Outcome::Reject,
+        Outcome::Defer,
+        Outcome::Error,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Dunno => "dunno",
+            Outcome::Reject => "reject",
+            Outcome::Defer => "defer",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// The policy service shared by every connection.
+pub struct PolicyService {
+    engine: PolicyEngine,
+    replies: PostfixSection,
+    /// Rejections are logged and counted but answered `DUNNO`.
+    monitor: bool,
+    on_reject: Option<RejectHook>,
+    sessions: Mutex<HashMap<String, Instant>>,
+}
+
+impl PolicyService {
+    pub fn new(
+        engine: PolicyEngine,
+        replies: PostfixSection,
+        monitor: bool,
+        on_reject: Option<RejectHook>,
+    ) -> PolicyService {
+        PolicyService {
+            engine,
+            replies,
+            monitor,
+            on_reject,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The action for what was read (never fails: anything unusable gets `DUNNO`).
+    pub async fn answer(&self, received: Received) -> String {
+        let (outcome, action) = match received {
+            Received::Request(request) => match self.judge(&request).await {
+                Ok(answer) => answer,
+                Err(why) => {
+                    let instance = request.get("instance").unwrap_or_default();
+                    warn!(
+                        "policy request instance=\"{}\": {why}; answered DUNNO",
+                        escape_for_log(instance)
+                    );
+                    (Outcome::Error, "DUNNO".to_owned())
+                }
+            },
+            Received::Malformed(why) => {
+                warn!("malformed policy request: {why}; answered DUNNO");
+                (Outcome::Error, "DUNNO".to_owned())
+            }
+            Received::Closed => unreachable!("nothing to answer on a closed connection"),
+        };
+        metrics::policy_request(outcome);
+        action
+    }
+
+    async fn judge(&self, request: &Request) -> Result<(Outcome, String), String> {
+        match request.get("request") {
+            Some(b"smtpd_access_policy") => {}
+            Some(other) => {
+                return Err(format!(
+                    "request=\"{}\" is not smtpd_access_policy",
+                    escape_for_log(other)
+                ));
+            }
+            None => return Err("no request attribute".to_owned()),
+        }
+        let client: IpAddr = request
+            .text("client_address")
+            .ok_or("no client_address attribute")?
+            .parse()
+            .map_err(|_| "client_address is not an IP address")?;
+        let helo = request.get("helo_name").ok_or("no helo_name attribute")?;
+        let mut input = if helo.is_empty() {
+            // The client never said HELO/EHLO.
+            HeloInput::without_helo(client)
+        } else {
+            HeloInput::new(helo, client)
+        };
+        input.reverse_name = ["client_name", "reverse_client_name"]
+            .iter()
+            .filter_map(|name| request.text(name))
+            .find(|name| !name.is_empty() && *name != "unknown")
+            .map(str::to_owned);
+        let verdict = self.engine.evaluate(&input).await;
+        let (outcome, action) = self.action(&verdict);
+        let instance = request.text("instance").unwrap_or_default();
+        if self.first_request_of(instance) {
+            report(client, helo, instance, &verdict, &action);
+            if verdict.is_reject()
+                && let Some(hook) = &self.on_reject
+            {
+                hook(client, &verdict);
+            }
+        }
+        Ok((outcome, action))
+    }
+
+    fn action(&self, verdict: &Verdict) -> (Outcome, String) {
+        let replies = &self.replies;
+        match verdict.primary() {
+            None => (Outcome::Dunno, "DUNNO".to_owned()),
+            Some(_) if self.monitor => (Outcome::Dunno, "DUNNO".to_owned()),
+            Some(Reason::DnsTempfail) => (
+                Outcome::Defer,
+                format!("DEFER_IF_PERMIT {} (dns_tempfail)", replies.defer_text.0),
+            ),
+            Some(reason) => (
+                Outcome::Reject,
+                format!(
+                    "{} {} ({})",
+                    replies.reject_code.0,
+                    replies.reject_text.0,
+                    reason.as_str()
+                ),
+            ),
+        }
+    }
+
+    /// Whether this is the first request of its SMTP session seen lately (a request without
+    /// `instance` counts as a session of its own).
+    fn first_request_of(&self, instance: &str) -> bool {
+        if instance.is_empty() {
+            return true;
+        }
+        let now = Instant::now();
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return true;
+        };
+        if sessions.len() >= SESSIONS_REMEMBERED && !sessions.contains_key(instance) {
+            sessions.retain(|_, seen| now.duration_since(*seen) < SESSION_MEMORY);
+            if sessions.len() >= SESSIONS_REMEMBERED {
+                warn!(
+                    "policy service: {SESSIONS_REMEMBERED} sessions in {SESSION_MEMORY:?}; forgetting them"
+                );
+                sessions.clear();
+            }
+        }
+        sessions.insert(instance.to_owned(), now).is_none()
+    }
+}
+
+/// One log line per SMTP session, like the data path's.
+fn report(client: IpAddr, helo: &[u8], instance: &str, verdict: &Verdict, action: &str) {
+    let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
+    let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
+    info!(
+        "policy client={client} instance={} line=\"{}\" verdict={} reasons={} score={} notes={} action=\"{action}\"",
+        escape_for_log(instance.as_bytes()),
+        escape_for_log(helo),
+        verdict.decision.as_str(),
+        reasons.join(","),
+        verdict.score,
+        notes.join(","),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+    use crate::{policy::PolicySettings, postfix::protocol::read_request};
+
+    async fn request(pairs: &[(&str, &str)]) -> Received {
+        let text: String = pairs.iter().map(|(n, v)| format!("{n}={v}\n")).collect();
+        let bytes = format!("{text}\n").into_bytes();
+        read_request(&mut bytes.as_slice())
+            .await
+            .expect("in memory")
+    }
+
+    fn rcpt(helo: &'static str, instance: &'static str) -> [(&'static str, &'static str); 5] {
+        [
+            ("request", "smtpd_access_policy"),
+            ("client_address", "203.0.113.9"),
+            ("client_name", "unknown"),
+            ("helo_name", helo),
+            ("instance", instance),
+        ]
+    }
+
+    /// A service with an offline engine whose hook counts the rejections it is told of.
+    fn service(monitor: bool) -> (PolicyService, Arc<AtomicUsize>) {
+        let told = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&told);
+        let hook: RejectHook = Box::new(move |_, _| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let engine = PolicyEngine::new(PolicySettings::default(), None);
+        let service = PolicyService::new(engine, PostfixSection::default(), monitor, Some(hook));
+        (service, told)
+    }
+
+    #[tokio::test]
+    async fn a_session_is_reported_once_however_many_recipients() {
+        let (service, told) = service(false);
+        for instance in ["s1", "s1", "s1", "s2"] {
+            let got = service
+                .answer(request(&rcpt("localhost", instance)).await)
+                .await;
+            assert_eq!(got, "550 5.7.1 Access denied - bogus HELO (localhost)");
+        }
+        assert_eq!(told.load(Ordering::Relaxed), 2);
+        let got = service
+            .answer(request(&rcpt("mail.example.net", "s3")).await)
+            .await;
+        assert_eq!(got, "DUNNO");
+        assert_eq!(
+            told.load(Ordering::Relaxed),
+            2,
+            "an accept is not a rejection"
+        );
+    }
+
+    #[tokio::test]
+    async fn monitor_mode_answers_dunno_but_still_remembers() {
+        let (service, told) = service(true);
+        let got = service
+            .answer(request(&rcpt("localhost", "m1")).await)
+            .await;
+        assert_eq!(got, "DUNNO");
+        assert_eq!(told.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn incomplete_requests_are_answered_dunno() {
+        let (service, told) = service(false);
+        let cases: [&[(&str, &str)]; 4] = [
+            &[
+                ("client_address", "203.0.113.9"),
+                ("helo_name", "localhost"),
+            ],
+            &[
+                ("request", "junk"),
+                ("client_address", "203.0.113.9"),
+                ("helo_name", "localhost"),
+            ],
+            &[
+                ("request", "smtpd_access_policy"),
+                ("helo_name", "localhost"),
+            ],
+            &[
+                ("request", "smtpd_access_policy"),
+                ("client_address", "203.0.113.9"),
+            ],
+        ];
+        for pairs in cases {
+            assert_eq!(
+                service.answer(request(pairs).await).await,
+                "DUNNO",
+                "{pairs:?}"
+            );
+        }
+        assert_eq!(told.load(Ordering::Relaxed), 0);
+    }
+}
