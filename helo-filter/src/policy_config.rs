@@ -547,7 +547,12 @@ monitor = true
             ("[dns]\ndeadline_ms = 0\n", 2, "dns.deadline_ms", "nonzero"),
             ("[dns]\nfail_closed = \"yes\"\n", 2, "dns.fail_closed", ""),
             ("[policy]\nbundle = \n", 2, "", ""),
-            ("[postfix]\nreject_code = 450\n", 2, "postfix.reject_code", "5xx"),
+            (
+                "[postfix]\nreject_code = 450\n",
+                2,
+                "postfix.reject_code",
+                "5xx",
+            ),
             (
                 "[postfix]\nreject_text = \"a\\nb\"\n",
                 2,
