@@ -12,7 +12,7 @@ use xtask::{
     daemon::{self, Daemon, metric_value},
     lab::{self, Lab},
     sessions::{self, Greeting},
-    setup::{self, run_cmd},
+    setup::{self, cargo, run_cmd},
 };
 
 #[derive(Parser)]
@@ -34,9 +34,13 @@ enum Task {
     },
     /// Every test, privileged ones included (needs root).
     Test,
-    /// Per-packet figures of the XDP program against an empty one (TestRun), and the
-    /// policy engine's validations per second.
-    Bench,
+    /// Every benchmark, each beside a baseline measured in the same run: writes
+    /// BENCHMARKS.md and target/bench/summary.json (needs root).
+    Bench {
+        /// A smoke test: tiny loads, every figure produced (report in target/bench/).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 /// The lab `cargo xtask run` uses; a crashed run's leftovers are removed at next start.
@@ -50,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { daemon_args } if daemon_args.is_empty() => run_lab(),
         Task::Run { daemon_args } => run_real(&daemon_args),
         Task::Test => test(),
-        Task::Bench => bench(),
+        Task::Bench { quick } => bench(quick),
     }
 }
 
@@ -65,12 +69,6 @@ fn ensure_cargo_bin_on_path() {
         // SAFETY: single-threaded at this point, before any other thread starts.
         unsafe { std::env::set_var("PATH", format!("{bin}:{path}")) };
     }
-}
-
-fn cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(daemon::workspace_root());
-    command
 }
 
 fn build_daemon() -> anyhow::Result<()> {
@@ -128,19 +126,14 @@ fn count_before(summary: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn bench() -> anyhow::Result<()> {
+fn bench(quick: bool) -> anyhow::Result<()> {
     setup::run()?;
-    for bench in ["xdp-bench", "policy-bench"] {
-        run_cmd(cargo().args([
-            "run",
-            "--release",
-            "--package",
-            "helo-filter-tests",
-            "--bin",
-            bench,
-        ]))?;
-    }
-    Ok(())
+    println!("building helo-filter in release mode (the eBPF object too)");
+    run_cmd(cargo().args(["build", "--release", "--package", "helo-filter"]))?;
+    let binary = daemon::workspace_root().join("target/release/helo-filter");
+    // SAFETY: no other thread runs yet; the lab's daemons are started from this binary.
+    unsafe { std::env::set_var("HELO_FILTER_BIN", binary) };
+    xtask::bench::run(quick)
 }
 
 fn run_lab() -> anyhow::Result<()> {

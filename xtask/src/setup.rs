@@ -16,6 +16,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "bpftool",
     "hping3",
+    "nftables",
     "iproute2",
     "procps",
 ];
@@ -136,6 +137,13 @@ fn install_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Runs a command with inherited output; an error names the command.
+/// The cargo running this task (or the one on PATH), in the workspace root.
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(crate::daemon::workspace_root());
+    command
+}
+
 pub fn run_cmd(command: &mut Command) -> anyhow::Result<()> {
     let status = command
         .status()
