@@ -68,6 +68,14 @@ impl Bench {
         self.capture.run(&helo, 1);
         self.capture.drain();
     }
+
+    /// A flow condemned by the daemon (`verdict`: a `phase::CONDEMNED*`), and the client's
+    /// next segment on it.
+    fn condemned(&mut self, port: u16, verdict: u8) -> Vec<u8> {
+        self.open_flow(port);
+        self.capture.set_phase(&flow_key_v4(port, 25), verdict);
+        Frame::tcp4(port, 25, 1017, PSH | ACK, b"MAIL FROM:<a@example.net>\r\n").bytes()
+    }
 }
 
 fn figure(id: &str, name: &str, (ours, base): (f64, f64), runs: &str) -> Figure {
@@ -190,38 +198,15 @@ fn main() -> anyhow::Result<()> {
         &fixed_runs,
     ));
 
-    let condemned = 50_010;
-    bench.open_flow(condemned);
-    bench
-        .capture
-        .set_phase(&flow_key_v4(condemned, 25), phase::CONDEMNED);
-    let next = Frame::tcp4(
-        condemned,
-        25,
-        1017,
-        PSH | ACK,
-        b"MAIL FROM:<a@example.net>\r\n",
-    );
+    let next = bench.condemned(50_010, phase::CONDEMNED);
     out.push(figure(
         "condemned_drop",
         "packet of a condemned flow, action drop",
-        bench.fixed(&next.bytes(), XDP_DROP),
+        bench.fixed(&next, XDP_DROP),
         &fixed_runs,
     ));
 
-    let answered = 50_011;
-    bench.open_flow(answered);
-    bench
-        .capture
-        .set_phase(&flow_key_v4(answered, 25), phase::CONDEMNED_RST);
-    let next = Frame::tcp4(
-        answered,
-        25,
-        1017,
-        PSH | ACK,
-        b"MAIL FROM:<a@example.net>\r\n",
-    )
-    .bytes();
+    let next = bench.condemned(50_011, phase::CONDEMNED_RST);
     let mut ours = Vec::new();
     let mut base = Vec::new();
     for _ in 0..bench.single_runs {

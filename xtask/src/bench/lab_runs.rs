@@ -472,7 +472,7 @@ pub fn syn_flood(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         (
             Some(50u32),
             "fixed",
-            "hping3 -i u50 (nominally 20,000 SYN/s)",
+            "hping3 -i u50, nominally 20,000 SYN/s",
         ),
         (None, "max", "hping3 --flood"),
     ];
@@ -507,7 +507,7 @@ pub fn syn_flood(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
     let mut figures = Vec::new();
     for (((_, id, what), x), n) in rates.iter().zip(xdp).zip(nft) {
         let context = format!(
-            "{} good sessions ({} ms away, {} at once) while a denied source floods at {what} \
+            "{} good sessions ({} ms away, {} at once) while a denied source floods with {what} \
              (SYNs dropped: {:.0}/s by XDP, {:.0}/s by nftables); the daemon judges the good \
              sessions in both set-ups",
             sizes.flood_good,
