@@ -2,7 +2,7 @@
 //! `[lists]` (the policy engine's `[policy]` and `[dns]` live in `policy_config`), and how
 //! they combine with the command line: a flag given wins over the file, lists add up.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, num::NonZeroU64, path::PathBuf, time::Duration};
 
 use anyhow::bail;
 use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS};
@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     enforce::{Action, Deployment},
+    kernel::XdpModeChoice,
     policy::Reason,
     policy_config::ReputationWeights,
     reputation::ReputationSettings,
@@ -109,6 +110,79 @@ pub struct ListsSection {
     pub allow: Vec<IpNet>,
     /// SYNs to the SMTP ports dropped (or answered with a RST), no expiry.
     pub deny: Vec<IpNet>,
+}
+
+/// `[kernel]`: where and how the program is attached.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelSection {
+    /// Interfaces to attach to (`--iface` flags replace them).
+    pub interfaces: Vec<String>,
+    /// TCP ports the MTA listens on, at most 8.
+    pub smtp_ports: Vec<u16>,
+    pub xdp_mode: XdpModeChoice,
+}
+
+impl Default for KernelSection {
+    fn default() -> Self {
+        KernelSection {
+            interfaces: Vec::new(),
+            smtp_ports: vec![25],
+            xdp_mode: XdpModeChoice::Auto,
+        }
+    }
+}
+
+/// `[control]`: the operator's control socket.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    pub socket: PathBuf,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9725)),
+        }
+    }
+}
+
+/// `[state]`: what outlives the daemon.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSection {
+    /// Lists and reputation snapshots.
+    pub dir: PathBuf,
+    /// Where the kernel maps and links are pinned (on a BPF file system).
+    pub bpffs_dir: PathBuf,
+    /// Seconds between reputation snapshots (also written at every denial and at exit).
+    pub snapshot_interval_secs: NonZeroU64,
+}
+
+impl Default for StateSection {
+    fn default() -> Self {
+        StateSection {
+            dir: PathBuf::from("/var/lib/helo-filter"),
+            bpffs_dir: PathBuf::from("/sys/fs/bpf/helo-filter"),
+            snapshot_interval_secs: NonZeroU64::new(60).expect("nonzero"),
+        }
+    }
 }
 
 /// The kernel's run-time config from the ports and the `[enforce]` settings.

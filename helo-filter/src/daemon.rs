@@ -2,15 +2,19 @@
 //! to the policy stage, export metrics, and detach cleanly on SIGINT/SIGTERM.
 
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, RingBuf};
-use helo_filter_common::{maps, origin};
+use helo_filter_common::maps;
 use ipnet::IpNet;
 use log::{error, info, warn};
 use tokio::{
@@ -22,14 +26,19 @@ use crate::{
     capture::{self, Limits},
     check_cmd::PolicyArgs,
     config,
+    control::ControlSocket,
     enforce::{Action, Deployment, Enforcer},
     kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
     lists::KernelLists,
     metrics,
+    operator::Operator,
+    pinning::PinDir,
+    policy::PolicyEngine,
     policy_config::PolicyFile,
     postfix::{ListenAddr, Listener, PolicyService},
     reputation::Reputation,
     stage::{Stage, policy_stage},
+    state::StateDir,
 };
 
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
@@ -40,22 +49,33 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// How often expired denials end and the deny-list cap is enforced.
 const REPUTATION_SWEEP: Duration = Duration::from_secs(1);
 
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
-    /// Interface to attach to (repeat for several).
-    #[arg(long = "iface", value_name = "IFACE", required = true)]
+    // Every flag overrides the configuration file (whose defaults the flags show); the list
+    // flags add to its lists.
+    /// Interface to attach to (repeat for several) [default: the file's [kernel] interfaces].
+    #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
-    /// XDP attach mode: auto tries native and falls back to generic with a warning.
-    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
-    pub xdp_mode: XdpModeChoice,
-    /// Where the Prometheus endpoint listens (path /metrics).
-    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9725")]
-    pub metrics_addr: SocketAddr,
-    /// TCP port the MTA listens on (repeat for several, at most 8).
-    #[arg(long = "smtp-port", value_name = "PORT", default_values_t = [25u16])]
+    /// XDP attach mode: auto tries native and falls back to generic with a warning
+    /// [default: auto].
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeChoice>,
+    /// Where the Prometheus endpoint listens (path /metrics) [default: 127.0.0.1:9725].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// TCP port the MTA listens on (repeat for several, at most 8) [default: 25].
+    #[arg(long = "smtp-port", value_name = "PORT")]
     pub smtp_ports: Vec<u16>,
-    // The flags below override the configuration file's `[enforce]`, `[reputation]` and
-    // `[lists]` (whose defaults they show).
+    /// The operator's control socket [default: /run/helo-filter/control.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Lists and reputation snapshots [default: /var/lib/helo-filter].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where the kernel maps and links are pinned, on a BPF file system
+    /// [default: /sys/fs/bpf/helo-filter].
+    #[arg(long, value_name = "DIR")]
+    pub bpffs_dir: Option<PathBuf>,
     /// Where the filter sits: `mx` (the MTA runs on this host) or `gateway` (this host
     /// forwards SMTP traffic to MTAs elsewhere) [default: mx].
     #[arg(long, value_enum)]
@@ -119,6 +139,24 @@ fn parse_net(s: &str) -> Result<IpNet, String> {
 impl RunArgs {
     /// Applies the flags given over the file's sections.
     fn apply_to(&self, file: &mut PolicyFile) {
+        if !self.ifaces.is_empty() {
+            file.kernel.interfaces.clone_from(&self.ifaces);
+        }
+        if !self.smtp_ports.is_empty() {
+            file.kernel.smtp_ports.clone_from(&self.smtp_ports);
+        }
+        file.kernel.xdp_mode = self.xdp_mode.unwrap_or(file.kernel.xdp_mode);
+        file.metrics.listen = self.metrics_addr.unwrap_or(file.metrics.listen);
+        let paths = [
+            (&self.control_socket, &mut file.control.socket),
+            (&self.state_dir, &mut file.state.dir),
+            (&self.bpffs_dir, &mut file.state.bpffs_dir),
+        ];
+        for (flag, setting) in paths {
+            if let Some(path) = flag {
+                setting.clone_from(path);
+            }
+        }
         let enforce = &mut file.enforce;
         enforce.deployment = self.deployment.unwrap_or(enforce.deployment);
         enforce.action = self.action.unwrap_or(enforce.action);
@@ -143,30 +181,50 @@ impl RunArgs {
     }
 }
 
+/// Reads the configuration file (or the defaults) and applies the flags over it.
+fn configuration(args: &RunArgs) -> anyhow::Result<PolicyFile> {
+    let mut file = args.policy.load().map_err(anyhow::Error::msg)?;
+    args.apply_to(&mut file);
+    Ok(file)
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let distinct: HashSet<_> = args.ifaces.iter().collect();
-    if distinct.len() != args.ifaces.len() {
-        bail!("--iface: an interface is given twice");
+    let file = configuration(&args)?;
+    let ifaces = file.kernel.interfaces.clone();
+    if ifaces.is_empty() {
+        bail!("no interface to attach to: --iface IFACE, or [kernel] interfaces in the config");
     }
-    let mut policy_file = args.policy.load().map_err(anyhow::Error::msg)?;
-    args.apply_to(&mut policy_file);
-    let enforce = policy_file.enforce.clone();
-    let lists = policy_file.lists.clone();
+    let distinct: HashSet<_> = ifaces.iter().collect();
+    if distinct.len() != ifaces.len() {
+        bail!("interfaces: one is given twice");
+    }
+    let enforce = file.enforce.clone();
     if enforce.heartbeat_timeout_ms < 2 * HEARTBEAT_INTERVAL.as_millis() as u32 {
         bail!(
             "heartbeat timeout: at least {} ms (twice the heartbeat interval)",
             2 * HEARTBEAT_INTERVAL.as_millis()
         );
     }
-    let config = config::kernel_config(&args.smtp_ports, &enforce)?;
-    let reputation = Reputation::new(policy_file.reputation.settings()?);
-    metrics::install(args.metrics_addr)?;
-    info!("metrics on http://{}/metrics", args.metrics_addr);
-    let engine = policy_file
-        .build_engine(Some(Arc::new(metrics::DnsMetrics)))
+    let config = config::kernel_config(&file.kernel.smtp_ports, &enforce)?;
+    let reputation = Reputation::new(file.reputation.settings()?);
+    // Unreadable state stops the daemon before it touches the kernel.
+    let state = StateDir::open(&file.state.dir)?;
+    state.load_lists()?;
+    state.load_reputation()?;
+    let pins = PinDir::open(&file.state.bpffs_dir)?;
+    if pins.is_populated() {
+        info!(
+            "adopting the kernel program pinned under {}",
+            pins.root().display()
+        );
+    }
+    metrics::install(file.metrics.listen)?;
+    info!("metrics on http://{}/metrics", file.metrics.listen);
+    let dns = file
+        .dns_client(Some(Arc::new(metrics::DnsMetrics)))
         .context("setting up DNS")?;
 
-    let mut ebpf = kernel::load(&config)?;
+    let mut ebpf = kernel::load(&config, Some(&pins))?;
     let logger = aya_log::EbpfLogger::init(&mut ebpf).context("starting the kernel logger")?;
     let mut logger = kernel::readable_fd(logger)?;
     tokio::spawn(async move {
@@ -184,62 +242,93 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
 
-    // The operator's lists are in place before the first packet is seen.
-    let mut kernel_lists = KernelLists::new(&mut ebpf)?;
-    for net in &lists.allow {
-        kernel_lists.allow(*net)?;
-    }
-    for net in &lists.deny {
-        kernel_lists.deny(*net, None, origin::OPERATOR)?;
-    }
-    metrics::list_sizes(lists.allow.len(), lists.deny.len());
-
     let action = if enforce.monitor {
         Action::Monitor
     } else {
         enforce.action
     };
-    for iface in &args.ifaces {
-        // On an MX, `drop` must also keep the destroyed socket's RST from the client.
-        if action == Action::Drop && enforce.deployment == Deployment::Mx {
-            kernel::attach_egress(&mut ebpf, iface)?;
-        }
-        let mode = kernel::attach(&mut ebpf, iface, args.xdp_mode)?;
-        metrics::xdp_attached(iface, mode);
-        info!(
-            "attached iface={iface} mode={} smtp_ports={:?}",
-            mode.as_str(),
-            args.smtp_ports
-        );
-    }
-
-    let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?)?;
-    let counters = CounterReader::new(&mut ebpf)?;
-    every(COUNTER_REFRESH, "reading kernel counters", move || {
-        metrics::refresh_kernel_counters(&counters)
+    let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
+    let stage = Arc::new(Stage {
+        engine: Arc::new(RwLock::new(PolicyEngine::new(file.settings(), dns.clone()))),
+        enforcer: Enforcer::new(flows, enforce.deployment, action),
+        reputation,
+        lists: Mutex::new(KernelLists::new(&mut ebpf)?),
+        recent: Mutex::new(VecDeque::new()),
+        reputation_changed: AtomicBool::new(false),
     });
+    let counters = Arc::new(CounterReader::new(&mut ebpf)?);
+    let reload_args = args.clone();
+    // The operator's and the file's lists are in the kernel before the first packet is
+    // seen (and, for adopted maps, reconciled with what the previous daemon left).
+    let operator = Arc::new(Operator::start(
+        Arc::clone(&stage),
+        state,
+        pins.clone(),
+        file.clone(),
+        dns,
+        Box::new(move || configuration(&reload_args)),
+        args.policy.config.clone(),
+        Arc::clone(&counters),
+    )?);
     let mut heartbeat = Heartbeat::new(&mut ebpf)?;
     heartbeat.beat()?;
+
+    // On an MX, `drop` must also keep the destroyed socket's RST from the client.
+    let egress = action == Action::Drop && enforce.deployment == Deployment::Mx;
+    let mut attachments = Vec::new();
+    for iface in &ifaces {
+        if egress {
+            kernel::attach_egress(&mut ebpf, iface, Some(&pins))?;
+        }
+        let attachment = kernel::attach(&mut ebpf, iface, file.kernel.xdp_mode, Some(&pins))?;
+        metrics::xdp_attached(iface, attachment.mode);
+        info!(
+            "attached iface={iface} mode={} adopted={} smtp_ports={:?}",
+            attachment.mode.as_str(),
+            attachment.adopted,
+            file.kernel.smtp_ports
+        );
+        attachments.push((iface.clone(), attachment));
+    }
+    kernel::release_unwanted(&pins, &ifaces, egress);
+    operator.attached(attachments);
+
+    let ring = RingBuf::try_from(ebpf.take_map(maps::EVENTS).context("EVENTS map missing")?)?;
+    let reading = Arc::clone(&counters);
+    every(COUNTER_REFRESH, "reading kernel counters", move || {
+        metrics::refresh_kernel_counters(&reading)
+    });
     every(HEARTBEAT_INTERVAL, "writing the heartbeat", move || {
         heartbeat.beat()
     });
-    let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
-    let enforcer = Enforcer::new(flows, enforce.deployment, action);
     if enforce.monitor {
         info!("monitor mode: verdicts are counted, nothing is enforced");
     }
-    let stage = Arc::new(Stage {
-        engine,
-        enforcer,
-        reputation,
-        lists: Mutex::new(kernel_lists),
+    let sweeping = Arc::clone(&stage);
+    let expiring = Arc::clone(&operator);
+    every(
+        REPUTATION_SWEEP,
+        "sweeping lists and reputation",
+        move || {
+            sweeping.sweep_reputation();
+            expiring.expire();
+            if sweeping.reputation_changed.swap(false, Ordering::Relaxed) {
+                expiring.snapshot_reputation()?;
+            }
+            Ok(())
+        },
+    );
+    let snapshotting = Arc::clone(&operator);
+    let interval = Duration::from_secs(file.state.snapshot_interval_secs.get());
+    every(interval, "writing the reputation snapshot", move || {
+        snapshotting.snapshot_reputation()
     });
-    if let Some(listen) = &policy_file.postfix.listen {
-        let listener = Listener::bind(listen, &policy_file.postfix.socket_group).await?;
+    if let Some(listen) = &file.postfix.listen {
+        let listener = Listener::bind(listen, &file.postfix.socket_group).await?;
         let remembering = Arc::clone(&stage);
         let service = PolicyService::new(
-            stage.engine.clone(),
-            policy_file.postfix.clone(),
+            Arc::clone(&stage.engine),
+            file.postfix.clone(),
             enforce.monitor,
             Some(Box::new(move |client, verdict| {
                 remembering.remember(client, verdict)
@@ -251,22 +340,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let sweeping = Arc::clone(&stage);
-    every(REPUTATION_SWEEP, "sweeping reputation", move || {
-        sweeping.sweep_reputation();
-        Ok(())
-    });
+    let control = ControlSocket::bind(&file.control.socket)?;
+    info!("control socket {}", file.control.socket.display());
+    let detached = Arc::clone(&operator.detached);
+    tokio::spawn(control.serve(Arc::clone(&operator)));
 
     let (tx, rx) = mpsc::channel(POLICY_QUEUE);
     let mut capture = tokio::spawn(capture::run(ring, tx, Limits::default()));
     tokio::spawn(policy_stage(rx, stage));
-    info!("ready: capturing on {} interface(s)", args.ifaces.len());
+    info!("ready: capturing on {} interface(s)", ifaces.len());
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut was_detached = false;
     let outcome = tokio::select! {
         _ = sigterm.recv() => Ok(()),
         _ = sigint.recv() => Ok(()),
+        _ = detached.notified() => {
+            was_detached = true;
+            Ok(())
+        }
         result = &mut capture => match result {
             Ok(Err(e)) => Err(e.context("capture stopped")),
             Ok(Ok(())) => Ok(()),
@@ -274,9 +367,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     capture.abort();
-    // Dropping the program detaches it from every interface.
+    if let Err(e) = operator.snapshot_reputation() {
+        warn!("writing the reputation snapshot: {e:#}");
+    }
+    // The links are pinned: the program keeps filtering (the deny list enforced, the gate
+    // off once the heartbeat is stale) until a restarted daemon adopts it, or a detach.
     drop(ebpf);
-    info!("detached from {}", args.ifaces.join(", "));
+    if was_detached {
+        info!("detached from {}: nothing left pinned", ifaces.join(", "));
+    } else {
+        info!(
+            "exiting; the kernel program stays attached to {} (pinned under {}); \
+             `helo-filter detach` removes it",
+            ifaces.join(", "),
+            pins.root().display()
+        );
+    }
     if let Err(e) = &outcome {
         error!("{e:#}");
     }

@@ -7,11 +7,18 @@ use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+    },
 };
 use helo_filter_common::{Counter, KernelConfig, maps, programs};
 use log::warn;
 use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::pinning::{PERSISTENT_MAPS, PinDir};
 
 /// The helo-filter XDP object, built by build.rs.
 pub static CAPTURE_OBJECT: &[u8] =
@@ -21,12 +28,25 @@ pub static BASELINE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline-pass"));
 
 /// How the operator asked for the program to be attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpModeChoice {
     /// Native (driver) mode, falling back to generic with a warning.
     Auto,
     Native,
     Generic,
+}
+
+impl XdpModeChoice {
+    /// Whether a link in `mode` satisfies this choice.
+    fn allows(self, mode: AttachedMode) -> bool {
+        matches!(
+            (self, mode),
+            (XdpModeChoice::Auto, _)
+                | (XdpModeChoice::Native, AttachedMode::Native)
+                | (XdpModeChoice::Generic, AttachedMode::Generic)
+        )
+    }
 }
 
 /// The mode an attachment really runs in.
@@ -53,11 +73,20 @@ fn check_object(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Loads the capture program into the kernel (not yet attached) and writes its config.
-pub fn load(config: &KernelConfig) -> anyhow::Result<Ebpf> {
+/// With `pins`, the persistent maps are the ones pinned there (created and pinned if
+/// absent): a restarted daemon keeps its predecessor's entries.
+pub fn load(config: &KernelConfig, pins: Option<&PinDir>) -> anyhow::Result<Ebpf> {
     check_object(CAPTURE_OBJECT)?;
-    let mut ebpf = EbpfLoader::new()
-        .load(CAPTURE_OBJECT)
-        .context("loading the eBPF object")?;
+    let mut loader = EbpfLoader::new();
+    if let Some(pins) = pins {
+        for name in PERSISTENT_MAPS {
+            loader.map_pin_path(name, pins.map(name));
+        }
+    }
+    let mut ebpf = loader.load(CAPTURE_OBJECT).context(
+        "loading the eBPF object (maps pinned by an incompatible version? `helo-filter detach` \
+         removes them)",
+    )?;
     write_config(&mut ebpf, config)?;
     let program: &mut Xdp = capture_program(&mut ebpf)?;
     program
@@ -98,35 +127,82 @@ pub fn write_config(ebpf: &mut Ebpf, config: &KernelConfig) -> anyhow::Result<()
     Ok(())
 }
 
-/// Attaches the loaded capture program to `iface`.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, mode: XdpModeChoice) -> anyhow::Result<AttachedMode> {
+/// How an interface came to run the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub mode: AttachedMode,
+    /// The link was pinned by an earlier daemon; this one's program replaced its program.
+    pub adopted: bool,
+}
+
+/// Attaches the loaded capture program to `iface`. With `pins`: a link pinned there by an
+/// earlier daemon is adopted (the new program replaces the old one in it atomically, in
+/// the mode it was attached in); otherwise the new link is pinned there.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    mode: XdpModeChoice,
+    pins: Option<&PinDir>,
+) -> anyhow::Result<Attachment> {
     let program = capture_program(ebpf)?;
+    if let Some(pins) = pins
+        && let Some((_, pinned)) = pins.xdp_links().into_iter().find(|(i, _)| i == iface)
+    {
+        let path = pins.xdp_link(iface, pinned);
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening the pinned link {}", path.display()))?;
+        let link = XdpLink::try_from(FdLink::from(link))?;
+        program
+            .attach_to_link(link)
+            .with_context(|| format!("{iface}: replacing the program in the pinned XDP link"))?;
+        if !mode.allows(pinned) {
+            warn!(
+                "{iface}: keeps running in {} mode, as pinned (detach to change the mode)",
+                pinned.as_str()
+            );
+        }
+        return Ok(Attachment {
+            mode: pinned,
+            adopted: true,
+        });
+    }
     let attach = |program: &mut Xdp, mode: XdpMode| {
         program
             .attach(iface, mode)
             .with_context(|| format!("attaching XDP to {iface} in {mode:?} mode"))
     };
-    match mode {
-        XdpModeChoice::Native => attach(program, XdpMode::Driver).map(|_| AttachedMode::Native),
-        XdpModeChoice::Generic => attach(program, XdpMode::Skb).map(|_| AttachedMode::Generic),
+    let (mode, id) = match mode {
+        XdpModeChoice::Native => (AttachedMode::Native, attach(program, XdpMode::Driver)?),
+        XdpModeChoice::Generic => (AttachedMode::Generic, attach(program, XdpMode::Skb)?),
         XdpModeChoice::Auto => match attach(program, XdpMode::Driver) {
-            Ok(_) => Ok(AttachedMode::Native),
+            Ok(id) => (AttachedMode::Native, id),
             Err(native_error) => {
-                attach(program, XdpMode::Skb)?;
+                let id = attach(program, XdpMode::Skb)?;
                 warn!(
                     "{iface}: native XDP unavailable ({native_error:#}); running in generic mode"
                 );
-                Ok(AttachedMode::Generic)
+                (AttachedMode::Generic, id)
             }
         },
+    };
+    if let Some(pins) = pins {
+        let link = FdLink::try_from(program.take_link(id)?)
+            .context("this kernel attaches XDP without a BPF link, which cannot be pinned")?;
+        let path = pins.xdp_link(iface, mode);
+        link.pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
     }
+    Ok(Attachment {
+        mode,
+        adopted: false,
+    })
 }
 
-/// Attaches the TC egress program (action `drop`) to `iface`, adding the clsact qdisc it
-/// needs when the interface has none.
-pub fn attach_egress(ebpf: &mut Ebpf, iface: &str) -> anyhow::Result<()> {
+/// Attaches the TC egress program (action `drop`) to `iface`, adopting or pinning its link
+/// like [`attach`].
+pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pins: Option<&PinDir>) -> anyhow::Result<()> {
     if let Err(e) = tc::qdisc_add_clsact(iface) {
-        // Already there (another tool's, or ours from an earlier run): fine.
+        // Already there (another tool's, or ours from an earlier run), or not needed (TCX).
         log::debug!("{iface}: clsact qdisc: {e}");
     }
     let program: &mut SchedClassifier = ebpf
@@ -138,10 +214,47 @@ pub fn attach_egress(ebpf: &mut Ebpf, iface: &str) -> anyhow::Result<()> {
             .load()
             .context("the kernel verifier refused the egress program")?;
     }
-    program
+    let pinned = pins.map(|pins| pins.egress_link(iface));
+    if let Some(path) = pinned.as_ref().filter(|p| p.exists()) {
+        let link = PinnedLink::from_pin(path)
+            .with_context(|| format!("opening the pinned link {}", path.display()))?;
+        program
+            .attach_to_link(SchedClassifierLink::try_from(FdLink::from(link))?)
+            .with_context(|| format!("{iface}: replacing the program in the pinned TC link"))?;
+        return Ok(());
+    }
+    let id = program
         .attach(iface, TcAttachType::Egress)
         .with_context(|| format!("attaching the TC egress program to {iface}"))?;
+    if let Some(path) = pinned {
+        let link = FdLink::try_from(program.take_link(id)?)
+            .context("this kernel attaches TC programs without a BPF link (TCX needs 6.6)")?;
+        link.pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+    }
     Ok(())
+}
+
+/// Unpins the links of interfaces no longer configured, and the egress links when action
+/// `drop` is no longer in force: what the configuration no longer asks for ends.
+pub fn release_unwanted(pins: &PinDir, ifaces: &[String], egress: bool) {
+    let wanted = |iface: &String| ifaces.contains(iface);
+    let stale_xdp = pins
+        .xdp_links()
+        .into_iter()
+        .filter(|(iface, _)| !wanted(iface))
+        .map(|(iface, mode)| (pins.xdp_link(&iface, mode), iface));
+    let stale_egress = pins
+        .egress_links()
+        .into_iter()
+        .filter(|iface| !egress || !wanted(iface))
+        .map(|iface| (pins.egress_link(&iface), iface));
+    for (path, iface) in stale_xdp.chain(stale_egress) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => log::info!("{iface}: no longer configured: unpinned {}", path.display()),
+            Err(e) => warn!("{iface}: unpinning {}: {e}", path.display()),
+        }
+    }
 }
 
 /// The kernel's per-CPU counters, summed over CPUs, indexed like `Counter::ALL`.

@@ -37,6 +37,21 @@ fn trie_key(net: IpNet) -> Key<[u8; 16]> {
     }
 }
 
+/// The network of a trie key (the inverse of [`trie_key`]).
+fn key_net(key: &Key<[u8; 16]>) -> Option<IpNet> {
+    let (data, prefix) = (key.data(), key.prefix_len());
+    let mapped = data[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF];
+    if mapped && prefix >= IPV4_MAPPED_PREFIX {
+        let v4 = std::net::Ipv4Addr::new(data[12], data[13], data[14], data[15]);
+        let len = u8::try_from(prefix - IPV4_MAPPED_PREFIX).ok()?;
+        return ipnet::Ipv4Net::new(v4, len).ok().map(IpNet::V4);
+    }
+    let len = u8::try_from(prefix).ok()?;
+    ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(data), len)
+        .ok()
+        .map(IpNet::V6)
+}
+
 impl KernelLists {
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let allow = ebpf.take_map(maps::ALLOW).context("ALLOW map missing")?;
@@ -70,9 +85,53 @@ impl KernelLists {
             .with_context(|| format!("adding {net} to the kernel deny map"))
     }
 
+    pub fn disallow(&mut self, net: IpNet) -> anyhow::Result<()> {
+        self.allow
+            .remove(&trie_key(net))
+            .with_context(|| format!("removing {net} from the kernel allow list"))
+    }
+
+    /// The networks in the kernel allow list.
+    pub fn allowed(&self) -> Vec<IpNet> {
+        self.allow
+            .keys()
+            .filter_map(|k| key_net(&k.ok()?))
+            .collect()
+    }
+
+    /// The kernel deny map's entries.
+    pub fn denied(&self) -> Vec<(IpNet, DenyEntry)> {
+        self.deny
+            .iter()
+            .filter_map(|entry| {
+                let (key, value) = entry.ok()?;
+                Some((key_net(&key)?, value))
+            })
+            .collect()
+    }
+
     pub fn undeny(&mut self, net: IpNet) -> anyhow::Result<()> {
         self.deny
             .remove(&trie_key(net))
             .with_context(|| format!("removing {net} from the kernel deny map"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trie_keys_map_back_to_their_networks() {
+        for net in [
+            "203.0.113.0/24",
+            "198.51.100.7/32",
+            "2001:db8::/32",
+            "2001:db8:1::10/128",
+            "0.0.0.0/0",
+        ] {
+            let net: IpNet = net.parse().expect("net");
+            assert_eq!(key_net(&trie_key(net)), Some(net));
+        }
     }
 }

@@ -12,13 +12,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to the interfaces and filter SMTP sessions until SIGINT/SIGTERM.
-    Run(helo_filter::daemon::RunArgs),
+    /// Attach to the interfaces and filter SMTP sessions until SIGINT/SIGTERM (the kernel
+    /// side stays, pinned, until `detach`).
+    Run(Box<helo_filter::daemon::RunArgs>),
     /// Judge one HELO for one client address (exit 0 accept, 1 reject, 2 error).
     Check(helo_filter::check_cmd::CheckArgs),
     /// Answer Postfix's policy delegation requests (check_policy_service) until
     /// SIGINT/SIGTERM.
     Policy(helo_filter::postfix::command::PolicyCommandArgs),
+    #[command(flatten)]
+    Operator(helo_filter::cli::OperatorCommand),
 }
 
 fn main() -> ExitCode {
@@ -33,9 +36,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => helo_filter::daemon::run(args).await.map(|()| 0),
+            Command::Run(args) => helo_filter::daemon::run(*args).await.map(|()| 0),
             Command::Check(args) => Ok(helo_filter::check_cmd::run(args).await),
             Command::Policy(args) => helo_filter::postfix::command::run(args).await.map(|()| 0),
+            // Blocking socket I/O: off the runtime's threads.
+            Command::Operator(command) => {
+                tokio::task::spawn_blocking(move || helo_filter::cli::run(command))
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
         }
     });
     match result {

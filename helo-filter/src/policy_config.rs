@@ -15,7 +15,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::config::{EnforceSection, ListsSection, ReputationSection};
+use crate::config::{
+    ControlSection, EnforceSection, KernelSection, ListsSection, MetricsSection, ReputationSection,
+    StateSection,
+};
 use crate::dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings};
 use crate::policy::rfc5321;
 use crate::policy::{
@@ -207,6 +210,14 @@ pub struct PolicyFile {
     pub lists: ListsSection,
     /// `[postfix]`
     pub postfix: PostfixSection,
+    /// `[kernel]`
+    pub kernel: KernelSection,
+    /// `[control]`
+    pub control: ControlSection,
+    /// `[metrics]`
+    pub metrics: MetricsSection,
+    /// `[state]`
+    pub state: StateSection,
 }
 
 /// A configuration error, located when possible.
@@ -323,12 +334,22 @@ impl PolicyFile {
         &self,
         observer: Option<Arc<dyn DnsObserver>>,
     ) -> Result<PolicyEngine, DnsBuildError> {
-        let dns = if self.dns.enabled {
-            Some(DnsClient::with_observer(self.dns_settings(), observer)?)
+        Ok(PolicyEngine::new(
+            self.settings(),
+            self.dns_client(observer)?,
+        ))
+    }
+
+    /// The DNS client `[dns]` asks for (none with `enabled = false`).
+    pub fn dns_client(
+        &self,
+        observer: Option<Arc<dyn DnsObserver>>,
+    ) -> Result<Option<DnsClient>, DnsBuildError> {
+        if self.dns.enabled {
+            DnsClient::with_observer(self.dns_settings(), observer).map(Some)
         } else {
-            None
-        };
-        Ok(PolicyEngine::new(self.settings(), dns))
+            Ok(None)
+        }
     }
 }
 

@@ -182,6 +182,71 @@ impl Reputation {
         }
         released
     }
+
+    /// Every source with a score or a denial at `now`, highest score first.
+    pub fn list(&self, now: Instant) -> Vec<SourceState> {
+        let mut all: HashMap<IpNet, SourceState> = HashMap::new();
+        for entry in self.scores.iter() {
+            all.insert(
+                *entry.key(),
+                SourceState {
+                    source: *entry.key(),
+                    score: self.decayed(*entry.value(), now),
+                    denied_for: None,
+                },
+            );
+        }
+        for entry in self.denied.iter() {
+            let state = all.entry(*entry.key()).or_insert(SourceState {
+                source: *entry.key(),
+                score: 0.0,
+                denied_for: None,
+            });
+            state.denied_for = Some(entry.until.saturating_duration_since(now));
+        }
+        let mut list: Vec<SourceState> = all.into_values().collect();
+        list.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.source.cmp(&b.source)));
+        list
+    }
+
+    /// Forgets a source's score and denial; returns whether it had any.
+    pub fn reset(&self, source: IpNet) -> bool {
+        let scored = self.scores.remove(&source).is_some();
+        let denied = self.denied.remove(&source).is_some();
+        scored || denied
+    }
+
+    /// Restores a source (from a snapshot, or a denial found in the kernel after a
+    /// restart): its score as of `now`, and its denial for `denied_for` more.
+    pub fn restore(&self, source: IpNet, score: f64, denied_for: Option<Duration>, now: Instant) {
+        if score > 0.0 {
+            self.scores.insert(
+                source,
+                Score {
+                    value: score,
+                    at: now,
+                },
+            );
+        }
+        if let Some(left) = denied_for {
+            self.denied.insert(
+                source,
+                Denial {
+                    until: now + left,
+                    score,
+                },
+            );
+        }
+    }
+}
+
+/// One source as `reputation list` shows it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SourceState {
+    pub source: IpNet,
+    pub score: f64,
+    /// How long its denial still lasts.
+    pub denied_for: Option<Duration>,
 }
 
 #[cfg(test)]

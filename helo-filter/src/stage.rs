@@ -2,10 +2,16 @@
 //! and counted against its source's reputation; repeat offenders are denied in the kernel.
 
 use std::{
+    collections::VecDeque,
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
+
+use serde::Serialize;
 
 use helo_filter_common::origin;
 use ipnet::IpNet;
@@ -24,12 +30,47 @@ use crate::{
 /// Validations running at once (each may wait on DNS); further sessions wait in the queue.
 const VALIDATIONS_IN_FLIGHT: usize = 512;
 
+/// Verdicts `helo-filter flows` can show.
+const RECENT_FLOWS: usize = 256;
+
+/// The policy engine in force; replaced whole when the operator changes what it depends on
+/// (a reload, a HELO deny pattern).
+pub type SharedEngine = Arc<RwLock<PolicyEngine>>;
+
+/// The engine in force now (a cheap clone).
+pub fn current(engine: &SharedEngine) -> PolicyEngine {
+    engine
+        .read()
+        .map_or_else(|e| e.into_inner().clone(), |e| e.clone())
+}
+
 /// Everything that judges a session and acts on its verdict.
 pub struct Stage {
-    pub engine: PolicyEngine,
+    pub engine: SharedEngine,
     pub enforcer: Enforcer,
     pub reputation: Reputation,
     pub lists: Mutex<KernelLists>,
+    /// The latest verdicts, newest last.
+    pub recent: Mutex<VecDeque<FlowRecord>>,
+    /// Reputation denied or released a source since the last snapshot was written.
+    pub reputation_changed: AtomicBool,
+}
+
+/// One judged session, as `helo-filter flows` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowRecord {
+    /// Unix time of the verdict.
+    pub at: u64,
+    pub client: String,
+    pub server: String,
+    /// `HELO`, `EHLO`, or `none` for a session without one.
+    pub verb: &'static str,
+    /// The command line, escaped.
+    pub line: String,
+    pub verdict: &'static str,
+    pub reasons: Vec<&'static str>,
+    pub score: u32,
+    pub action: &'static str,
 }
 
 /// Judges every session, many at once (a slow DNS answer for one HELO never holds up the
@@ -65,14 +106,42 @@ impl Stage {
             Finding::NoHelo(_) => HeloInput::without_helo(client),
         };
         let started = Instant::now();
-        let verdict = self.engine.evaluate(&input).await;
+        let verdict = current(&self.engine).evaluate(&input).await;
         metrics::verdict(&verdict, started.elapsed());
         let action = self.enforcer.apply(session, &verdict);
         if let Some(action) = action {
             metrics::action(action, session.timestamp_ns);
         }
         report(session, &verdict, action);
+        self.keep_recent(session, &verdict, action);
         self.remember(client, &verdict);
+    }
+
+    fn keep_recent(&self, session: &Session, verdict: &Verdict, action: Option<Action>) {
+        let (verb, line) = match &session.finding {
+            Finding::Helo(helo) => (helo.verb.as_str(), helo.escaped_line.clone()),
+            Finding::NoHelo(NoHeloCause::OtherCommandFirst { escaped_line }) => {
+                ("none", escaped_line.clone())
+            }
+            Finding::NoHelo(NoHeloCause::CapExceeded) => ("none", String::new()),
+        };
+        let record = FlowRecord {
+            at: crate::state::unix_now(),
+            client: session.client.to_string(),
+            server: session.server.to_string(),
+            verb,
+            line,
+            verdict: verdict.decision.as_str(),
+            reasons: verdict.reason_codes().map(|r| r.as_str()).collect(),
+            score: verdict.score,
+            action: action.map_or("none", Action::as_str),
+        };
+        if let Ok(mut recent) = self.recent.lock() {
+            if recent.len() == RECENT_FLOWS {
+                recent.pop_front();
+            }
+            recent.push_back(record);
+        }
     }
 
     /// Counts a verdict against its source's reputation, denying a repeat offender.
@@ -96,6 +165,9 @@ impl Stage {
         for source in &released.evicted {
             info!("deny list full: let {source} go (lowest score)");
         }
+        if !released.expired.is_empty() || !released.evicted.is_empty() {
+            self.reputation_changed.store(true, Ordering::Relaxed);
+        }
         metrics::deny_evictions(released.evicted.len());
         metrics::reputation(self.reputation.sources(), self.reputation.denied());
     }
@@ -110,6 +182,7 @@ impl Stage {
         let Ok(mut lists) = self.lists.lock() else {
             return;
         };
+        self.reputation_changed.store(true, Ordering::Relaxed);
         match lists.deny(source, Some(ttl), origin::REPUTATION) {
             Ok(()) => info!(
                 "denied {source} for {} s: reputation score over the threshold",

@@ -24,7 +24,7 @@ pub struct CaptureProgram {
 impl CaptureProgram {
     pub fn load(config: &KernelConfig) -> Self {
         crate::require_root();
-        let mut ebpf = kernel::load(config).expect("loading the capture program");
+        let mut ebpf = kernel::load(config, None).expect("loading the capture program");
         let events = RingBuf::try_from(ebpf.take_map(maps::EVENTS).expect("EVENTS map"))
             .expect("EVENTS is a ring buffer");
         let counters = CounterReader::new(&mut ebpf).expect("COUNTERS map");

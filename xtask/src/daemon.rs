@@ -46,7 +46,18 @@ impl Daemon {
     /// (`helo-policy.md`'s) and DNS server and `extra` arguments, and waits until it reports
     /// being ready (every interface attached).
     pub fn start(lab: &Lab, extra: &[&str], echo: bool) -> anyhow::Result<Daemon> {
-        let run = ["run", "--iface", &lab.filter_iface];
+        let (state, socket, pins) = (lab.state_dir(), lab.control_socket(), lab.bpffs_dir()?);
+        let run = [
+            "run",
+            "--iface",
+            &lab.filter_iface,
+            "--state-dir",
+            &state.to_string_lossy(),
+            "--control-socket",
+            &socket.to_string_lossy(),
+            "--bpffs-dir",
+            &pins.to_string_lossy(),
+        ];
         Daemon::spawn(lab, &run, extra, "ready: capturing", echo)
     }
 
@@ -179,6 +190,19 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs an operator subcommand of `helo-filter` against the lab's daemon (its control
+/// socket), e.g. `["deny", "add", "203.0.113.14"]`.
+pub fn cli(lab: &Lab, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let socket = lab.control_socket();
+    std::process::Command::new(binary())
+        .args(args)
+        .arg("--control-socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .output()
+        .context("running the helo-filter CLI")
 }
 
 /// The value of one series (`name{labels}` exactly as rendered) in a metrics page.

@@ -436,7 +436,59 @@ impl Lab {
         let mut namespaces = vec![self.mx_ns.as_str(), self.client_ns.as_str()];
         namespaces.extend(self.gateway_ns.as_deref());
         remove_namespaces(&namespaces);
+        remove_daemon_files(&self.filter_ns);
     }
+
+    /// The daemon's own directory for this lab: its state directory and control socket.
+    pub fn daemon_dir(&self) -> PathBuf {
+        daemon_dir(&self.filter_ns)
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.daemon_dir().join("state")
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.daemon_dir().join("control.sock")
+    }
+
+    /// Where this lab's daemon pins the kernel side: on a BPF file system of the host's
+    /// mount namespace (`ip netns exec` gives each command a fresh /sys, so the usual
+    /// /sys/fs/bpf would not outlive the daemon), mounted on first use.
+    pub fn bpffs_dir(&self) -> anyhow::Result<PathBuf> {
+        let root = PathBuf::from(LAB_BPFFS);
+        fs::create_dir_all(&root)?;
+        let mounted = fs::read_to_string("/proc/self/mounts")?
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(LAB_BPFFS) && l.contains(" bpf "));
+        if !mounted {
+            run(Command::new("mount").args(["-t", "bpf", "bpf", LAB_BPFFS]))
+                .context("mounting a BPF file system for the lab")?;
+        }
+        Ok(root.join(&self.filter_ns))
+    }
+}
+
+/// The BPF file system the labs' daemons pin under.
+const LAB_BPFFS: &str = "/run/helo-filter-lab/bpffs";
+
+fn daemon_dir(filter_ns: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("helo-filter-lab-{filter_ns}"))
+}
+
+/// Removes a lab daemon's state, control socket and pins (the kernel side it left).
+fn remove_daemon_files(filter_ns: &str) {
+    let _ = fs::remove_dir_all(daemon_dir(filter_ns));
+    let pins = PathBuf::from(LAB_BPFFS).join(filter_ns);
+    for sub in ["links", "maps"] {
+        if let Ok(entries) = fs::read_dir(pins.join(sub)) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let _ = fs::remove_dir(pins.join(sub));
+    }
+    let _ = fs::remove_dir(&pins);
 }
 
 /// Removes the lab `name` whatever state it is in: kills what runs in its namespaces and
@@ -444,6 +496,9 @@ impl Lab {
 pub fn remove(name: &str) {
     let namespaces = ["mx", "cl", "gw"].map(|role| format!("{name}-{role}"));
     remove_namespaces(&namespaces.each_ref().map(String::as_str));
+    for ns in &namespaces {
+        remove_daemon_files(ns);
+    }
 }
 
 fn remove_namespaces(namespaces: &[&str]) {

@@ -58,6 +58,15 @@ pub enum Deployment {
     Gateway,
 }
 
+impl Deployment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deployment::Mx => "mx",
+            Deployment::Gateway => "gateway",
+        }
+    }
+}
+
 pub struct Enforcer {
     deployment: Deployment,
     /// The action on a reject (`Monitor`: none).

@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt as _};
+use tokio::io::AsyncBufRead;
+
+use crate::line_reader::{Line, read_line};
 
 /// The longest line read, in bytes (Postfix's attributes are short; certificate subjects
 /// are the longest, well under this).
@@ -46,19 +48,13 @@ pub enum Received {
     Closed,
 }
 
-enum Line {
-    Complete,
-    Oversized,
-    Eof,
-}
-
 /// Reads the next request.
 pub async fn read_request<R: AsyncBufRead + Unpin>(reader: &mut R) -> std::io::Result<Received> {
     let mut request = Request::default();
     let mut problem: Option<String> = None;
     let mut line = Vec::with_capacity(256);
     loop {
-        match read_line(reader, &mut line).await? {
+        match read_line(reader, &mut line, MAX_LINE).await? {
             Line::Eof => return Ok(Received::Closed),
             Line::Oversized => {
                 problem.get_or_insert_with(|| format!("a line longer than {MAX_LINE} bytes"));
@@ -97,42 +93,6 @@ fn add_attribute(request: &mut Request, line: &[u8]) -> Result<(), String> {
         return Err(format!("attribute {name} given twice"));
     }
     Ok(())
-}
-
-/// Reads one line into `line` (without its LF, nor a CR before it). A longer line than
-/// [`MAX_LINE`] is consumed to its end and reported as oversized.
-async fn read_line<R: AsyncBufRead + Unpin>(
-    reader: &mut R,
-    line: &mut Vec<u8>,
-) -> std::io::Result<Line> {
-    line.clear();
-    let mut oversized = false;
-    loop {
-        let buffer = reader.fill_buf().await?;
-        if buffer.is_empty() {
-            return Ok(Line::Eof);
-        }
-        let (chunk, used, ended) = match buffer.iter().position(|&b| b == b'\n') {
-            Some(i) => (&buffer[..i], i + 1, true),
-            None => (buffer, buffer.len(), false),
-        };
-        if !oversized && line.len() + chunk.len() <= MAX_LINE + 1 {
-            // One byte of slack for the CR before the LF.
-            line.extend_from_slice(chunk);
-        } else {
-            oversized = true;
-        }
-        reader.consume(used);
-        if ended {
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if oversized || line.len() > MAX_LINE {
-                return Ok(Line::Oversized);
-            }
-            return Ok(Line::Complete);
-        }
-    }
 }
 
 /// The reply to one request: `action=…` and the empty line that ends it.

@@ -16,8 +16,9 @@ use super::{
 };
 use crate::{
     metrics,
-    policy::{HeloInput, PolicyEngine, Reason, Verdict},
+    policy::{HeloInput, Reason, Verdict},
     smtp::escape_for_log,
+    stage::{SharedEngine, current},
 };
 
 /// Sessions remembered for de-duplication (Postfix asks once per recipient).
@@ -58,7 +59,7 @@ impl Outcome {
 
 /// The policy service shared by every connection.
 pub struct PolicyService {
-    engine: PolicyEngine,
+    engine: SharedEngine,
     replies: PostfixSection,
     /// Rejections are logged and counted but answered `DUNNO`.
     monitor: bool,
@@ -68,7 +69,7 @@ pub struct PolicyService {
 
 impl PolicyService {
     pub fn new(
-        engine: PolicyEngine,
+        engine: SharedEngine,
         replies: PostfixSection,
         monitor: bool,
         on_reject: Option<RejectHook>,
@@ -134,7 +135,7 @@ impl PolicyService {
             .filter_map(|name| request.text(name))
             .find(|name| !name.is_empty() && *name != "unknown")
             .map(str::to_owned);
-        let verdict = self.engine.evaluate(&input).await;
+        let verdict = current(&self.engine).evaluate(&input).await;
         let (outcome, action) = self.action(&verdict);
         let instance = request.text("instance").unwrap_or_default();
         if self.first_request_of(instance) {
@@ -215,7 +216,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::{policy::PolicySettings, postfix::protocol::read_request};
+    use crate::{
+        policy::{PolicyEngine, PolicySettings},
+        postfix::protocol::read_request,
+    };
 
     async fn request(pairs: &[(&str, &str)]) -> Received {
         let text: String = pairs.iter().map(|(n, v)| format!("{n}={v}\n")).collect();
@@ -243,6 +247,7 @@ mod tests {
             counter.fetch_add(1, Ordering::Relaxed);
         });
         let engine = PolicyEngine::new(PolicySettings::default(), None);
+        let engine = Arc::new(std::sync::RwLock::new(engine));
         let service = PolicyService::new(engine, PostfixSection::default(), monitor, Some(hook));
         (service, told)
     }

@@ -1,0 +1,306 @@
+//! The control socket: how the operator CLI talks to the running daemon. A Unix socket
+//! (mode 0600, root's), one JSON request per line and one JSON response per line:
+//!
+//! ```text
+//! {"version":1,"command":"deny_add","net":"198.51.100.7/32","ttl_secs":3600,"comment":"spam run"}
+//! {"version":1,"ok":true,"result":{...}}
+//! {"version":1,"ok":false,"error":"..."}
+//! ```
+//!
+//! A malformed, oversized or wrong-version request gets an error response and the
+//! connection stays usable. The schema of every result is in `docs/operations.md`.
+
+pub mod client;
+
+use std::{
+    future::Future,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use ipnet::IpNet;
+use log::warn;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncWriteExt as _, BufReader},
+    net::UnixListener,
+};
+
+use crate::line_reader::{Line, read_line};
+
+/// The protocol version this daemon speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The longest request line, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+pub const DEFAULT_SOCKET: &str = "/run/helo-filter/control.sock";
+
+/// What the operator asks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    AllowAdd {
+        net: IpNet,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    AllowDel {
+        net: IpNet,
+    },
+    AllowList,
+    DenyAdd {
+        net: IpNet,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    DenyHeloAdd {
+        pattern: String,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    DenyDel {
+        net: IpNet,
+    },
+    DenyHeloDel {
+        pattern: String,
+    },
+    DenyList,
+    ReputationList {
+        #[serde(default)]
+        top: Option<usize>,
+    },
+    ReputationShow {
+        ip: IpAddr,
+    },
+    ReputationReset {
+        ip: IpAddr,
+    },
+    Status,
+    Flows {
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    Reload,
+    Detach,
+}
+
+/// One request: the version and the command's fields, flat.
+#[derive(Debug, Serialize)]
+pub struct Request<'a> {
+    pub version: u32,
+    #[serde(flatten)]
+    pub command: &'a Command,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    fn ok(result: Value) -> Response {
+        Response {
+            version: PROTOCOL_VERSION,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    fn error(message: String) -> Response {
+        Response {
+            version: PROTOCOL_VERSION,
+            ok: false,
+            result: None,
+            error: Some(message),
+        }
+    }
+}
+
+/// Carries out commands (the daemon's operator side).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, command: Command) -> impl Future<Output = Result<Value, String>> + Send;
+}
+
+/// Parses one request line: the version first, so that a client of another version gets a
+/// plain answer rather than a parse error.
+pub fn parse_request(line: &[u8]) -> Result<Command, String> {
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request (not JSON): {e}"))?;
+    let Value::Object(mut fields) = value else {
+        return Err("malformed request: not a JSON object".to_owned());
+    };
+    match fields.remove("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(format!(
+                "unsupported protocol version {v} (this daemon speaks {PROTOCOL_VERSION})"
+            ));
+        }
+        None => return Err("malformed request: no version".to_owned()),
+    }
+    serde_json::from_value(Value::Object(fields)).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// The bound control socket; its file is removed when it is dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ControlSocket {
+    /// Binds `path` (mode 0600; its directory is created with mode 0700), replacing a stale
+    /// socket left by a crash.
+    pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
+        use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("control socket: creating {}", dir.display()))?;
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                anyhow::bail!(
+                    "control socket: {} exists and is not a socket",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)?;
+        }
+        // Created 0600 from the start: nobody else can connect in between.
+        // SAFETY: umask has no preconditions; restored at once.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(path);
+        unsafe { libc::umask(old) };
+        let listener = bound
+            .with_context(|| format!("control socket: cannot listen on {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlSocket {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Serves connections until the task is dropped.
+    pub async fn serve<H: Handler>(self, handler: Arc<H>) {
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!("control socket: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let handler = Arc::clone(&handler);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = BufReader::new(read);
+                let mut line = Vec::new();
+                loop {
+                    let response = match read_line(&mut reader, &mut line, MAX_REQUEST).await {
+                        Ok(Line::Eof) | Err(_) => return,
+                        Ok(Line::Oversized) => {
+                            Response::error(format!("request longer than {MAX_REQUEST} bytes"))
+                        }
+                        Ok(Line::Complete) => match parse_request(&line) {
+                            Ok(command) => match handler.handle(command).await {
+                                Ok(result) => Response::ok(result),
+                                Err(e) => Response::error(e),
+                            },
+                            Err(e) => Response::error(e),
+                        },
+                    };
+                    let mut text = serde_json::to_string(&response).unwrap_or_default();
+                    text.push('\n');
+                    if write.write_all(text.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_versioned_json_objects() {
+        assert_eq!(
+            parse_request(
+                br#"{"version":1,"command":"deny_add","net":"198.51.100.0/24","ttl_secs":60}"#
+            ),
+            Ok(Command::DenyAdd {
+                net: "198.51.100.0/24".parse().expect("net"),
+                ttl_secs: Some(60),
+                comment: None
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"version":1,"command":"status"}"#),
+            Ok(Command::Status)
+        );
+        for (line, needle) in [
+            (&b"garbage"[..], "not JSON"),
+            (b"[1]", "not a JSON object"),
+            (br#"{"command":"status"}"#, "no version"),
+            (
+                br#"{"version":2,"command":"status"}"#,
+                "unsupported protocol version 2",
+            ),
+            (br#"{"version":1,"command":"explode"}"#, "unknown variant"),
+            (
+                br#"{"version":1,"command":"allow_add","net":"300.1.1.1/8"}"#,
+                "malformed",
+            ),
+            (
+                br#"{"version":1,"command":"status","extra":1}"#,
+                "unknown field",
+            ),
+        ] {
+            let e = parse_request(line).expect_err(needle);
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_request_serialises_flat() {
+        let command = Command::ReputationShow {
+            ip: "203.0.113.9".parse().expect("ip"),
+        };
+        let text = serde_json::to_string(&Request {
+            version: PROTOCOL_VERSION,
+            command: &command,
+        })
+        .expect("json");
+        assert_eq!(
+            text,
+            r#"{"version":1,"command":"reputation_show","ip":"203.0.113.9"}"#
+        );
+        assert_eq!(parse_request(text.as_bytes()), Ok(command));
+    }
+}

@@ -1,0 +1,418 @@
+//! End to end, the operator's surface: every CLI subcommand against a running daemon, with
+//! its effect checked in the kernel; protection across SIGTERM and `kill -9`; corrupt state
+//! and bad configuration; malformed control requests and a non-root user.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use helo_filter_tests::{e2e::*, require_root};
+use serde_json::Value;
+use xtask::{
+    daemon::{self, Daemon, cli},
+    lab::{self, Lab},
+    sessions::{self, Greeting},
+};
+
+/// Runs a subcommand, checks it succeeded, returns its stdout.
+fn ok(lab: &Lab, args: &[&str]) -> String {
+    let out = cli(lab, args).expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "helo-filter {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a subcommand with `--json` and parses its one line.
+fn json(lab: &Lab, args: &[&str]) -> Value {
+    let mut with = args.to_vec();
+    with.push("--json");
+    let text = ok(lab, &with);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+}
+
+fn refused(lab: &Lab, args: &[&str]) -> String {
+    let out: Output = cli(lab, args).expect("the CLI runs");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "helo-filter {args:?} was not refused"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn nets(list: &Value) -> Vec<(String, String)> {
+    list["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            (
+                e["net"].as_str().unwrap_or_default().to_owned(),
+                e["source"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn completes(lab: &Lab, client: std::net::SocketAddr, helo: &str) -> bool {
+    sessions::swaks_transcript(lab, client, Greeting::Ehlo, helo)
+        .expect("swaks")
+        .0
+}
+
+fn config_file(lab: &Lab, text: &str) -> String {
+    std::fs::create_dir_all(lab.daemon_dir()).expect("daemon dir");
+    let path = lab.daemon_dir().join("helo-filter.toml");
+    std::fs::write(&path, text).expect("config");
+    path.to_string_lossy().into_owned()
+}
+
+/// Every subcommand, and what it does to the kernel and the policy.
+#[test]
+fn every_cli_subcommand_acts_on_the_running_daemon() {
+    let lab = lab("o");
+    let config = config_file(&lab, "[policy]\nbundle = \"standard\"\n");
+    let daemon = Daemon::start(&lab, &["--config", &config], false).expect("starting the daemon");
+
+    // deny add: the source's SYNs are dropped.
+    ok(
+        &lab,
+        &["deny", "add", "203.0.113.14", "--comment", "spam run"],
+    );
+    assert!(!connects(&lab, v4(4, 53001)), "a denied source connected");
+    // deny add --ttl: dropped, then let go when the time is up.
+    ok(&lab, &["deny", "add", "203.0.113.13/32", "--ttl", "2"]);
+    assert!(!connects(&lab, v4(3, 53002)), "a denied source connected");
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(
+        connects(&lab, v4(3, 53003)),
+        "the --ttl entry did not expire"
+    );
+    let denied = nets(&json(&lab, &["deny", "list"]));
+    assert!(
+        denied.contains(&("203.0.113.14/32".into(), "operator".into())),
+        "{denied:?}"
+    );
+    assert!(
+        !denied.iter().any(|(net, _)| net == "203.0.113.13/32"),
+        "{denied:?}"
+    );
+    // deny del: the source connects again.
+    ok(&lab, &["deny", "del", "203.0.113.14"]);
+    assert!(
+        connects(&lab, v4(4, 53004)),
+        "deny del left the source denied"
+    );
+    assert!(refused(&lab, &["deny", "del", "203.0.113.14"]).contains("not in the deny list"));
+
+    // allow add: an allow-listed source's bogus HELO passes; allow del ends that.
+    ok(
+        &lab,
+        &["allow", "add", "203.0.113.12", "--comment", "partner"],
+    );
+    assert!(
+        completes(&lab, v4(2, 53010), "localhost"),
+        "an allow-listed source was cut"
+    );
+    let allowed = json(&lab, &["allow", "list"]);
+    assert_eq!(allowed["entries"][0]["comment"], "partner", "{allowed}");
+    ok(&lab, &["allow", "del", "203.0.113.12"]);
+    assert!(
+        !completes(&lab, v4(2, 53011), "localhost"),
+        "allow del left the source alone"
+    );
+
+    // deny add --helo: a good name matching the pattern is now bogus.
+    assert!(completes(&lab, v4(0, 53020), "mail.example.net"));
+    ok(&lab, &["deny", "add", "--helo", "*.example.net"]);
+    assert!(
+        !completes(&lab, v4(0, 53021), "mail.example.net"),
+        "--helo pattern ignored"
+    );
+    let helo = json(&lab, &["deny", "list"])["helo"].clone();
+    assert_eq!(helo[0]["pattern"], "*.example.net", "{helo}");
+    ok(&lab, &["deny", "del", "--helo", "*.example.net"]);
+    assert!(completes(&lab, v4(0, 53022), "mail.example.net"));
+    assert!(refused(&lab, &["deny", "add", "--helo", "/(/"]).contains("--helo"));
+
+    // reputation: the bogus sessions above raised 203.0.113.12's score.
+    let listed = json(&lab, &["reputation", "list", "--top", "5"]);
+    assert_eq!(
+        listed["sources"][0]["source"], "203.0.113.12/32",
+        "{listed}"
+    );
+    let shown = json(&lab, &["reputation", "show", "203.0.113.12"]);
+    assert!(shown["score"].as_f64().unwrap_or(0.0) > 1.9, "{shown}");
+    ok(&lab, &["reputation", "reset", "203.0.113.12"]);
+    let shown = json(&lab, &["reputation", "show", "203.0.113.12"]);
+    assert_eq!(shown["score"].as_f64(), Some(0.0), "{shown}");
+
+    // status and flows.
+    let status = json(&lab, &["status"]);
+    assert_eq!(
+        status["interfaces"][0]["name"],
+        lab.filter_iface.as_str(),
+        "{status}"
+    );
+    assert!(status["interfaces"][0]["mode"].is_string(), "{status}");
+    assert_eq!(status["deployment"], "mx");
+    assert_eq!(status["bundle"], "standard");
+    assert_eq!(status["monitor"], false);
+    assert!(
+        status["counters"]["PacketsSeen"].as_u64().unwrap_or(0) > 0,
+        "{status}"
+    );
+    let flows = json(&lab, &["flows", "--limit", "50"]);
+    assert!(
+        flows["flows"].as_array().expect("flows").iter().any(|f| {
+            f["line"] == "EHLO localhost" && f["verdict"] == "reject" && f["action"] == "rst"
+        }),
+        "{flows}"
+    );
+    assert!(ok(&lab, &["status"]).contains("deployment mx"));
+
+    // reload: a new deny pattern in the file takes effect; a bad file is refused and the
+    // running configuration kept.
+    config_file(&lab, "[policy]\ndeny = [\"mail.example.net\"]\n");
+    ok(&lab, &["reload"]);
+    assert!(
+        !completes(&lab, v4(0, 53030), "mail.example.net"),
+        "reload changed nothing"
+    );
+    config_file(&lab, "[policy]\nbundle = \"paranoid\"\n");
+    let refusal = refused(&lab, &["reload"]);
+    assert!(
+        refusal.contains("reload refused") && refusal.contains(":2:"),
+        "{refusal}"
+    );
+    assert!(
+        !completes(&lab, v4(0, 53031), "mail.example.net"),
+        "the bad reload took effect"
+    );
+
+    // config check, offline.
+    let good = config_file(&lab, "[policy]\nbundle = \"strict\"\n");
+    assert!(ok(&lab, &["config", "check", &good]).contains("valid"));
+    let bad = config_file(&lab, "[dns]\ndeadline_ms = 0\n");
+    let error = refused(&lab, &["config", "check", &bad]);
+    assert!(
+        error.contains(":2:") && error.contains("key `dns.deadline_ms`"),
+        "{error}"
+    );
+
+    // detach: nothing pinned or attached any more, and the daemon is gone.
+    let pins = lab.bpffs_dir().expect("pins");
+    ok(&lab, &["detach"]);
+    let exited = lab::wait_until(Duration::from_secs(10), || !lab.control_socket().exists());
+    assert!(exited.is_ok(), "the daemon did not exit after detach");
+    assert!(!pins.exists(), "{} is still there", pins.display());
+    let link = Command::new("ip")
+        .args([
+            "-n",
+            &lab.filter_ns,
+            "link",
+            "show",
+            "dev",
+            &lab.filter_iface,
+        ])
+        .output()
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(!link.contains("xdp"), "XDP is still attached: {link}");
+    drop(daemon);
+}
+
+/// SIGTERM and `kill -9` leave the kernel side in place: while the daemon is down the deny
+/// list holds and good sessions flow; a restarted daemon adopts the pinned program and has
+/// every list entry and reputation.
+#[test]
+fn protection_outlives_the_daemon() {
+    let lab = lab("r");
+    let args = [
+        "--reputation-threshold",
+        "3",
+        "--heartbeat-timeout-ms",
+        "1000",
+    ];
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    ok(&lab, &["deny", "add", "203.0.113.14", "--comment", "kept"]);
+    ok(&lab, &["allow", "add", "2001:db8:1::12/128"]);
+    // Two rejects (weight 2 each) cross the threshold of 3: 203.0.113.11 is denied.
+    for port in [54001, 54002] {
+        assert!(!completes(&lab, v4(1, port), "localhost"));
+    }
+    let denied = lab::wait_until(Duration::from_secs(5), || !connects(&lab, v4(1, 54003)));
+    assert!(denied.is_ok(), "reputation did not deny 203.0.113.11");
+
+    let expect_kept = |when: &str| {
+        let denied = nets(&json(&lab, &["deny", "list"]));
+        assert!(
+            denied.contains(&("203.0.113.14/32".into(), "operator".into())),
+            "{when}: {denied:?}"
+        );
+        assert!(
+            denied.contains(&("203.0.113.11/32".into(), "reputation".into())),
+            "{when}: {denied:?}"
+        );
+        let allowed = nets(&json(&lab, &["allow", "list"]));
+        assert!(
+            allowed.contains(&("2001:db8:1::12/128".into(), "operator".into())),
+            "{when}: {allowed:?}"
+        );
+        let score = json(&lab, &["reputation", "show", "203.0.113.11"])["score"].as_f64();
+        assert!(score.unwrap_or(0.0) >= 3.0, "{when}: score {score:?}");
+    };
+    let expect_protected = |when: &str, port: u16| {
+        assert!(
+            !connects(&lab, v4(4, port)),
+            "{when}: the operator's denial lapsed"
+        );
+        assert!(
+            !connects(&lab, v4(1, port)),
+            "{when}: the reputation denial lapsed"
+        );
+        // The heartbeat is stale: the gate is off and a good session flows.
+        std::thread::sleep(Duration::from_millis(1500));
+        sessions::swaks(&lab, v4(0, port), Greeting::Ehlo, "mail.example.net")
+            .unwrap_or_else(|e| panic!("{when}: a good session failed: {e}"));
+    };
+
+    let status = daemon.stop().expect("SIGTERM");
+    assert!(status.success(), "{status:?}");
+    expect_protected("after SIGTERM", 54010);
+    let mut daemon = Daemon::start(&lab, &args, false).expect("restarting");
+    daemon
+        .wait_for(Duration::from_secs(5), |l| l.contains("adopted=true"))
+        .expect("the pinned link was adopted");
+    expect_kept("after SIGTERM and a restart");
+
+    daemon.signal(libc::SIGKILL);
+    drop(daemon);
+    expect_protected("after kill -9", 54020);
+    let _daemon = Daemon::start(&lab, &args, false).expect("restarting after kill -9");
+    expect_kept("after kill -9 and a restart");
+}
+
+/// A corrupt state file stops the daemon with a message naming it; so does a bad
+/// configuration file (file, line and key).
+#[test]
+fn corrupt_state_and_bad_configuration_stop_the_daemon() {
+    let lab = lab("s");
+    std::fs::create_dir_all(lab.state_dir()).expect("state dir");
+    let lists = lab.state_dir().join("lists.json");
+    std::fs::write(&lists, "{\"version\": 1, \"allow\": [").expect("corrupt file");
+    let error = Daemon::start(&lab, &[], false)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains(&format!("state file {} is corrupt", lists.display())),
+        "{error}"
+    );
+    std::fs::remove_file(&lists).expect("remove");
+    let config = config_file(&lab, "[reputation]\nthreshold = \"high\"\n");
+    let error = Daemon::start(&lab, &["--config", &config], false)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains(&format!("{config}:2:")) && error.contains("key `reputation.threshold`"),
+        "{error}"
+    );
+}
+
+/// Garbage, an oversized line and a wrong version get error responses on the same
+/// connection, which then still serves; the socket is root's (0600) and a non-root user
+/// gets a one-line permission error.
+#[test]
+fn the_control_socket_answers_malformed_requests_and_refuses_others() {
+    let lab = lab("t");
+    let _daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let socket = lab.control_socket();
+    let mode = std::fs::metadata(&socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let stream = UnixStream::connect(&socket).expect("connecting");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut ask = |line: &[u8]| -> Value {
+        writer.write_all(line).expect("write");
+        writer.write_all(b"\n").expect("write");
+        let mut answer = String::new();
+        reader.read_line(&mut answer).expect("answer");
+        serde_json::from_str(&answer).expect("a JSON answer")
+    };
+    let oversized = vec![b'x'; 70_000];
+    for (request, needle) in [
+        (&b"garbage"[..], "not JSON"),
+        (
+            br#"{"version":9,"command":"status"}"#,
+            "unsupported protocol version 9",
+        ),
+        (
+            br#"{"version":1,"command":"self_destruct"}"#,
+            "unknown variant",
+        ),
+        (
+            br#"{"version":1,"command":"allow_add","net":"203.0.113.0/33"}"#,
+            "malformed",
+        ),
+        (&oversized, "longer than 65536 bytes"),
+    ] {
+        let answer = ask(request);
+        assert_eq!(answer["ok"], false, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(needle),
+            "{answer}"
+        );
+    }
+    let answer = ask(br#"{"version":1,"command":"status"}"#);
+    assert_eq!(answer["ok"], true, "{answer}");
+
+    // A copy anyone may run (the build tree may sit in root's home).
+    let binary = std::env::temp_dir().join(format!("helo-filter-cli-{}", std::process::id()));
+    std::fs::copy(daemon::binary(), &binary).expect("copying the binary");
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&binary)
+        .args(["status", "--control-socket"])
+        .arg(&socket)
+        .output()
+        .expect("setpriv (util-linux)");
+    let _ = std::fs::remove_file(&binary);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("permission denied") && stderr.trim().lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+/// No daemon at all: the CLI says so in one line.
+#[test]
+fn without_a_daemon_the_cli_says_why() {
+    require_root();
+    let out = Command::new(daemon::binary())
+        .args([
+            "status",
+            "--control-socket",
+            "/nonexistent/helo-filter.sock",
+        ])
+        .output()
+        .expect("the CLI runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("is the daemon running"), "{stderr}");
+}
