@@ -114,6 +114,7 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     list_sizes(0, 0);
     reputation(0, 0);
     counter!(DENY_EVICTIONS).absolute(0);
+    let _ = histogram!(HELO_TO_ACTION);
     Ok(())
 }
 
@@ -130,6 +131,12 @@ pub fn install_for_policy_service(addr: SocketAddr) -> anyhow::Result<()> {
     }
     for outcome in Outcome::ALL {
         counter!(POLICY_REQUESTS, "action" => outcome.as_str()).absolute(0);
+    }
+    // Registered, not recorded: the histograms are on the page before their first
+    // observation (the dashboard's queries find them).
+    let _ = histogram!(VALIDATION_DURATION);
+    for kind in RecordKind::ALL {
+        let _ = histogram!(DNS_LOOKUP_DURATION, "type" => kind.as_str());
     }
     Ok(())
 }

@@ -457,6 +457,10 @@ mod tests {
         );
         assert_eq!(f.dns_settings().negative_ttl, Duration::from_secs(60));
         assert_eq!(f.postfix, PostfixSection::default());
+        assert_eq!(f.kernel, KernelSection::default());
+        assert_eq!(f.control, ControlSection::default());
+        assert_eq!(f.metrics, MetricsSection::default());
+        assert_eq!(f.state, StateSection::default());
     }
 
     #[test]

@@ -456,6 +456,10 @@ impl Lab {
     /// mount namespace (`ip netns exec` gives each command a fresh /sys, so the usual
     /// /sys/fs/bpf would not outlive the daemon), mounted on first use.
     pub fn bpffs_dir(&self) -> anyhow::Result<PathBuf> {
+        // Tests run in parallel: one check-and-mount at a time (two mounts would stack, the
+        // second hiding the first's pins).
+        static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = MOUNTING.lock().unwrap_or_else(|e| e.into_inner());
         let root = PathBuf::from(LAB_BPFFS);
         fs::create_dir_all(&root)?;
         let mounted = fs::read_to_string("/proc/self/mounts")?

@@ -17,6 +17,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "hping3",
     "nftables",
+    "systemd",
     "iproute2",
     "procps",
 ];
