@@ -181,7 +181,7 @@ fn a_frozen_daemon_fails_open() {
     eprintln!(
         "frozen daemon: session held {held:?} by the gate deadline, {free:?} once the heartbeat was stale"
     );
-    // A killed daemon takes its program with it: sessions flow as if it had never been.
+    // A killed daemon leaves its program pinned, its heartbeat stale: sessions flow.
     daemon.signal(libc::SIGKILL);
     let after_kill = timed_good_session(&lab, v4(0, 47003));
     eprintln!("killed daemon: session took {after_kill:?}");
