@@ -171,6 +171,14 @@ fn run_lab() -> anyhow::Result<()> {
         Ok(page) => print_counters(&page),
         Err(e) => println!("could not read the metrics: {e:#}"),
     }
+    // What an operator sees: the deny list (the repeat offender is on it) and the status.
+    for args in [&["deny", "list"][..], &["status"]] {
+        println!("helo-filter {}:", args.join(" "));
+        match daemon::cli(&lab, args) {
+            Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
+            Err(e) => println!("  {e:#}"),
+        }
+    }
     let status = daemon.stop()?;
     println!("daemon stopped ({status}); tearing the lab down");
     drop(lab);
