@@ -79,14 +79,14 @@ pub fn load(config: &KernelConfig, pins: Option<&PinDir>) -> anyhow::Result<Ebpf
     check_object(CAPTURE_OBJECT)?;
     let mut loader = EbpfLoader::new();
     if let Some(pins) = pins {
+        pins.check_layouts(CAPTURE_OBJECT)?;
         for name in PERSISTENT_MAPS {
             loader.map_pin_path(name, pins.map(name));
         }
     }
-    let mut ebpf = loader.load(CAPTURE_OBJECT).context(
-        "loading the eBPF object (maps pinned by an incompatible version? `helo-filter detach` \
-         removes them)",
-    )?;
+    let mut ebpf = loader
+        .load(CAPTURE_OBJECT)
+        .context("loading the eBPF object")?;
     write_config(&mut ebpf, config)?;
     let program: &mut Xdp = capture_program(&mut ebpf)?;
     program

@@ -158,6 +158,35 @@ impl PinDir {
             .collect()
     }
 
+    /// Checks that the maps pinned here have the layout `object` defines: aya reuses a
+    /// pinned map whatever its layout, and a program of another version would misread it.
+    pub fn check_layouts(&self, object: &[u8]) -> anyhow::Result<()> {
+        let object = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
+        for name in PERSISTENT_MAPS {
+            let path = self.map(name);
+            let Some(definition) = object.maps.get(name).filter(|_| path.exists()) else {
+                continue;
+            };
+            let pinned = aya::maps::MapInfo::from_pin(&path)
+                .with_context(|| format!("reading the pinned map {}", path.display()))?;
+            let layout = |k: u32, v: u32, n: u32| format!("key {k} B, value {v} B, {n} entries");
+            let want = layout(
+                definition.key_size(),
+                definition.value_size(),
+                definition.max_entries(),
+            );
+            let got = layout(pinned.key_size(), pinned.value_size(), pinned.max_entries());
+            if want != got {
+                bail!(
+                    "the map pinned at {} was made by another version ({got}; this one needs \
+                     {want}): run `helo-filter detach` first",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Whether anything is pinned (a program left by an earlier daemon).
     pub fn is_populated(&self) -> bool {
         !self.xdp_links().is_empty() || PERSISTENT_MAPS.iter().any(|name| self.map(name).exists())

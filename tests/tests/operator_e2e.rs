@@ -299,8 +299,8 @@ fn protection_outlives_the_daemon() {
     expect_kept("after kill -9 and a restart");
 }
 
-/// A corrupt state file stops the daemon with a message naming it; so does a bad
-/// configuration file (file, line and key).
+/// A corrupt state file stops the daemon with a message naming it; so do a map pinned with
+/// another layout and a bad configuration file (file, line and key).
 #[test]
 fn corrupt_state_and_bad_configuration_stop_the_daemon() {
     let lab = lab("s");
@@ -316,6 +316,34 @@ fn corrupt_state_and_bad_configuration_stop_the_daemon() {
         "{error}"
     );
     std::fs::remove_file(&lists).expect("remove");
+    // A map pinned by "another version" (another layout) is refused, not misread.
+    let flows = lab.bpffs_dir().expect("pins").join("maps/FLOWS");
+    std::fs::create_dir_all(flows.parent().expect("maps dir")).expect("maps dir");
+    let made = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&flows)
+        .args([
+            "type", "hash", "key", "4", "value", "4", "entries", "16", "name", "FLOWS",
+        ])
+        .output()
+        .expect("bpftool");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let error = Daemon::start(&lab, &[], false)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "the map pinned at {} was made by another version",
+            flows.display()
+        )),
+        "{error}"
+    );
+    std::fs::remove_file(&flows).expect("remove");
     let config = config_file(&lab, "[reputation]\nthreshold = \"high\"\n");
     let error = Daemon::start(&lab, &["--config", &config], false)
         .err()
