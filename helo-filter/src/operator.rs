@@ -69,12 +69,14 @@ struct Desired {
     deny: Vec<(IpNet, Option<Duration>)>,
 }
 
-fn desired(file: &PolicyFile, lists: &Lists, now: u64) -> Desired {
+/// With `expired`, entries whose time is up count too (with no time left): what the kernel
+/// may still hold, so that a change removes them.
+fn desired(file: &PolicyFile, lists: &Lists, now: u64, expired: bool) -> Desired {
     let left = |at: Option<u64>| at.map(|at| Duration::from_secs(at.saturating_sub(now)));
     let operator = |entries: &[NetEntry]| -> Vec<(IpNet, Option<Duration>)> {
         entries
             .iter()
-            .filter(|e| in_force(e.expires_at, now))
+            .filter(|e| expired || in_force(e.expires_at, now))
             .map(|e| (e.net, left(e.expires_at)))
             .collect()
     };
@@ -225,7 +227,7 @@ impl Operator {
 
     fn reconcile_kernel(&self) -> anyhow::Result<()> {
         let inner = self.inner();
-        let want = desired(&inner.file, &inner.lists, unix_now());
+        let want = desired(&inner.file, &inner.lists, unix_now(), false);
         let mut kernel = self.stage.lists.lock().unwrap_or_else(|e| e.into_inner());
         let boot = boot_time_ns();
         let known: HashSet<IpNet> = self
@@ -294,8 +296,8 @@ impl Operator {
         let next_file = file.as_ref().unwrap_or(&inner.file);
         let fresh = engine(next_file, &lists, dns.clone().unwrap_or(inner.dns.clone()))
             .map_err(|e| format!("{e:#}"))?;
-        let before = desired(&inner.file, &inner.lists, now);
-        let after = desired(next_file, &lists, now);
+        let before = desired(&inner.file, &inner.lists, now, true);
+        let after = desired(next_file, &lists, now, false);
         self.apply(&before, &after).map_err(|e| format!("{e:#}"))?;
         if lists != inner.lists
             && let Err(e) = self.state.save_lists(&lists)

@@ -89,11 +89,22 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     // deny add --ttl: dropped, then let go when the time is up.
     ok(&lab, &["deny", "add", "203.0.113.13/32", "--ttl", "2"]);
     assert!(!connects(&lab, v4(3, 53002)), "a denied source connected");
+    // allow add --ttl: left alone, then judged again.
+    ok(&lab, &["allow", "add", "2001:db8:1::13", "--ttl", "2"]);
+    assert!(
+        completes(&lab, v6(3, 53005), "localhost"),
+        "an allow-listed source was cut"
+    );
     std::thread::sleep(Duration::from_millis(3500));
     assert!(
         connects(&lab, v4(3, 53003)),
         "the --ttl entry did not expire"
     );
+    assert!(
+        !completes(&lab, v6(3, 53006), "localhost"),
+        "allow --ttl did not expire"
+    );
+    assert!(nets(&json(&lab, &["allow", "list"])).is_empty());
     let denied = nets(&json(&lab, &["deny", "list"]));
     assert!(
         denied.contains(&("203.0.113.14/32".into(), "operator".into())),
