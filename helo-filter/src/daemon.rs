@@ -26,7 +26,7 @@ use crate::{
     capture::{self, Limits},
     check_cmd::PolicyArgs,
     config,
-    control::ControlSocket,
+    control::{self, ControlSocket},
     enforce::{Action, Deployment, Enforcer},
     kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
     lists::KernelLists,
@@ -207,6 +207,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let config = config::kernel_config(&file.kernel.smtp_ports, &enforce)?;
     let reputation = Reputation::new(file.reputation.settings()?);
+    control::ensure_no_daemon(&file.control.socket)?;
     // Unreadable state stops the daemon before it touches the kernel.
     let state = StateDir::open(&file.state.dir)?;
     state.load_lists()?;

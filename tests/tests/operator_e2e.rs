@@ -366,13 +366,21 @@ fn corrupt_state_and_bad_configuration_stop_the_daemon() {
     );
 }
 
-/// Garbage, an oversized line and a wrong version get error responses on the same
-/// connection, which then still serves; the socket is root's (0600) and a non-root user
-/// gets a one-line permission error.
+/// A second daemon refuses to start. Garbage, an oversized line and a wrong version get
+/// error responses on the same connection, which then still serves; the socket is root's
+/// (0600) and a non-root user gets a one-line permission error.
 #[test]
 fn the_control_socket_answers_malformed_requests_and_refuses_others() {
     let lab = lab("t");
     let _daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let second = Daemon::start(&lab, &[], false)
+        .err()
+        .expect("a second daemon")
+        .to_string();
+    assert!(
+        second.contains("another helo-filter daemon is running"),
+        "{second}"
+    );
     let socket = lab.control_socket();
     let mode = std::fs::metadata(&socket)
         .expect("socket")

@@ -167,6 +167,18 @@ impl Drop for ControlSocket {
     }
 }
 
+/// Fails if a daemon already answers on `path`: two daemons would fight over the pinned
+/// program and maps.
+pub fn ensure_no_daemon(path: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "another helo-filter daemon is running (its control socket {} answers)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 impl ControlSocket {
     /// Binds `path` (mode 0600; its directory is created with mode 0700), replacing a stale
     /// socket left by a crash.
