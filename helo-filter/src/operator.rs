@@ -187,17 +187,15 @@ impl Operator {
         let snapshot = state.load_reputation()?;
         let now = Instant::now();
         let unix = unix_now();
+        let age = Duration::from_secs(unix.saturating_sub(snapshot.taken_at));
         for record in &snapshot.sources {
-            let age = unix.saturating_sub(snapshot.taken_at);
-            let half_life = stage.reputation.settings().half_life.as_secs_f64();
-            let score = record.score * 0.5f64.powf(age as f64 / half_life);
             let denied_for = record
                 .denied_until
                 .filter(|until| *until > unix)
                 .map(|until| Duration::from_secs(until - unix));
             stage
                 .reputation
-                .restore(record.source, score, denied_for, now);
+                .restore(record.source, record.score, age, denied_for, now);
         }
         let operator = Operator {
             stage,
@@ -256,9 +254,9 @@ impl Operator {
                     // Denied after the last snapshot: keep it, and let reputation know.
                     let left = Duration::from_nanos(entry.expires_ns.saturating_sub(boot));
                     let threshold = self.stage.reputation.settings().threshold;
-                    self.stage
-                        .reputation
-                        .restore(net, threshold, Some(left), Instant::now());
+                    let now = Instant::now();
+                    let reputation = &self.stage.reputation;
+                    reputation.restore(net, threshold, Duration::ZERO, Some(left), now);
                 }
             } else if !wanted_deny.contains(&net) {
                 kernel.undeny(net)?;

@@ -94,8 +94,12 @@ impl Reputation {
     }
 
     fn decayed(&self, score: Score, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(score.at).as_secs_f64();
-        score.value * 0.5f64.powf(elapsed / self.settings.half_life.as_secs_f64())
+        self.decay(score.value, now.saturating_duration_since(score.at))
+    }
+
+    /// What `value` has become after `elapsed`.
+    fn decay(&self, value: f64, elapsed: Duration) -> f64 {
+        value * 0.5f64.powf(elapsed.as_secs_f64() / self.settings.half_life.as_secs_f64())
     }
 
     /// The source's score at `now`.
@@ -217,8 +221,16 @@ impl Reputation {
     }
 
     /// Restores a source (from a snapshot, or a denial found in the kernel after a
-    /// restart): its score as of `now`, and its denial for `denied_for` more.
-    pub fn restore(&self, source: IpNet, score: f64, denied_for: Option<Duration>, now: Instant) {
+    /// restart): its score as it was `age` ago, and its denial for `denied_for` more.
+    pub fn restore(
+        &self,
+        source: IpNet,
+        score: f64,
+        age: Duration,
+        denied_for: Option<Duration>,
+        now: Instant,
+    ) {
+        let score = self.decay(score, age);
         if score > 0.0 {
             self.scores.insert(
                 source,
