@@ -249,8 +249,12 @@ impl Operator {
         }
         let wanted_deny: HashSet<IpNet> = want.deny.iter().map(|(net, _)| *net).collect();
         for (net, entry) in kernel.denied() {
-            if entry.origin == origin::REPUTATION {
-                if !known.contains(&net) && (entry.expires_ns == 0 || entry.expires_ns > boot) {
+            let expired = entry.expires_ns != 0 && entry.expires_ns <= boot;
+            if entry.origin == origin::REPUTATION && expired {
+                // Ran out while the daemon was down: the kernel ignores it; free its slot.
+                kernel.undeny(net)?;
+            } else if entry.origin == origin::REPUTATION {
+                if !known.contains(&net) {
                     // Denied after the last snapshot: keep it, and let reputation know.
                     let left = Duration::from_nanos(entry.expires_ns.saturating_sub(boot));
                     let threshold = self.stage.reputation.settings().threshold;
