@@ -1,7 +1,7 @@
 //! The kernel side as user space sees it: the embedded objects, loading, attaching and
 //! reading the kernel's counters.
 
-use std::os::fd::AsRawFd;
+use std::{os::fd::AsRawFd, path::Path};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::{
@@ -149,9 +149,7 @@ pub fn attach(
         && let Some((_, pinned)) = pins.xdp_links().into_iter().find(|(i, _)| i == iface)
     {
         let path = pins.xdp_link(iface, pinned);
-        let link = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening the pinned link {}", path.display()))?;
-        let link = XdpLink::try_from(FdLink::from(link))?;
+        let link = XdpLink::try_from(open_pinned_link(&path)?)?;
         program
             .attach_to_link(link)
             .with_context(|| format!("{iface}: replacing the program in the pinned XDP link"))?;
@@ -188,9 +186,7 @@ pub fn attach(
     if let Some(pins) = pins {
         let link = FdLink::try_from(program.take_link(id)?)
             .context("this kernel attaches XDP without a BPF link, which cannot be pinned")?;
-        let path = pins.xdp_link(iface, mode);
-        link.pin(&path)
-            .with_context(|| format!("pinning {}", path.display()))?;
+        pin_link(link, &pins.xdp_link(iface, mode))?;
     }
     Ok(Attachment {
         mode,
@@ -216,10 +212,8 @@ pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pins: Option<&PinDir>) -> any
     }
     let pinned = pins.map(|pins| pins.egress_link(iface));
     if let Some(path) = pinned.as_ref().filter(|p| p.exists()) {
-        let link = PinnedLink::from_pin(path)
-            .with_context(|| format!("opening the pinned link {}", path.display()))?;
         program
-            .attach_to_link(SchedClassifierLink::try_from(FdLink::from(link))?)
+            .attach_to_link(SchedClassifierLink::try_from(open_pinned_link(path)?)?)
             .with_context(|| format!("{iface}: replacing the program in the pinned TC link"))?;
         return Ok(());
     }
@@ -229,9 +223,23 @@ pub fn attach_egress(ebpf: &mut Ebpf, iface: &str, pins: Option<&PinDir>) -> any
     if let Some(path) = pinned {
         let link = FdLink::try_from(program.take_link(id)?)
             .context("this kernel attaches TC programs without a BPF link (TCX needs 6.6)")?;
-        link.pin(&path)
-            .with_context(|| format!("pinning {}", path.display()))?;
+        pin_link(link, &path)?;
     }
+    Ok(())
+}
+
+/// A link an earlier daemon pinned at `path` (the pin stays).
+fn open_pinned_link(path: &Path) -> anyhow::Result<FdLink> {
+    let link = PinnedLink::from_pin(path)
+        .with_context(|| format!("opening the pinned link {}", path.display()))?;
+    Ok(FdLink::from(link))
+}
+
+/// Pins `link` at `path`: it then outlives this process (the returned handle is dropped, the
+/// pin holds the link).
+fn pin_link(link: FdLink, path: &Path) -> anyhow::Result<()> {
+    link.pin(path)
+        .with_context(|| format!("pinning {}", path.display()))?;
     Ok(())
 }
 

@@ -20,3 +20,4 @@ pub mod reputation;
 pub mod smtp;
 pub mod stage;
 pub mod state;
+pub mod unix_socket;

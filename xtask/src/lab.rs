@@ -300,15 +300,7 @@ impl Lab {
                 .context("starting smtp-sink (Debian package postfix)")?;
             self.processes.push(child);
         }
-        for addr in [IpAddr::V4(MX_V4), IpAddr::V6(MX_V6)] {
-            let target = SocketAddr::new(addr, SMTP_PORT);
-            wait_until(Duration::from_secs(10), || {
-                in_netns(&self.client_ns, move || {
-                    TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
-                })
-            })
-            .with_context(|| format!("smtp-sink did not start listening on {target}"))?;
-        }
+        self.wait_for_mta("smtp-sink", Duration::from_secs(10))?;
         Ok(())
     }
 
@@ -398,16 +390,22 @@ impl Lab {
             .arg(&config)
             .arg("start"))
         .context("starting Postfix")?;
+        self.wait_for_mta("Postfix", Duration::from_secs(20))?;
+        Ok(self.postfix.insert(instance))
+    }
+
+    /// Waits until the MTA accepts connections from the client side on both MX addresses.
+    fn wait_for_mta(&self, mta: &str, timeout: Duration) -> anyhow::Result<()> {
         for addr in [IpAddr::V4(MX_V4), IpAddr::V6(MX_V6)] {
             let target = SocketAddr::new(addr, SMTP_PORT);
-            wait_until(Duration::from_secs(20), || {
+            wait_until(timeout, || {
                 in_netns(&self.client_ns, move || {
                     TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
                 })
             })
-            .with_context(|| format!("Postfix did not start listening on {target}"))?;
+            .with_context(|| format!("{mta} did not start listening on {target}"))?;
         }
-        Ok(self.postfix.insert(instance))
+        Ok(())
     }
 
     /// The Postfix instance, once started.

@@ -12,14 +12,8 @@
 
 pub mod client;
 
-use std::{
-    future::Future,
-    net::IpAddr,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{future::Future, net::IpAddr, path::Path, sync::Arc};
 
-use anyhow::Context as _;
 use ipnet::IpNet;
 use log::warn;
 use serde::{Deserialize, Serialize};
@@ -29,7 +23,10 @@ use tokio::{
     net::UnixListener,
 };
 
-use crate::line_reader::{Line, read_line};
+use crate::{
+    line_reader::{Line, read_line},
+    unix_socket::{self, SocketFile},
+};
 
 /// The protocol version this daemon speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -158,13 +155,8 @@ pub fn parse_request(line: &[u8]) -> Result<Command, String> {
 /// The bound control socket; its file is removed when it is dropped.
 pub struct ControlSocket {
     listener: UnixListener,
-    path: PathBuf,
-}
-
-impl Drop for ControlSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+    /// Removed with the socket.
+    _file: SocketFile,
 }
 
 /// Fails if a daemon already answers on `path`: two daemons would fight over the pinned
@@ -183,35 +175,10 @@ impl ControlSocket {
     /// Binds `path` (mode 0600; its directory is created with mode 0700), replacing a stale
     /// socket left by a crash.
     pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
-        use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
-
-        if let Some(dir) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("control socket: creating {}", dir.display()))?;
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                anyhow::bail!(
-                    "control socket: {} exists and is not a socket",
-                    path.display()
-                );
-            }
-            std::fs::remove_file(path)?;
-        }
-        // Created 0600 from the start: nobody else can connect in between.
-        // SAFETY: umask has no preconditions; restored at once.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        unsafe { libc::umask(old) };
-        let listener = bound
-            .with_context(|| format!("control socket: cannot listen on {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let (listener, file) = unix_socket::bind(path, 0o600, 0o700, "control socket")?;
         Ok(ControlSocket {
             listener,
-            path: path.to_path_buf(),
+            _file: file,
         })
     }
 

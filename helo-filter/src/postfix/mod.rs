@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use log::{info, warn};
 use serde::Deserialize;
 use tokio::{
@@ -22,6 +22,8 @@ use tokio::{
     net::{TcpListener, UnixListener},
     sync::Semaphore,
 };
+
+use crate::unix_socket::{self, SocketFile};
 
 pub use service::{Outcome, PolicyService, RejectHook};
 
@@ -144,15 +146,6 @@ pub enum Listener {
     Unix(UnixListener, SocketFile),
 }
 
-/// A Unix socket's file, removed on drop.
-pub struct SocketFile(PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 impl Listener {
     /// Binds `addr`; a stale Unix socket file is replaced, and the new one is given mode 0660
     /// and the group `socket_group`.
@@ -164,7 +157,8 @@ impl Listener {
                     .with_context(|| format!("policy service: cannot listen on {addr}"))?,
             ),
             ListenAddr::Unix(path) => {
-                Listener::Unix(bind_unix(path, socket_group)?, SocketFile(path.clone()))
+                let (listener, file) = bind_unix(path, socket_group)?;
+                Listener::Unix(listener, file)
             }
         };
         info!("policy service listening on {addr}");
@@ -221,26 +215,9 @@ where
     }
 }
 
-fn bind_unix(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            bail!(
-                "policy service: {} exists and is not a socket",
-                path.display()
-            );
-        }
-        std::fs::remove_file(path)
-            .with_context(|| format!("policy service: removing the stale {}", path.display()))?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("policy service: creating {}", dir.display()))?;
-    }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("policy service: cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+/// The policy socket: mode 0660, given to `group` (Postfix's smtpd connects as its group).
+fn bind_unix(path: &Path, group: &str) -> anyhow::Result<(UnixListener, SocketFile)> {
+    let bound = unix_socket::bind(path, 0o660, 0o755, "policy service")?;
     match group_id(group) {
         Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
             format!("policy service: giving {} to group {group}", path.display())
@@ -250,7 +227,7 @@ fn bind_unix(path: &Path, group: &str) -> anyhow::Result<UnixListener> {
             path.display()
         ),
     }
-    Ok(listener)
+    Ok(bound)
 }
 
 fn group_id(name: &str) -> Option<u32> {
