@@ -1,23 +1,13 @@
-//! helo-filter: the daemon's library. One module per concern; `daemon` ties them.
-pub mod capture;
-pub mod check_cmd;
-pub mod cli;
+//! helo-filter: the daemon's library, grouped by role (see docs/architecture.md).
+pub mod addr;
+pub mod clock;
+pub mod cmd;
 pub mod config;
-pub mod control;
-pub mod daemon;
 pub mod dns;
-pub mod enforce;
+pub mod io;
 pub mod kernel;
-pub mod line_reader;
-pub mod lists;
 pub mod metrics;
 pub mod operator;
-pub mod pinning;
+pub mod pipeline;
 pub mod policy;
-pub mod policy_config;
 pub mod postfix;
-pub mod reputation;
-pub mod smtp;
-pub mod stage;
-pub mod state;
-pub mod unix_socket;

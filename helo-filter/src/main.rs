@@ -44,14 +44,14 @@ fn init_logging(format: LogFormat) {
 enum Command {
     /// Attach to the interfaces and filter SMTP sessions until SIGINT/SIGTERM (the kernel
     /// side stays, pinned, until `detach`).
-    Run(Box<helo_filter::daemon::RunArgs>),
+    Run(Box<helo_filter::cmd::run::RunArgs>),
     /// Judge one HELO for one client address (exit 0 accept, 1 reject, 2 error).
-    Check(helo_filter::check_cmd::CheckArgs),
+    Check(helo_filter::cmd::check::CheckArgs),
     /// Answer Postfix's policy delegation requests (check_policy_service) until
     /// SIGINT/SIGTERM.
-    Policy(helo_filter::postfix::command::PolicyCommandArgs),
+    Policy(helo_filter::cmd::policy::PolicyCommandArgs),
     #[command(flatten)]
-    Operator(helo_filter::cli::OperatorCommand),
+    Operator(helo_filter::cmd::operator::OperatorCommand),
 }
 
 fn main() -> ExitCode {
@@ -66,12 +66,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => helo_filter::daemon::run(*args).await.map(|()| 0),
-            Command::Check(args) => Ok(helo_filter::check_cmd::run(args).await),
-            Command::Policy(args) => helo_filter::postfix::command::run(args).await.map(|()| 0),
+            Command::Run(args) => helo_filter::cmd::run::run(*args).await.map(|()| 0),
+            Command::Check(args) => Ok(helo_filter::cmd::check::run(args).await),
+            Command::Policy(args) => helo_filter::cmd::policy::run(args).await.map(|()| 0),
             // Blocking socket I/O: off the runtime's threads.
             Command::Operator(command) => {
-                tokio::task::spawn_blocking(move || helo_filter::cli::run(command))
+                tokio::task::spawn_blocking(move || helo_filter::cmd::operator::run(command))
                     .await
                     .map_err(anyhow::Error::from)
             }

@@ -11,9 +11,10 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::{
+    clock::boot_time_ns,
     dns::{DnsAnswer, DnsObserver, RecordKind},
-    enforce::Action,
-    kernel::{AttachedMode, CounterReader, boot_time_ns},
+    kernel::{AttachedMode, CounterReader},
+    pipeline::enforce::Action,
     policy::{Decision, Note, Reason, Verdict},
     postfix::Outcome,
 };

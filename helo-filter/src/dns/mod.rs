@@ -29,8 +29,8 @@ use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 use tokio::sync::{Semaphore, watch};
 
+use crate::addr;
 use crate::policy::checks::Answer;
-use crate::policy::routable;
 
 mod cache;
 #[cfg(test)]
@@ -270,7 +270,7 @@ impl fmt::Debug for DnsClient {
 /// The reverse-lookup name of an address (`d.c.b.a.in-addr.arpa.` or the `ip6.arpa.` nibbles);
 /// an IPv4-mapped address is reversed as IPv4.
 pub fn reverse_name(ip: IpAddr) -> String {
-    match routable::canonical(ip) {
+    match addr::canonical(ip) {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])

@@ -18,7 +18,6 @@ pub mod checks;
 pub mod deny;
 pub mod reason;
 pub mod rfc5321;
-pub mod routable;
 
 #[cfg(test)]
 pub(crate) mod corpus_tests;
@@ -245,7 +244,7 @@ impl PolicyEngine {
 
     /// Whether the client is in a trusted network.
     pub fn is_trusted(&self, client: IpAddr) -> bool {
-        let c = routable::canonical(client);
+        let c = crate::addr::canonical(client);
         self.inner
             .settings
             .trusted_networks

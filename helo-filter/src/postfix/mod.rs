@@ -2,7 +2,6 @@
 //! the same policy engine answers, so Postfix itself refuses bogus HELOs at RCPT time.
 //! Served by `helo-filter policy` alone, or inside `helo-filter run --policy-listen`.
 
-pub mod command;
 pub mod protocol;
 pub mod service;
 
@@ -23,7 +22,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::unix_socket::{self, SocketFile};
+use crate::io::unix_socket::{self, SocketFile};
 
 pub use service::{Outcome, PolicyService, RejectHook};
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use tokio::io::AsyncBufRead;
 
-use crate::line_reader::{Line, read_line};
+use crate::io::line_reader::{Line, read_line};
 
 /// The longest line read, in bytes (Postfix's attributes are short; certificate subjects
 /// are the longest, well under this).

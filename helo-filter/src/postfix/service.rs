@@ -16,9 +16,9 @@ use super::{
 };
 use crate::{
     metrics,
+    pipeline::smtp::escape_for_log,
+    pipeline::stage::{SharedEngine, current},
     policy::{HeloInput, Reason, Verdict},
-    smtp::escape_for_log,
-    stage::{SharedEngine, current},
 };
 
 /// Sessions remembered for de-duplication (Postfix asks once per recipient).

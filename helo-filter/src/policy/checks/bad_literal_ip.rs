@@ -1,12 +1,12 @@
 //! `bad_literal_ip`: an address literal whose address is non-routable and not the client's.
 
 use super::Subject;
-use crate::policy::routable;
+use crate::addr;
 
 /// Fails for a non-routable literal that is not the client's own address.
 pub fn check(s: &Subject<'_>) -> Option<String> {
     let l = s.literal()?;
-    (!routable::is_routable(l.ip) && !routable::same_address(l.ip, s.client)).then(|| {
+    (!addr::is_routable(l.ip) && !addr::same_address(l.ip, s.client)).then(|| {
         format!(
             "the literal [{}] is a non-routable address, and the client is {}",
             l.ip, s.client

@@ -3,7 +3,7 @@
 //! is left to `no_dns`.
 
 use super::{DnsFacts, DnsOutcome, Subject};
-use crate::policy::routable;
+use crate::addr;
 
 /// Flags a resolvable name whose addresses do not include the client's.
 pub fn check(s: &Subject<'_>, f: &DnsFacts) -> DnsOutcome {
@@ -11,10 +11,7 @@ pub fn check(s: &Subject<'_>, f: &DnsFacts) -> DnsOutcome {
         return DnsOutcome::Pass;
     };
     let addrs = f.a.records().iter().chain(f.aaaa.records());
-    if addrs
-        .clone()
-        .any(|&ip| routable::same_address(ip, s.client))
-    {
+    if addrs.clone().any(|&ip| addr::same_address(ip, s.client)) {
         return DnsOutcome::Pass;
     }
     if f.a.is_tempfail() || f.aaaa.is_tempfail() {

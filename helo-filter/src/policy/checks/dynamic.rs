@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{Subject, registered_domain};
-use crate::policy::routable;
+use crate::addr;
 
 /// Whether the host part of `name` embeds `ip`.
 pub fn embeds_address(name: &str, ip: Ipv4Addr) -> bool {
@@ -34,7 +34,7 @@ pub fn embeds_address(name: &str, ip: Ipv4Addr) -> bool {
 /// Flags a name that embeds the client's IPv4 address.
 pub fn check(s: &Subject<'_>) -> Option<String> {
     let d = s.domain()?;
-    let IpAddr::V4(v4) = routable::canonical(s.client) else {
+    let IpAddr::V4(v4) = addr::canonical(s.client) else {
         return None;
     };
     embeds_address(d.as_str(), v4).then(|| {

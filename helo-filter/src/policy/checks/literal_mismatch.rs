@@ -1,12 +1,12 @@
 //! `literal_mismatch` (soft): a routable address literal that is not the client's address.
 
 use super::Subject;
-use crate::policy::routable;
+use crate::addr;
 
 /// Flags a routable literal other than the client's address.
 pub fn check(s: &Subject<'_>) -> Option<String> {
     let l = s.literal()?;
-    (routable::is_routable(l.ip) && !routable::same_address(l.ip, s.client)).then(|| {
+    (addr::is_routable(l.ip) && !addr::same_address(l.ip, s.client)).then(|| {
         format!(
             "the literal [{}] is not the client's address {}",
             l.ip, s.client

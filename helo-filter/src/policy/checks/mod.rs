@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use super::deny::DenyList;
 use super::reason::Reason;
 use super::rfc5321::{AddressLiteral, DomainName, Parsed};
-use super::routable;
+use crate::addr;
 
 pub mod bad_literal_ip;
 pub mod bare_ip;
@@ -49,7 +49,7 @@ impl Identity {
             list.sort();
             list.dedup();
         }
-        self.addrs = self.addrs.iter().map(|&a| routable::canonical(a)).collect();
+        self.addrs = self.addrs.iter().map(|&a| addr::canonical(a)).collect();
         self.addrs.sort();
         self.addrs.dedup();
         self
@@ -57,7 +57,7 @@ impl Identity {
 
     /// Whether `ip` is one of ours.
     pub fn is_our_addr(&self, ip: IpAddr) -> bool {
-        self.addrs.iter().any(|&a| routable::same_address(a, ip))
+        self.addrs.iter().any(|&a| addr::same_address(a, ip))
     }
 }
 

@@ -16,7 +16,7 @@ use helo_filter_common::{
     CaptureEvent, FAMILY_IPV4, FlowKey, MAX_CAPTURE_BYTES, MAX_CAPTURE_SEGMENTS, flags,
 };
 
-use crate::smtp::{Verb, escape_for_log, parse_command, strip_line_end};
+use crate::pipeline::smtp::{Verb, escape_for_log, parse_command, strip_line_end};
 
 /// What one client session's first command lines showed.
 #[derive(Clone, Debug, PartialEq, Eq)]

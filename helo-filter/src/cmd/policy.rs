@@ -6,8 +6,8 @@ use anyhow::{Context as _, bail};
 use log::info;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{ListenAddr, Listener, PolicyService};
-use crate::{check_cmd::PolicyArgs, metrics};
+use crate::postfix::{ListenAddr, Listener, PolicyService};
+use crate::{cmd::check::PolicyArgs, metrics};
 
 #[derive(Debug, clap::Args)]
 pub struct PolicyCommandArgs {

@@ -8,7 +8,6 @@
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
@@ -19,13 +18,6 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub const STATE_VERSION: u32 = 1;
 const LISTS_FILE: &str = "lists.json";
 const REPUTATION_FILE: &str = "reputation.json";
-
-/// Seconds since the Unix epoch (what the files store: they outlive reboots).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// An operator's allow or deny entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -189,7 +181,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!(
             "hf-state-test-{}-{}",
             std::process::id(),
-            unix_now()
+            crate::clock::unix_now()
         ));
         let _ = std::fs::remove_dir_all(&path);
         StateDir::open(&path).expect("state dir")

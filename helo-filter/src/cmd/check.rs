@@ -8,8 +8,8 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+use crate::config::{HostName, PolicyFile};
 use crate::policy::{Bundle, DenyPattern, HeloInput, PolicyEngine, Verdict};
-use crate::policy_config::{HostName, PolicyFile};
 
 /// Identity, DNS and policy options shared by `check`, `run` and `policy`.
 #[derive(clap::Args, Clone, Debug, Default)]

@@ -10,11 +10,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
-    enforce::{Action, Deployment},
+    config::ReputationWeights,
     kernel::XdpModeChoice,
+    pipeline::enforce::{Action, Deployment},
+    pipeline::reputation::ReputationSettings,
     policy::Reason,
-    policy_config::ReputationWeights,
-    reputation::ReputationSettings,
 };
 
 /// `[enforce]`: where the filter sits and what it does.
@@ -143,7 +143,7 @@ pub struct ControlSection {
 impl Default for ControlSection {
     fn default() -> Self {
         ControlSection {
-            socket: PathBuf::from(crate::control::DEFAULT_SOCKET),
+            socket: PathBuf::from(crate::operator::control::DEFAULT_SOCKET),
         }
     }
 }
@@ -211,7 +211,7 @@ pub fn kernel_config(ports: &[u16], enforce: &EnforceSection) -> anyhow::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy_config::PolicyFile;
+    use crate::config::PolicyFile;
 
     #[test]
     fn the_daemon_sections_parse() {

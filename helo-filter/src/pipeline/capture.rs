@@ -1,8 +1,6 @@
 //! Reads capture events from the kernel's ring buffer and turns them into sessions for
 //! the policy stage.
 
-pub mod reassembly;
-
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
@@ -10,7 +8,7 @@ use helo_filter_common::CaptureEvent;
 use log::{debug, warn};
 use tokio::sync::mpsc;
 
-pub use reassembly::{Finding, HeloCommand, Limits, NoHeloCause, Reassembler, Session};
+pub use super::reassembly::{Finding, HeloCommand, Limits, NoHeloCause, Reassembler, Session};
 
 use crate::{kernel, metrics};
 

@@ -5,6 +5,10 @@
 //! Every change is applied to the kernel maps, then written to disk, then taken into memory,
 //! and only then acknowledged; if writing fails the kernel is put back as it was.
 
+pub mod client;
+pub mod control;
+pub mod state;
+
 use std::{
     collections::HashSet,
     net::IpAddr,
@@ -20,17 +24,18 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::{
-    control::{Command, Handler},
+    clock::{boot_time_ns, unix_now},
+    config::PolicyFile,
     dns::DnsClient,
-    kernel::{Attachment, CounterReader, boot_time_ns},
-    pinning::PinDir,
-    policy::{DenyPattern, PolicyEngine},
-    policy_config::PolicyFile,
-    reputation::source_of,
-    stage::Stage,
-    state::{
-        HeloEntry, Lists, NetEntry, ReputationSnapshot, SourceRecord, StateDir, in_force, unix_now,
+    kernel::pins::PinDir,
+    kernel::{Attachment, CounterReader},
+    operator::control::{Command, Handler},
+    operator::state::{
+        HeloEntry, Lists, NetEntry, ReputationSnapshot, SourceRecord, StateDir, in_force,
     },
+    pipeline::reputation::source_of,
+    pipeline::stage::Stage,
+    policy::{DenyPattern, PolicyEngine},
 };
 
 /// Re-reads the configuration file and applies the command line over it.

@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{Command, PROTOCOL_VERSION, Request, Response};
+use super::control::{Command, PROTOCOL_VERSION, Request, Response};
 
 /// How long the daemon may take to answer (a reload rebuilds the DNS client).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);

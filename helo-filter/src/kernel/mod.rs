@@ -18,7 +18,11 @@ use helo_filter_common::{Counter, KernelConfig, maps, programs};
 use log::warn;
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::pinning::{PERSISTENT_MAPS, PinDir};
+pub mod lists;
+pub mod pins;
+
+use crate::clock::boot_time_ns;
+use pins::{PERSISTENT_MAPS, PinDir};
 
 /// The helo-filter XDP object, built by build.rs.
 pub static CAPTURE_OBJECT: &[u8] =
@@ -292,17 +296,6 @@ pub fn readable_fd<T: AsRawFd>(inner: T) -> anyhow::Result<AsyncFd<T>> {
     // dropped, which happens after the AsyncFd has deregistered it.
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
         .map_err(|e| anyhow!("registering a kernel map with the reactor: {e}"))
-}
-
-/// Now on the clock the kernel program reads (`bpf_ktime_get_boot_ns`), in nanoseconds.
-pub fn boot_time_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Writes the daemon's heartbeat; while it is fresh the kernel's gate holds flows awaiting

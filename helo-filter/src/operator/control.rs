@@ -10,8 +10,6 @@
 //! A malformed, oversized or wrong-version request gets an error response and the
 //! connection stays usable. The schema of every result is in `docs/operations.md`.
 
-pub mod client;
-
 use std::{future::Future, net::IpAddr, path::Path, sync::Arc};
 
 use ipnet::IpNet;
@@ -24,8 +22,8 @@ use tokio::{
 };
 
 use crate::{
-    line_reader::{Line, read_line},
-    unix_socket::{self, SocketFile},
+    io::line_reader::{Line, read_line},
+    io::unix_socket::{self, SocketFile},
 };
 
 /// The protocol version this daemon speaks.

@@ -11,15 +11,13 @@
 //! `--monitor` enforces nothing and counts what would have been done. An accept opens the
 //! kernel's gate for its flow: the client's held segments are retransmitted and delivered.
 
-pub mod sock_destroy;
-
 use std::sync::Mutex;
 
 use aya::maps::{HashMap, MapData};
 use helo_filter_common::{FlowKey, FlowState, phase};
 use log::{debug, warn};
 
-use crate::{capture::Session, policy::Verdict};
+use crate::{pipeline::capture::Session, policy::Verdict};
 
 /// What is done about a rejected session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -138,7 +136,7 @@ impl Enforcer {
 
 /// Destroys the MTA's socket of the session.
 fn destroy(session: &Session) {
-    match sock_destroy::destroy_tcp_socket(session.server, session.client) {
+    match super::sock_destroy::destroy_tcp_socket(session.server, session.client) {
         Ok(true) => {}
         Ok(false) => debug!("{}: the session had already ended", session.client),
         Err(e) => warn!("{}: cannot destroy the MTA's socket: {e}", session.client),

@@ -23,22 +23,22 @@ use tokio::{
 };
 
 use crate::{
-    capture::{self, Limits},
-    check_cmd::PolicyArgs,
+    cmd::check::PolicyArgs,
     config,
-    control::{self, ControlSocket},
-    enforce::{Action, Deployment, Enforcer},
+    config::PolicyFile,
+    kernel::lists::KernelLists,
+    kernel::pins::PinDir,
     kernel::{self, CounterReader, Heartbeat, XdpModeChoice},
-    lists::KernelLists,
     metrics,
     operator::Operator,
-    pinning::PinDir,
+    operator::control::{self, ControlSocket},
+    operator::state::StateDir,
+    pipeline::capture::{self, Limits},
+    pipeline::enforce::{Action, Deployment, Enforcer},
+    pipeline::reputation::Reputation,
+    pipeline::stage::{Stage, policy_stage},
     policy::PolicyEngine,
-    policy_config::PolicyFile,
     postfix::{ListenAddr, Listener, PolicyService},
-    reputation::Reputation,
-    stage::{Stage, policy_stage},
-    state::StateDir,
 };
 
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).

@@ -12,9 +12,12 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 use crate::{
-    control::{Command, DEFAULT_SOCKET, client},
-    pinning::PinDir,
-    policy_config::PolicyFile,
+    config::PolicyFile,
+    kernel::pins::PinDir,
+    operator::{
+        client,
+        control::{Command, DEFAULT_SOCKET},
+    },
 };
 
 /// Options every operator subcommand takes.

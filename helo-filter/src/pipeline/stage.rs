@@ -19,12 +19,12 @@ use log::{info, warn};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
-    capture::{Finding, NoHeloCause, Session},
-    enforce::{Action, Enforcer},
-    lists::KernelLists,
+    kernel::lists::KernelLists,
     metrics,
+    pipeline::capture::{Finding, NoHeloCause, Session},
+    pipeline::enforce::{Action, Enforcer},
+    pipeline::reputation::Reputation,
     policy::{HeloInput, PolicyEngine, Verdict},
-    reputation::Reputation,
 };
 
 /// Validations running at once (each may wait on DNS); further sessions wait in the queue.
@@ -126,7 +126,7 @@ impl Stage {
             Finding::NoHelo(NoHeloCause::CapExceeded) => ("none", String::new()),
         };
         let record = FlowRecord {
-            at: crate::state::unix_now(),
+            at: crate::clock::unix_now(),
             client: session.client.to_string(),
             server: session.server.to_string(),
             verb,

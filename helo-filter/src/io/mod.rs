@@ -1,0 +1,3 @@
+//! Small I/O helpers shared by the daemon's sockets.
+pub mod line_reader;
+pub mod unix_socket;

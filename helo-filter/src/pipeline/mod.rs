@@ -1,0 +1,9 @@
+//! The data path in user space: captured segments are reassembled into sessions, judged by
+//! the policy stage, enforced, and remembered by reputation.
+pub mod capture;
+pub mod enforce;
+pub mod reassembly;
+pub mod reputation;
+pub mod smtp;
+pub mod sock_destroy;
+pub mod stage;
