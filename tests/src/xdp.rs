@@ -6,9 +6,9 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
 use helo_filter::{
-    capture::decode,
-    kernel::{self, CounterReader, Heartbeat},
-    lists::KernelLists,
+    clock::boot_time_ns,
+    kernel::{self, CounterReader, Heartbeat, lists::KernelLists},
+    pipeline::capture::decode,
 };
 use helo_filter_common::{CaptureEvent, Counter, FlowKey, FlowState, KernelConfig, maps, phase};
 
@@ -61,7 +61,7 @@ impl CaptureProgram {
 
     /// Writes the daemon's heartbeat as of `ago_ms` milliseconds ago (0: now).
     pub fn heartbeat(&mut self, ago_ms: u64) {
-        let at = kernel::boot_time_ns() - ago_ms * 1_000_000;
+        let at = boot_time_ns() - ago_ms * 1_000_000;
         self.heartbeat.beat_at(at).expect("writing the heartbeat");
     }
 

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use helo_filter::{
+    config::PolicyFile,
     policy::{HeloInput, PolicyEngine},
-    policy_config::PolicyFile,
 };
 use xtask::bench::{
     BenchArgs,
