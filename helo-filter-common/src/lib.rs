@@ -21,6 +21,11 @@ pub mod maps {
     pub const DENY: &str = "DENY";
     pub const ALLOW: &str = "ALLOW";
     pub const COUNTERS: &str = "COUNTERS";
+    /// Entries the `DENY` trie holds: operator, configuration and reputation denials together
+    /// (the configuration check refuses more).
+    pub const DENY_CAPACITY: u32 = 65_536;
+    /// Entries the `ALLOW` trie holds.
+    pub const ALLOW_CAPACITY: u32 = 16_384;
 }
 
 /// Program names (the Rust function names of the `#[xdp]` entry points).

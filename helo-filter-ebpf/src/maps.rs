@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
-use helo_filter_common::{Counter, DenyEntry, FlowKey, FlowState, KernelConfig, trie_address};
+use helo_filter_common::{
+    Counter, DenyEntry, FlowKey, FlowState, KernelConfig, maps, trie_address,
+};
 
 /// Capture events for the daemon. 1 MiB holds about 1,700 events: HELOs arrive at most
 /// a few thousand per second, and the daemon drains continuously.
@@ -27,11 +29,11 @@ pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);
 /// Sources whose SYNs to the SMTP ports are dropped: operator entries (CIDRs) and
 /// repeat offenders (/32, /64), with an expiry.
 #[map]
-pub static DENY: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(65_536, 0);
+pub static DENY: LpmTrie<[u8; 16], DenyEntry> = LpmTrie::with_max_entries(maps::DENY_CAPACITY, 0);
 
 /// Sources the filter leaves alone (CIDRs).
 #[map]
-pub static ALLOW: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(16_384, 0);
+pub static ALLOW: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(maps::ALLOW_CAPACITY, 0);
 
 /// Per-CPU scratch for the segment being handled: slot `SLOT_XDP` for the XDP program,
 /// `SLOT_TC` for the egress classifier (which a softirq running XDP may interrupt).
