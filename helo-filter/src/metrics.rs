@@ -12,9 +12,9 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 
 use crate::{
     clock::boot_time_ns,
+    config::Action,
     dns::{DnsAnswer, DnsObserver, RecordKind},
     kernel::{AttachedMode, CounterReader},
-    pipeline::enforce::Action,
     policy::{Decision, Note, Reason, Verdict},
     postfix::Outcome,
 };

@@ -6,8 +6,11 @@ use anyhow::{Context as _, bail};
 use log::info;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::postfix::{ListenAddr, Listener, PolicyService};
 use crate::{cmd::check::PolicyArgs, metrics};
+use crate::{
+    config::ListenAddr,
+    postfix::{Listener, PolicyService},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct PolicyCommandArgs {

@@ -6,192 +6,21 @@
 //! toml's span information).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::config::{
-    ControlSection, EnforceSection, KernelSection, ListsSection, MetricsSection, ReputationSection,
-    StateSection,
+use super::{
+    ControlSection, DnsSection, EnforceSection, KernelSection, ListsSection, MetricsSection,
+    PolicySection, PostfixSection, ReputationSection, StateSection, locate::locate,
 };
 use crate::dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings};
-use crate::policy::rfc5321;
 use crate::policy::{
-    Bundle, CheckMode, CheckTable, DenyList, DenyPattern, Identity, PolicyEngine, PolicySettings,
-    Reason, default_trusted_networks,
+    CheckTable, DenyList, Identity, PolicyEngine, PolicySettings, default_trusted_networks,
 };
-use crate::postfix::PostfixSection;
-
-/// A host or domain name, validated as an RFC 5321 domain, lower-cased, no trailing dot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostName(pub String);
-
-impl<'de> Deserialize<'de> for HostName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        HostName::parse(&s).map_err(serde::de::Error::custom)
-    }
-}
-
-impl HostName {
-    /// Validates a name.
-    pub fn parse(s: &str) -> Result<HostName, String> {
-        rfc5321::parse_domain(s.trim())
-            .map(|d| HostName(d.as_str().to_string()))
-            .map_err(|e| format!("invalid name {s:?}: {e}"))
-    }
-}
-
-macro_rules! per_check {
-    ($(#[$meta:meta])* $name:ident, $t:ty) => {
-        $(#[$meta])*
-        #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        #[allow(missing_docs)]
-        pub struct $name {
-            pub no_helo: Option<$t>,
-            pub pipelining: Option<$t>,
-            pub bare_ip: Option<$t>,
-            pub syntax: Option<$t>,
-            pub not_fqdn: Option<$t>,
-            pub localhost: Option<$t>,
-            pub bad_literal_ip: Option<$t>,
-            pub impersonation: Option<$t>,
-            pub literal_not_allowed: Option<$t>,
-            pub denylisted: Option<$t>,
-            pub invalid_tld: Option<$t>,
-            pub no_dns: Option<$t>,
-            pub literal_mismatch: Option<$t>,
-            pub dynamic: Option<$t>,
-            pub dns_mismatch: Option<$t>,
-            pub rdns_mismatch: Option<$t>,
-        }
-
-        impl $name {
-            /// Every configurable check with its value, if set.
-            pub fn entries(&self) -> [(Reason, Option<$t>); 16] {
-                [
-                    (Reason::NoHelo, self.no_helo),
-                    (Reason::Pipelining, self.pipelining),
-                    (Reason::BareIp, self.bare_ip),
-                    (Reason::Syntax, self.syntax),
-                    (Reason::NotFqdn, self.not_fqdn),
-                    (Reason::Localhost, self.localhost),
-                    (Reason::BadLiteralIp, self.bad_literal_ip),
-                    (Reason::Impersonation, self.impersonation),
-                    (Reason::LiteralNotAllowed, self.literal_not_allowed),
-                    (Reason::Denylisted, self.denylisted),
-                    (Reason::InvalidTld, self.invalid_tld),
-                    (Reason::NoDns, self.no_dns),
-                    (Reason::LiteralMismatch, self.literal_mismatch),
-                    (Reason::Dynamic, self.dynamic),
-                    (Reason::DnsMismatch, self.dns_mismatch),
-                    (Reason::RdnsMismatch, self.rdns_mismatch),
-                ]
-            }
-        }
-    };
-}
-
-per_check!(
-    /// `[policy.checks]`: a mode (`off`, `score`, `reject`) per check, over the bundle's.
-    CheckModes,
-    CheckMode
-);
-per_check!(
-    /// `[policy.weights]`: a score weight per check, over the defaults.
-    CheckWeights,
-    u32
-);
-per_check!(
-    /// `[reputation.weights]`: what a reject adds to its source's score, per primary reason,
-    /// over `[reputation] reject_weight`.
-    ReputationWeights,
-    f64
-);
-
-/// The `[policy]` section.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolicySection {
-    /// `lenient`, `standard` or `strict`.
-    pub bundle: Bundle,
-    /// Our host names (impersonation).
-    pub our_names: Vec<HostName>,
-    /// Our domains (impersonation: the domain and every name under it).
-    pub our_domains: Vec<HostName>,
-    /// Our addresses (impersonation by literal).
-    pub our_addrs: Vec<IpAddr>,
-    /// Clients accepted without checks; unset means loopback only.
-    pub trusted_networks: Option<Vec<IpNet>>,
-    /// Deny patterns: `name`, `*.suffix`, `/regex/`.
-    pub deny: Vec<DenyPattern>,
-    /// Reject when the score reaches this (unset: never by score alone).
-    pub score_threshold: Option<NonZeroU32>,
-    /// Per-check modes.
-    pub checks: CheckModes,
-    /// Per-check weights.
-    pub weights: CheckWeights,
-}
-
-impl Default for PolicySection {
-    fn default() -> Self {
-        PolicySection {
-            bundle: Bundle::Standard,
-            our_names: Vec::new(),
-            our_domains: Vec::new(),
-            our_addrs: Vec::new(),
-            trusted_networks: None,
-            deny: Vec::new(),
-            score_threshold: None,
-            checks: CheckModes::default(),
-            weights: CheckWeights::default(),
-        }
-    }
-}
-
-/// The `[dns]` section.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DnsSection {
-    /// Run the DNS checks at all.
-    pub enabled: bool,
-    /// `ADDR:PORT` of the servers to ask; empty: the system configuration.
-    pub servers: Vec<SocketAddr>,
-    /// Deadline of one lookup in milliseconds.
-    pub deadline_ms: NonZeroU64,
-    /// Cap on cached answers (0 disables the cache).
-    pub cache_entries: usize,
-    /// TTL in seconds of a negative answer without an SOA.
-    pub negative_ttl_secs: u64,
-    /// Upper bound in seconds on any cached TTL.
-    pub max_ttl_secs: u64,
-    /// Bound on DNS queries in flight.
-    pub max_in_flight: NonZeroUsize,
-    /// A temporary DNS failure rejects (`dns_tempfail`) instead of being ignored.
-    pub fail_closed: bool,
-}
-
-impl Default for DnsSection {
-    fn default() -> Self {
-        let d = DnsSettings::default();
-        DnsSection {
-            enabled: true,
-            servers: Vec::new(),
-            deadline_ms: NonZeroU64::new(d.deadline.as_millis() as u64).expect("nonzero"),
-            cache_entries: d.cache_entries,
-            negative_ttl_secs: d.negative_ttl.as_secs(),
-            max_ttl_secs: d.max_ttl.as_secs(),
-            max_in_flight: NonZeroUsize::new(d.max_in_flight).expect("nonzero"),
-            fail_closed: false,
-        }
-    }
-}
 
 /// The configuration file: the policy engine's sections, which this module owns, and the
 /// daemon's (`crate::config`). An unknown section is an error like an unknown key.
@@ -353,74 +182,12 @@ impl PolicyFile {
     }
 }
 
-/// Turns a toml error into a located one: line and column from the span, the dotted key from the
-/// nearest table header and the `key =` at or above the error.
-fn locate(text: &str, file: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message().trim().to_string();
-    let Some(span) = e.span() else {
-        return ConfigError::Invalid {
-            file: file.to_string(),
-            line: 0,
-            column: 0,
-            key: String::new(),
-            message,
-        };
-    };
-    let start = span.start.min(text.len());
-    let before = &text[..start];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = text[line_start..start].chars().count() + 1;
-    let lines: Vec<&str> = text.lines().collect();
-    let mut key = String::new();
-    let mut table = String::new();
-    for idx in (0..line.min(lines.len())).rev() {
-        let l = strip_comment(lines[idx]).trim();
-        if l.starts_with('[') {
-            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
-            break;
-        }
-        if key.is_empty() {
-            if idx + 1 == line && !l.contains('=') {
-                // The span is a key itself (an unknown field).
-                let snippet = &text[start..span.end.min(text.len())];
-                key = snippet.trim().trim_matches('"').to_string();
-            } else if let Some((k, _)) = l.split_once('=') {
-                key = k.trim().trim_matches('"').to_string();
-            }
-        }
-    }
-    let dotted = match (table.is_empty(), key.is_empty()) {
-        (true, _) => key,
-        (false, true) => table,
-        (false, false) => format!("{table}.{key}"),
-    };
-    ConfigError::Invalid {
-        file: file.to_string(),
-        line,
-        column,
-        key: dotted,
-        message,
-    }
-}
-
-fn strip_comment(line: &str) -> &str {
-    // Good enough for locating keys: a '#' outside quotes starts a comment.
-    let mut in_str = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            '"' | '\'' => in_str = !in_str,
-            '#' if !in_str => return &line[..i],
-            _ => {}
-        }
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::HostName;
     use crate::policy::Note;
+    use crate::policy::{Bundle, CheckMode, Reason};
 
     fn err(text: &str) -> String {
         PolicyFile::parse(text, "bad.toml").unwrap_err().to_string()

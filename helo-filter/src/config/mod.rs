@@ -1,6 +1,12 @@
-//! The configuration: the file's sections, how it is read and located, and the flags.
+//! The configuration: the file's sections, how it is read and located, the flags that
+//! override it, and the one validation that `run`, `reload` and `config check` share.
 mod file;
+mod locate;
+mod policy_sections;
+mod postfix_section;
 mod sections;
 
 pub use file::*;
+pub use policy_sections::*;
+pub use postfix_section::*;
 pub use sections::*;

@@ -10,12 +10,55 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
-    config::ReputationWeights,
-    kernel::XdpModeChoice,
-    pipeline::enforce::{Action, Deployment},
-    pipeline::reputation::ReputationSettings,
+    config::ReputationWeights, kernel::XdpModeChoice, pipeline::reputation::ReputationSettings,
     policy::Reason,
 };
+
+/// What is done about a rejected session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// The server-side socket is destroyed; the client gets a RST.
+    Rst,
+    /// The server-side socket is destroyed; the client gets silence.
+    Drop,
+    /// Monitor mode: nothing is done.
+    #[value(skip)]
+    #[serde(skip)]
+    Monitor,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Rst, Action::Drop, Action::Monitor];
+
+    /// The `action` label of `helo_filter_actions_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Rst => "rst",
+            Action::Drop => "drop",
+            Action::Monitor => "monitor",
+        }
+    }
+}
+
+/// Where the filter sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Deployment {
+    /// The MTA runs on this host.
+    Mx,
+    /// This host forwards SMTP traffic to MTAs elsewhere.
+    Gateway,
+}
+
+impl Deployment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deployment::Mx => "mx",
+            Deployment::Gateway => "gateway",
+        }
+    }
+}
 
 /// `[enforce]`: where the filter sits and what it does.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -53,6 +96,10 @@ pub struct ReputationSection {
     /// What a reject adds to its source's score, unless its primary reason has a weight of
     /// its own in `weights`.
     pub reject_weight: f64,
+    /// Opt-in: what an accepted session adds per point of soft score (0: an accept counts as
+    /// clean whatever its soft score, as the spec says; above 0 it can deny legitimate
+    /// relays, see `warnings`).
+    pub soft_score_weight: f64,
     pub weights: ReputationWeights,
 }
 
@@ -65,6 +112,7 @@ impl Default for ReputationSection {
             deny_ttl_secs: defaults.deny_ttl.as_secs(),
             max_denied: defaults.max_denied,
             reject_weight: defaults.reject_weight,
+            soft_score_weight: defaults.soft_score_weight,
             weights: ReputationWeights::default(),
         }
     }
@@ -84,7 +132,8 @@ impl ReputationSection {
             .into_iter()
             .filter_map(|(reason, weight)| Some((reason, weight?)))
             .collect();
-        if std::iter::once(self.reject_weight)
+        if [self.reject_weight, self.soft_score_weight]
+            .into_iter()
             .chain(weights.iter().map(|(_, w)| *w))
             .any(|w| !w.is_finite() || w < 0.0)
         {
@@ -97,8 +146,25 @@ impl ReputationSection {
             max_denied: self.max_denied,
             reject_weight: self.reject_weight,
             reason_weights: weights.into_iter().collect(),
+            soft_score_weight: self.soft_score_weight,
             ..ReputationSettings::default()
         })
+    }
+
+    /// Settings that are valid but risky, one sentence each (`config check` prints them,
+    /// the daemon logs them at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.soft_score_weight > 0.0 {
+            warnings.push(format!(
+                "[reputation] soft_score_weight = {}: accepted sessions with a soft score \
+                 (e.g. a HELO that resolves to another address) raise their source's \
+                 reputation and can get a legitimate relay denied (its SYNs dropped); \
+                 RFC 5321 4.1.4 forbids refusing mail on that basis",
+                self.soft_score_weight
+            ));
+        }
+        warnings
     }
 }
 
@@ -133,6 +199,9 @@ impl Default for KernelSection {
     }
 }
 
+/// Where the daemon listens for the operator, and the CLI looks for it.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/helo-filter/control.sock";
+
 /// `[control]`: the operator's control socket.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -143,7 +212,7 @@ pub struct ControlSection {
 impl Default for ControlSection {
     fn default() -> Self {
         ControlSection {
-            socket: PathBuf::from(crate::operator::control::DEFAULT_SOCKET),
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
         }
     }
 }
@@ -232,6 +301,8 @@ mod tests {
         assert_eq!(settings.deny_ttl, Duration::from_secs(60));
         assert_eq!(settings.reason_weights.get(&Reason::NoHelo), Some(&4.5));
         assert_eq!(settings.reason_weights.get(&Reason::BareIp), None);
+        assert_eq!(settings.soft_score_weight, 0.0, "off unless set");
+        assert!(file.reputation.warnings().is_empty());
         assert_eq!(file.lists.allow, ["192.0.2.0/24".parse::<IpNet>().unwrap()]);
         let kernel = kernel_config(&[25, 587], &file.enforce).expect("a kernel config");
         assert_eq!(
@@ -283,6 +354,18 @@ mod tests {
     }
 
     #[test]
+    fn counting_accepted_soft_scores_is_an_opt_in_with_a_warning() {
+        let text = "[reputation]\nsoft_score_weight = 0.5\n";
+        let file = PolicyFile::parse(text, "t.toml").expect("a valid file");
+        let settings = file.reputation.settings().expect("valid settings");
+        assert_eq!(settings.soft_score_weight, 0.5);
+        let warnings = file.reputation.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("soft_score_weight"), "{warnings:?}");
+        assert!(warnings[0].contains("legitimate"), "{warnings:?}");
+    }
+
+    #[test]
     fn impossible_values_are_refused() {
         let zero = ReputationSection {
             threshold: 0.0,
@@ -294,6 +377,13 @@ mod tests {
             ..ReputationSection::default()
         };
         assert!(negative.settings().is_err());
+        for bad in [-0.5, f64::NAN, f64::INFINITY] {
+            let soft = ReputationSection {
+                soft_score_weight: bad,
+                ..ReputationSection::default()
+            };
+            assert!(soft.settings().is_err(), "soft_score_weight = {bad}");
+        }
         let enforce = EnforceSection::default();
         assert!(kernel_config(&[25, 25], &enforce).is_err());
         assert!(kernel_config(&[0], &enforce).is_err());

@@ -11,60 +11,19 @@
 //! `--monitor` enforces nothing and counts what would have been done. An accept opens the
 //! kernel's gate for its flow: the client's held segments are retransmitted and delivered.
 
-use std::sync::Mutex;
-
 use aya::maps::{HashMap, MapData};
 use helo_filter_common::{FlowKey, FlowState, phase};
 use log::{debug, warn};
 
-use crate::{pipeline::capture::Session, policy::Verdict};
+use std::sync::Mutex;
 
-/// What is done about a rejected session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// The server-side socket is destroyed; the client gets a RST.
-    Rst,
-    /// The server-side socket is destroyed; the client gets silence.
-    Drop,
-    /// Monitor mode: nothing is done.
-    #[value(skip)]
-    #[serde(skip)]
-    Monitor,
-}
+use crate::{
+    config::{Action, Deployment},
+    pipeline::capture::Session,
+    policy::Verdict,
+};
 
-impl Action {
-    pub const ALL: [Action; 3] = [Action::Rst, Action::Drop, Action::Monitor];
-
-    /// The `action` label of `helo_filter_actions_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Rst => "rst",
-            Action::Drop => "drop",
-            Action::Monitor => "monitor",
-        }
-    }
-}
-
-/// Where the filter sits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Deployment {
-    /// The MTA runs on this host.
-    Mx,
-    /// This host forwards SMTP traffic to MTAs elsewhere.
-    Gateway,
-}
-
-impl Deployment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Deployment::Mx => "mx",
-            Deployment::Gateway => "gateway",
-        }
-    }
-}
-
+/// Turns verdicts into action in the kernel and on the MTA's sockets.
 pub struct Enforcer {
     deployment: Deployment,
     /// The action on a reject (`Monitor`: none).

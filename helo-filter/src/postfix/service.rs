@@ -10,11 +10,9 @@ use std::{
 
 use log::{info, warn};
 
-use super::{
-    PostfixSection,
-    protocol::{Received, Request},
-};
+use super::protocol::{Received, Request};
 use crate::{
+    config::PostfixSection,
     metrics,
     pipeline::smtp::escape_for_log,
     pipeline::stage::{SharedEngine, current},
