@@ -252,7 +252,10 @@ fn config_check(common: &Common, file: &std::path::Path) -> i32 {
         println!("{value}");
     }
     match outcome {
-        Ok(_) => {
+        Ok(policy) => {
+            for warning in policy.reputation.warnings() {
+                eprintln!("warning: {warning}");
+            }
             if !common.json {
                 println!("{}: valid", file.display());
             }

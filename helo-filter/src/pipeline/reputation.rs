@@ -1,6 +1,14 @@
-//! Per-source reputation: a score per IPv4 /32 or IPv6 /64, raised by bogus verdicts,
-//! lowered by clean sessions, decaying with a half-life. A source whose score reaches the
+//! Per-source reputation: a score per IPv4 /32 or IPv6 /64, raised by rejected sessions,
+//! lowered by accepted ones, decaying with a half-life. A source whose score reaches the
 //! threshold is denied for a while (the daemon puts it into the kernel's deny map).
+//!
+//! The scoring table (`Reputation::delta`), after the spec's "Soft checks": only a rejected
+//! session raises its source's score, by its weight plus the soft score it carried; an
+//! accepted session, whatever its soft score, counts as clean and takes `clean_credit` off.
+//! RFC 5321 §4.1.4 forbids refusing mail because the HELO does not match the client, and a
+//! denial built from accepted mismatches would do exactly that. An operator may opt in to
+//! counting accepted soft scores with `soft_score_weight` (w > 0): an accept with soft
+//! score s > 0 then adds w × s instead of taking the credit off.
 
 use std::{
     collections::HashMap,
@@ -27,8 +35,12 @@ pub struct ReputationSettings {
     /// has a weight in `reason_weights`.
     pub reject_weight: f64,
     pub reason_weights: HashMap<Reason, f64>,
-    /// Taken off by a clean session (an accept with nothing against it).
+    /// Taken off by an accepted session (with `soft_score_weight` above 0, only by one with
+    /// no soft score).
     pub clean_credit: f64,
+    /// Opt-in: an accept with soft score s > 0 adds this × s instead of counting as clean.
+    /// 0 (the default) follows the spec: accepted sessions never raise a score.
+    pub soft_score_weight: f64,
 }
 
 impl Default for ReputationSettings {
@@ -41,6 +53,7 @@ impl Default for ReputationSettings {
             reject_weight: 2.0,
             reason_weights: HashMap::new(),
             clean_credit: 1.0,
+            soft_score_weight: 0.0,
         }
     }
 }
@@ -109,22 +122,35 @@ impl Reputation {
             .map_or(0.0, |s| self.decayed(*s, now))
     }
 
-    /// Records a verdict for the client; returns its source when it has just crossed the
-    /// threshold and must be denied.
-    pub fn record(&self, client: IpAddr, verdict: &Verdict, now: Instant) -> Option<IpNet> {
-        let source = source_of(client);
-        let delta = if verdict.is_reject() {
+    /// What a verdict does to its source's score:
+    ///
+    /// | verdict (soft score s)   | change                                                  |
+    /// |--------------------------|---------------------------------------------------------|
+    /// | reject                   | + (its primary reason's weight, else `reject_weight`) + s |
+    /// | accept, s = 0            | − `clean_credit`                                        |
+    /// | accept, s > 0, w = 0     | − `clean_credit` (counts as clean: the default)         |
+    /// | accept, s > 0, w > 0     | + w × s (w: the opt-in `soft_score_weight`)             |
+    pub fn delta(&self, verdict: &Verdict) -> f64 {
+        let soft = f64::from(verdict.score);
+        if verdict.is_reject() {
             let weight = verdict
                 .primary()
                 .and_then(|reason| self.settings.reason_weights.get(&reason))
                 .copied()
                 .unwrap_or(self.settings.reject_weight);
-            weight + f64::from(verdict.score)
-        } else if verdict.score > 0 {
-            f64::from(verdict.score)
+            weight + soft
+        } else if verdict.score > 0 && self.settings.soft_score_weight > 0.0 {
+            self.settings.soft_score_weight * soft
         } else {
             -self.settings.clean_credit
-        };
+        }
+    }
+
+    /// Records a verdict for the client; returns its source when it has just crossed the
+    /// threshold and must be denied.
+    pub fn record(&self, client: IpAddr, verdict: &Verdict, now: Instant) -> Option<IpNet> {
+        let source = source_of(client);
+        let delta = self.delta(verdict);
         let value = {
             let mut entry = self.scores.entry(source).or_insert(Score {
                 value: 0.0,
@@ -288,7 +314,70 @@ mod tests {
             reject_weight: 2.0,
             reason_weights: HashMap::new(),
             clean_credit: 1.0,
+            soft_score_weight: 0.0,
         }
+    }
+
+    #[test]
+    fn the_scoring_table() {
+        let r = Reputation::new(settings());
+        assert_eq!(r.delta(&verdict(true, 0)), 2.0, "reject");
+        assert_eq!(r.delta(&verdict(true, 2)), 4.0, "reject with a soft score");
+        assert_eq!(
+            r.delta(&verdict(false, 2)),
+            -1.0,
+            "accept with a soft score"
+        );
+        assert_eq!(r.delta(&verdict(false, 0)), -1.0, "clean accept");
+
+        let opt_in = Reputation::new(ReputationSettings {
+            soft_score_weight: 1.5,
+            ..settings()
+        });
+        assert_eq!(opt_in.delta(&verdict(true, 0)), 2.0, "opt-in: reject");
+        assert_eq!(
+            opt_in.delta(&verdict(true, 2)),
+            4.0,
+            "opt-in: a reject's soft score is not weighted"
+        );
+        assert_eq!(
+            opt_in.delta(&verdict(false, 2)),
+            3.0,
+            "opt-in: accept with a soft score"
+        );
+        assert_eq!(
+            opt_in.delta(&verdict(false, 0)),
+            -1.0,
+            "opt-in: clean accept"
+        );
+    }
+
+    #[test]
+    fn accepted_sessions_never_lead_to_a_denial() {
+        let r = Reputation::new(settings());
+        let now = Instant::now();
+        let ip: IpAddr = "203.0.113.11".parse().unwrap();
+        for _ in 0..10 {
+            assert_eq!(r.record(ip, &verdict(false, 2), now), None);
+        }
+        assert_eq!(r.score(source_of(ip), now), 0.0);
+        assert_eq!((r.sources(), r.denied()), (0, 0));
+        // An earlier reject is worked off by accepted sessions, soft scores or not.
+        r.record(ip, &verdict(true, 2), now);
+        r.record(ip, &verdict(false, 2), now);
+        assert_eq!(r.score(source_of(ip), now), 3.0);
+
+        let opt_in = Reputation::new(ReputationSettings {
+            soft_score_weight: 1.0,
+            ..settings()
+        });
+        assert_eq!(opt_in.record(ip, &verdict(false, 2), now), None);
+        assert_eq!(opt_in.record(ip, &verdict(false, 2), now), None);
+        assert_eq!(
+            opt_in.record(ip, &verdict(false, 2), now),
+            Some(source_of(ip)),
+            "opt-in: three accepts with score 2 reach 5"
+        );
     }
 
     #[test]
