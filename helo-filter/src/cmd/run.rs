@@ -190,6 +190,7 @@ fn configuration(args: &RunArgs) -> anyhow::Result<PolicyFile> {
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let file = configuration(&args)?;
+    file.reputation.warnings().iter().for_each(|w| warn!("{w}"));
     let ifaces = file.kernel.interfaces.clone();
     if ifaces.is_empty() {
         bail!("no interface to attach to: --iface IFACE, or [kernel] interfaces in the config");
