@@ -9,6 +9,7 @@ use std::{
 use xtask::{
     daemon::{Daemon, metric_value},
     lab::{self, Lab},
+    netns, process,
     sessions::{self, Greeting},
 };
 
@@ -76,7 +77,7 @@ pub fn assert_resets_logged(daemon: &Daemon, n: usize) {
             .filter(|l| l.ends_with("action=rst"))
             .count()
     };
-    let _ = lab::wait_until(Duration::from_secs(10), || resets() >= n);
+    let _ = process::wait_until(Duration::from_secs(10), || resets() >= n);
     assert_eq!(resets(), n, "{}", daemon.lines().join("\n"));
 }
 
@@ -109,7 +110,7 @@ pub fn median(mut values: Vec<Duration>) -> Duration {
 /// Whether `client` can open a TCP connection to the MX's port 25 within a second.
 pub fn connects(lab: &Lab, client: SocketAddr) -> bool {
     let server = server_of(client);
-    lab::in_netns(&lab.client_ns, move || {
+    netns::in_netns(&lab.client_ns, move || {
         let socket = socket2::Socket::new(
             socket2::Domain::for_address(client),
             socket2::Type::STREAM,
@@ -136,7 +137,7 @@ pub fn next_command_after_bogus_helo(
     use std::io::{BufRead as _, BufReader, ErrorKind, Write as _};
 
     let server = server_of(client);
-    lab::in_netns(&lab.client_ns, move || -> Result<ErrorKind, String> {
+    netns::in_netns(&lab.client_ns, move || -> Result<ErrorKind, String> {
         let stream = sessions::connect_from(client, server).map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         stream
@@ -176,7 +177,7 @@ pub fn next_command_after_bogus_helo(
 /// returns that page; fails with the last page after 10 s.
 pub fn wait_for_metric(daemon: &Daemon, series: &str, holds: impl Fn(f64) -> bool) -> String {
     let mut page = String::new();
-    let reached = lab::wait_until(Duration::from_secs(10), || {
+    let reached = process::wait_until(Duration::from_secs(10), || {
         page = daemon.scrape().unwrap_or_default();
         metric_value(&page, series).is_some_and(&holds)
     });

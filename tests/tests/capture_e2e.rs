@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, net::SocketAddr, process::Command, time::Durati
 use helo_filter_tests::e2e::*;
 use xtask::{
     daemon::{Daemon, metric_value},
-    lab,
+    process,
     sessions::{self, Greeting},
 };
 
@@ -55,7 +55,7 @@ fn reports(daemon: &Daemon) -> BTreeSet<Expected> {
 
 fn wait_for_reports(daemon: &Daemon, expected: &BTreeSet<Expected>) {
     // Whatever the wait's outcome, the comparison below says what differs.
-    let _ = lab::wait_until(Duration::from_secs(15), || {
+    let _ = process::wait_until(Duration::from_secs(15), || {
         reports(daemon).len() >= expected.len()
     });
     let got = reports(daemon);

@@ -6,13 +6,13 @@ use std::process::Command;
 
 use xtask::{
     corpus::{IDENTITY_ARGS, corpus},
-    daemon::binary,
     dns_fixture::Dnsmasq,
+    paths::daemon_binary,
 };
 
 #[test]
 fn every_corpus_row_through_the_check_binary() {
-    let binary = binary();
+    let binary = daemon_binary();
     assert!(
         binary.exists(),
         "{} missing: cargo xtask test builds it",
@@ -84,7 +84,7 @@ fn every_corpus_row_through_the_check_binary() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let status = Command::new(binary())
+    let status = Command::new(daemon_binary())
         .args(["check", "--json", "mail.example.net"])
         .output()
         .expect("running check");
@@ -93,7 +93,7 @@ fn usage_errors_exit_2() {
         Some(2),
         "a missing --ip is a usage error"
     );
-    let status = Command::new(binary())
+    let status = Command::new(daemon_binary())
         .args([
             "check",
             "--ip",

@@ -6,13 +6,10 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use helo_filter_tests::e2e::*;
 use serde_json::Value;
-use xtask::{
-    daemon::{self, Daemon},
-    sessions,
-};
+use xtask::{daemon::Daemon, paths, sessions};
 
 fn workspace_file(path: &str) -> std::path::PathBuf {
-    daemon::workspace_root().join(path)
+    paths::workspace_root().join(path)
 }
 
 /// Every `expr` of the dashboard.
@@ -76,7 +73,7 @@ fn systemd_accepts_the_unit() {
     // The unit names the installed binary; verify a copy that names the built one.
     let unit = std::fs::read_to_string(workspace_file("deploy/systemd/helo-filter.service"))
         .expect("the unit");
-    let binary = daemon::binary();
+    let binary = paths::daemon_binary();
     let dir = std::env::temp_dir().join(format!("hf-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let copy = dir.join("helo-filter.service");

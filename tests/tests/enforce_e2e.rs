@@ -7,7 +7,8 @@ use std::{process::Command, time::Duration};
 use helo_filter_tests::{e2e::*, require_root};
 use xtask::{
     daemon::{Daemon, metric_value},
-    lab::{self, Lab},
+    lab::Lab,
+    process,
     sessions::{self, Greeting},
 };
 
@@ -64,7 +65,7 @@ fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
         .expect("the good session completes");
 
     let postfix = lab.postfix().expect("Postfix runs");
-    let delivered = lab::wait_until(Duration::from_secs(15), || {
+    let delivered = process::wait_until(Duration::from_secs(15), || {
         postfix.log().contains("status=sent")
     });
     let log = postfix.log();
@@ -108,7 +109,7 @@ fn the_gate_lets_fast_good_clients_through_and_cuts_pipelining_bots() {
     );
     let postfix = lab.postfix().expect("Postfix runs");
     let ip = format!("[{}]", client.ip());
-    let cut = lab::wait_until(Duration::from_secs(10), || {
+    let cut = process::wait_until(Duration::from_secs(10), || {
         postfix
             .log()
             .lines()

@@ -12,8 +12,9 @@ use std::{
 use helo_filter_tests::{e2e::*, require_root};
 use serde_json::Value;
 use xtask::{
-    daemon::{self, Daemon, cli},
-    lab::{self, Lab},
+    daemon::{Daemon, cli},
+    lab::Lab,
+    paths, process,
     sessions::{self, Greeting},
 };
 
@@ -220,7 +221,7 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     // detach: nothing pinned or attached any more, and the daemon is gone.
     let pins = lab.bpffs_dir().expect("pins");
     ok(&lab, &["detach"]);
-    let exited = lab::wait_until(Duration::from_secs(10), || !lab.control_socket().exists());
+    let exited = process::wait_until(Duration::from_secs(10), || !lab.control_socket().exists());
     assert!(exited.is_ok(), "the daemon did not exit after detach");
     assert!(!pins.exists(), "{} is still there", pins.display());
     let link = Command::new("ip")
@@ -258,7 +259,7 @@ fn protection_outlives_the_daemon() {
     for port in [54001, 54002] {
         assert!(!completes(&lab, v4(1, port), "localhost"));
     }
-    let denied = lab::wait_until(Duration::from_secs(5), || !connects(&lab, v4(1, 54003)));
+    let denied = process::wait_until(Duration::from_secs(5), || !connects(&lab, v4(1, 54003)));
     assert!(denied.is_ok(), "reputation did not deny 203.0.113.11");
 
     let expect_kept = |when: &str| {
@@ -429,7 +430,7 @@ fn the_control_socket_answers_malformed_requests_and_refuses_others() {
 
     // A copy anyone may run (the build tree may sit in root's home).
     let binary = std::env::temp_dir().join(format!("helo-filter-cli-{}", std::process::id()));
-    std::fs::copy(daemon::binary(), &binary).expect("copying the binary");
+    std::fs::copy(paths::daemon_binary(), &binary).expect("copying the binary");
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -451,7 +452,7 @@ fn the_control_socket_answers_malformed_requests_and_refuses_others() {
 #[test]
 fn without_a_daemon_the_cli_says_why() {
     require_root();
-    let out = Command::new(daemon::binary())
+    let out = Command::new(paths::daemon_binary())
         .args([
             "status",
             "--control-socket",

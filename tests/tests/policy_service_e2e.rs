@@ -12,8 +12,9 @@ use std::{
 
 use helo_filter_tests::{e2e::*, policy_client::*, require_root};
 use xtask::{
-    daemon::{self, Daemon, metric_value},
+    daemon::{Daemon, metric_value},
     lab::{self, Lab},
+    netns, paths, process,
     sessions::{self, Greeting},
 };
 
@@ -37,7 +38,7 @@ impl Service {
         let metrics = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
-        let child = Command::new(daemon::binary())
+        let child = Command::new(paths::daemon_binary())
             .args(["policy", "--offline", "--listen"])
             .arg(format!("unix:{}", socket.display()))
             .arg("--config")
@@ -53,7 +54,7 @@ impl Service {
             socket,
             metrics,
         };
-        let up = lab::wait_until(Duration::from_secs(10), || {
+        let up = process::wait_until(Duration::from_secs(10), || {
             UnixStream::connect(&service.socket).is_ok()
         });
         assert!(
@@ -243,7 +244,7 @@ fn postfix_refuses_bogus_helos_at_rcpt_time() {
 
     // DNS times out: a silent server where dnsmasq was.
     lab.stop_dns();
-    let _silent = lab::in_netns(&lab.filter_ns, || {
+    let _silent = netns::in_netns(&lab.filter_ns, || {
         UdpSocket::bind(lab::DNS_SERVER).expect("binding the silent DNS server")
     });
     sessions::swaks(&lab, v4(0, 48007), Greeting::Ehlo, "relay.example.net")
@@ -271,7 +272,7 @@ fn postfix_refuses_bogus_helos_at_rcpt_time() {
     );
 
     let postfix = lab.postfix().expect("Postfix runs");
-    let queued = lab::wait_until(Duration::from_secs(15), || {
+    let queued = process::wait_until(Duration::from_secs(15), || {
         postfix.log().matches("status=sent").count() >= 2
     });
     assert!(
@@ -300,7 +301,7 @@ fn the_daemons_policy_listener_feeds_reputation_once_per_session() {
         .and_then(|a| a.parse().ok())
         .expect("inet address");
     let ask_three_recipients = |instance: &'static str| {
-        lab::in_netns(&lab.filter_ns, move || {
+        netns::in_netns(&lab.filter_ns, move || {
             let stream = TcpStream::connect(policy).expect("the policy listener");
             stream
                 .set_read_timeout(Some(Duration::from_secs(10)))
@@ -320,7 +321,7 @@ fn the_daemons_policy_listener_feeds_reputation_once_per_session() {
         "denied after one session (three recipients)"
     );
     ask_three_recipients("session-two");
-    let denied = lab::wait_until(Duration::from_secs(5), || !connects(&lab, v4(1, 49002)));
+    let denied = process::wait_until(Duration::from_secs(5), || !connects(&lab, v4(1, 49002)));
     assert!(denied.is_ok(), "not denied after two sessions");
     let page = wait_for_metric(&daemon, "helo_filter_syn_dropped_total", |v| v >= 1.0);
     assert_eq!(requests_total(&page, "reject"), Some(6.0), "{page}");

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use helo_filter_tests::e2e::*;
 use xtask::{
     daemon::{Daemon, metric_value},
-    lab,
+    process,
     sessions::{self, Greeting},
 };
 
@@ -45,7 +45,7 @@ fn repeat_offenders_are_denied_at_syn_time_until_the_denial_expires() {
         metric_value(&page, "helo_filter_reputation_sources") >= Some(1.0),
         "{page}"
     );
-    let released = lab::wait_until(Duration::from_secs(20), || connects(&lab, offender));
+    let released = process::wait_until(Duration::from_secs(20), || connects(&lab, offender));
     assert!(released.is_ok(), "the denial did not expire");
 }
 

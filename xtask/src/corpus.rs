@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use crate::daemon::workspace_root;
+use crate::paths::workspace_root;
 
 /// The local identity the corpus assumes (`helo-policy.md`), as `helo-filter` flags.
 pub const IDENTITY_ARGS: [&str; 8] = [

@@ -4,7 +4,6 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
     process::{Child, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -15,25 +14,14 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     corpus::IDENTITY_ARGS,
-    lab::{DNS_SERVER, Lab, in_netns, wait_until},
+    lab::{DNS_SERVER, Lab},
+    netns::in_netns,
+    paths::daemon_binary,
+    process::wait_until,
 };
 
 /// Where the daemon's metrics listen inside the MX namespace.
 pub const METRICS_ADDR: &str = "127.0.0.1:9725";
-
-/// The daemon binary: `$HELO_FILTER_BIN`, or the workspace's debug build.
-pub fn binary() -> PathBuf {
-    std::env::var_os("HELO_FILTER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/helo-filter"))
-}
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
 
 pub struct Daemon {
     child: Child,
@@ -81,7 +69,7 @@ impl Daemon {
         ready_line: &str,
         echo: bool,
     ) -> anyhow::Result<Daemon> {
-        let binary = binary();
+        let binary = daemon_binary();
         if !binary.exists() {
             bail!(
                 "{} is missing: build it first (cargo build -p helo-filter; cargo xtask test does)",
@@ -171,7 +159,9 @@ impl Daemon {
 
     /// Sends `signal` (SIGSTOP, SIGCONT, …) to the daemon.
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
+        // SAFETY: kill(2) takes two integers and touches no memory of this process. The
+        // pid is our child's: std reaps it only through `self.child` (`try_wait`, `wait`),
+        // and until then the kernel keeps the pid for it even after it exits.
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
@@ -196,7 +186,7 @@ impl Drop for Daemon {
 /// socket), e.g. `["deny", "add", "203.0.113.14"]`.
 pub fn cli(lab: &Lab, args: &[&str]) -> anyhow::Result<std::process::Output> {
     let socket = lab.control_socket();
-    std::process::Command::new(binary())
+    std::process::Command::new(daemon_binary())
         .args(args)
         .arg("--control-socket")
         .arg(socket)

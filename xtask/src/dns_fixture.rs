@@ -12,7 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{daemon::workspace_root, lab::in_netns};
+use crate::{
+    netns::{self, in_netns},
+    paths::workspace_root,
+};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -118,11 +121,7 @@ impl Dnsmasq {
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let log = dir.join("queries.log");
         let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, bin]);
-                c
-            }
+            Some(ns) => netns::command_in(ns, bin),
             None => Command::new(bin),
         };
         cmd.args([

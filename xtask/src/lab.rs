@@ -12,18 +12,20 @@
 //! on 127.0.0.1:53 inside the MX namespace, where the daemon resolves.
 
 use std::{
-    fs::{self, File},
+    fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     path::PathBuf,
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::{dns_fixture::Dnsmasq, setup::output};
+use crate::{
+    dns_fixture::Dnsmasq,
+    netns::{self, in_netns, ip, ip_in},
+    process::{output, wait_until},
+};
 
 pub const MX_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 25);
 pub const MX_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x25, 0, 0, 0, 0, 0x25);
@@ -420,9 +422,7 @@ impl Lab {
 
     /// `program` to be run inside the namespace `ns`.
     pub fn command_in(&self, ns: &str, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns, program]);
-        command
+        netns::command_in(ns, program)
     }
 
     /// Keeps a process started in the lab so that it is stopped with the lab.
@@ -433,7 +433,7 @@ impl Lab {
     fn remove_namespaces(&self) {
         let mut namespaces = vec![self.mx_ns.as_str(), self.client_ns.as_str()];
         namespaces.extend(self.gateway_ns.as_deref());
-        remove_namespaces(&namespaces);
+        netns::remove_namespaces(&namespaces);
         remove_daemon_files(&self.filter_ns);
     }
 
@@ -497,28 +497,9 @@ fn remove_daemon_files(filter_ns: &str) {
 /// deletes them (which deletes the veth pairs).
 pub fn remove(name: &str) {
     let namespaces = ["mx", "cl", "gw"].map(|role| format!("{name}-{role}"));
-    remove_namespaces(&namespaces.each_ref().map(String::as_str));
+    netns::remove_namespaces(&namespaces.each_ref().map(String::as_str));
     for ns in &namespaces {
         remove_daemon_files(ns);
-    }
-}
-
-fn remove_namespaces(namespaces: &[&str]) {
-    for ns in namespaces {
-        // Processes still inside would keep the namespace's interfaces alive.
-        if let Ok(pids) = output(Command::new("ip").args(["netns", "pids", ns])) {
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                // SAFETY: plain kill(2) on a pid the kernel listed in our namespace.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 
@@ -536,40 +517,4 @@ impl Drop for Lab {
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
     output(command).map(drop)
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    output(Command::new("ip").args(args)).map(drop)
-}
-
-fn ip_in(ns: &str, args: &[&str]) -> anyhow::Result<()> {
-    output(Command::new("ip").args(["-n", ns]).args(args)).map(drop)
-}
-
-/// Runs `f` on a thread that has entered the network namespace `ns`: sockets it opens
-/// live in that namespace.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    thread::spawn(move || {
-        let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-        // SAFETY: setns(2) on an open namespace file; it only affects this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            panic!("setns {path}: {}", std::io::Error::last_os_error());
-        }
-        f()
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
-/// Polls `ready` every 50 ms until it holds or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !ready() {
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }

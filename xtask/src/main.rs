@@ -11,8 +11,10 @@ use clap::{Parser, Subcommand};
 use xtask::{
     daemon::{self, Daemon, metric_value},
     lab::{self, Lab},
+    paths,
+    process::{cargo, run_cmd},
     sessions::{self, Greeting},
-    setup::{self, cargo, run_cmd},
+    setup,
 };
 
 #[derive(Parser)]
@@ -79,7 +81,7 @@ fn build_daemon() -> anyhow::Result<()> {
 fn run_real(daemon_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     build_daemon()?;
-    run_cmd(Command::new(daemon::binary()).arg("run").args(daemon_args))
+    run_cmd(Command::new(paths::daemon_binary()).arg("run").args(daemon_args))
 }
 
 fn test() -> anyhow::Result<()> {
@@ -95,7 +97,7 @@ fn test() -> anyhow::Result<()> {
         // Two at a time on these 2-core machines: the end-to-end tests each run a lab
         // (daemon, MTA, DNS, clients), and their deadlines assume a machine not overloaded.
         .args(["--", "--test-threads=2"])
-        .env("HELO_FILTER_BIN", daemon::binary())
+        .env("HELO_FILTER_BIN", paths::daemon_binary())
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -130,7 +132,7 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     setup::run()?;
     println!("building helo-filter in release mode (the eBPF object too)");
     run_cmd(cargo().args(["build", "--release", "--package", "helo-filter"]))?;
-    let binary = daemon::workspace_root().join("target/release/helo-filter");
+    let binary = paths::release_binary();
     // SAFETY: no other thread runs yet; the lab's daemons are started from this binary.
     unsafe { std::env::set_var("HELO_FILTER_BIN", binary) };
     xtask::bench::run(quick)

@@ -13,7 +13,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::lab::{Lab, MX_V4, MX_V6, SMTP_PORT, in_netns};
+use crate::{
+    lab::{Lab, MX_V4, MX_V6, SMTP_PORT},
+    netns::in_netns,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Greeting {

@@ -5,6 +5,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
+use crate::process::{output, run_cmd};
+
 /// Debian packages: LLVM 22 to build bpf-linker, the SMTP peers and tools of the lab.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -135,37 +137,4 @@ fn install_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
-}
-
-/// Runs a command with inherited output; an error names the command.
-/// The cargo running this task (or the one on PATH), in the workspace root.
-pub fn cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    command.current_dir(crate::daemon::workspace_root());
-    command
-}
-
-pub fn run_cmd(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Runs a command and returns its standard output; an error carries its stderr.
-pub fn output(command: &mut Command) -> anyhow::Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed: {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

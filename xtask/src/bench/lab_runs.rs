@@ -10,15 +10,51 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::{
-    Sizes,
     figure::{Figure, Goal},
     load::{Load, SynFlood, host_cpu, smtp_source},
 };
 use crate::{
     daemon::{Daemon, metric_value},
     lab::{self, Lab, MX_V4, SMTP_PORT},
-    setup::run_cmd,
+    process::{output, run_cmd, wait_until},
 };
+
+/// How much load each lab benchmark plays.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub good_sessions: usize,
+    pub concurrency: usize,
+    pub mixed_sessions: usize,
+    pub burst_sessions: usize,
+    pub burst_concurrency: usize,
+    pub peer_bogus: usize,
+    pub peer_good: usize,
+    pub flood_good: usize,
+}
+
+impl Sizes {
+    pub const FULL: Sizes = Sizes {
+        good_sessions: 2000,
+        concurrency: 20,
+        mixed_sessions: 2000,
+        burst_sessions: 3000,
+        burst_concurrency: 200,
+        peer_bogus: 2000,
+        peer_good: 300,
+        flood_good: 1000,
+    };
+    /// A smoke test: every figure produced, none of them meaningful.
+    pub const QUICK: Sizes = Sizes {
+        good_sessions: 40,
+        concurrency: 8,
+        mixed_sessions: 40,
+        burst_sessions: 100,
+        burst_concurrency: 50,
+        peer_bogus: 40,
+        peer_good: 10,
+        flood_good: 20,
+    };
+}
 
 /// The five bogus HELOs of the mission, played in turn by bogus loads.
 const BOGUS: [&str; 5] = [
@@ -228,7 +264,7 @@ fn wait_for_actions(daemon: &Daemon, before: &str, at_least: usize) -> anyhow::R
     let series = "helo_filter_actions_total{action=\"rst\"}";
     let base = metric_value(before, series).unwrap_or(0.0);
     let mut page = String::new();
-    let _ = lab::wait_until(Duration::from_secs(10), || {
+    let _ = wait_until(Duration::from_secs(10), || {
         page = daemon.scrape().unwrap_or_default();
         metric_value(&page, series).unwrap_or(0.0) - base >= at_least as f64
     });
@@ -449,7 +485,7 @@ fn flood_miss(xdp: &UnderFlood, nft: &UnderFlood) -> String {
 
 /// Packets the nftables deny rule dropped so far.
 fn nft_dropped(lab: &Lab) -> anyhow::Result<f64> {
-    let listing = crate::setup::output(lab.command_in(&lab.mx_ns, "nft").args([
+    let listing = output(lab.command_in(&lab.mx_ns, "nft").args([
         "list",
         "chain",
         "netdev",

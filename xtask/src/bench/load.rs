@@ -18,7 +18,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    lab::{Lab, SMTP_PORT, in_netns},
+    lab::{Lab, SMTP_PORT},
+    netns::in_netns,
     sessions::{connect_from, mx_for},
 };
 

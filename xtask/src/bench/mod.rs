@@ -15,45 +15,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{daemon::workspace_root, setup::output};
+use crate::{
+    paths::{bench_dir, workspace_root},
+    process::{cargo, output, run_cmd},
+};
 use figure::{Figure, table};
-
-/// How much load each lab benchmark plays.
-#[derive(Clone, Copy, Debug)]
-pub struct Sizes {
-    pub good_sessions: usize,
-    pub concurrency: usize,
-    pub mixed_sessions: usize,
-    pub burst_sessions: usize,
-    pub burst_concurrency: usize,
-    pub peer_bogus: usize,
-    pub peer_good: usize,
-    pub flood_good: usize,
-}
-
-impl Sizes {
-    pub const FULL: Sizes = Sizes {
-        good_sessions: 2000,
-        concurrency: 20,
-        mixed_sessions: 2000,
-        burst_sessions: 3000,
-        burst_concurrency: 200,
-        peer_bogus: 2000,
-        peer_good: 300,
-        flood_good: 1000,
-    };
-    /// A smoke test: every figure produced, none of them meaningful.
-    pub const QUICK: Sizes = Sizes {
-        good_sessions: 40,
-        concurrency: 8,
-        mixed_sessions: 40,
-        burst_sessions: 100,
-        burst_concurrency: 50,
-        peer_bogus: 40,
-        peer_good: 10,
-        flood_good: 20,
-    };
-}
+use lab_runs::Sizes;
 
 /// Every figure a run must produce, in report order.
 pub const EXPECTED: [&str; 26] = [
@@ -137,14 +104,13 @@ const SECTIONS: [(&str, &str, &str); 5] = [
 
 /// Runs every benchmark and writes the reports; `quick` for a smoke test.
 pub fn run(quick: bool) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let out_dir = root.join("target/bench");
+    let out_dir = bench_dir();
     std::fs::create_dir_all(&out_dir)?;
     let mut figures = Vec::new();
     for bench in ["xdp-bench", "policy-bench"] {
         println!("bench: {bench}");
         let file = out_dir.join(format!("{bench}.json"));
-        let mut command = crate::setup::cargo();
+        let mut command = cargo();
         command
             .args(["run", "--release", "--package", "helo-filter-tests"])
             .args(["--bin", bench, "--", "--out"])
@@ -152,7 +118,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         if quick {
             command.arg("--quick");
         }
-        crate::setup::run_cmd(&mut command)?;
+        run_cmd(&mut command)?;
         let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
         let produced: Vec<Figure> = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a list of figures", file.display()))?;
@@ -173,7 +139,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     let report_path: PathBuf = if quick {
         out_dir.join("BENCHMARKS.quick.md")
     } else {
-        root.join("BENCHMARKS.md")
+        workspace_root().join("BENCHMARKS.md")
     };
     std::fs::write(&report_path, report)?;
     for f in &ordered {
