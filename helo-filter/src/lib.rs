@@ -11,3 +11,4 @@ pub mod operator;
 pub mod pipeline;
 pub mod policy;
 pub mod postfix;
+pub mod tasks;

@@ -44,7 +44,7 @@ fn init_logging(format: LogFormat) {
 enum Command {
     /// Attach to the interfaces and filter SMTP sessions until SIGINT/SIGTERM (the kernel
     /// side stays, pinned, until `detach`).
-    Run(Box<helo_filter::cmd::run::RunArgs>),
+    Run(Box<helo_filter::config::RunArgs>),
     /// Judge one HELO for one client address (exit 0 accept, 1 reject, 2 error).
     Check(helo_filter::cmd::check::CheckArgs),
     /// Answer Postfix's policy delegation requests (check_policy_service) until
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => helo_filter::cmd::run::run(*args).await.map(|()| 0),
+            Command::Run(args) => helo_filter::cmd::run::run(*args).await,
             Command::Check(args) => Ok(helo_filter::cmd::check::run(args).await),
             Command::Policy(args) => helo_filter::cmd::policy::run(args).await.map(|()| 0),
             // Blocking socket I/O: off the runtime's threads.

@@ -39,6 +39,7 @@ pub const DENY_ENTRIES: &str = "helo_filter_deny_entries";
 pub const ALLOW_ENTRIES: &str = "helo_filter_allow_entries";
 pub const DENY_EVICTIONS: &str = "helo_filter_deny_evictions_total";
 pub const POLICY_REQUESTS: &str = "helo_filter_policy_requests_total";
+pub const TASK_PANICS: &str = "helo_filter_task_panics_total";
 
 /// Buckets for the latency histograms (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -115,6 +116,7 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     list_sizes(0, 0);
     reputation(0, 0);
     counter!(DENY_EVICTIONS).absolute(0);
+    counter!(TASK_PANICS).absolute(0);
     let _ = histogram!(HELO_TO_ACTION);
     Ok(())
 }
@@ -225,6 +227,11 @@ pub fn reputation(sources: usize, denied: usize) {
 }
 
 /// Reputation denials let go early because the deny list was over its cap.
+/// A task of the daemon panicked (the daemon then exits).
+pub fn task_panicked() {
+    counter!(TASK_PANICS).increment(1);
+}
+
 pub fn deny_evictions(count: usize) {
     counter!(DENY_EVICTIONS).increment(count as u64);
 }

@@ -5,68 +5,10 @@
 //! `{"helo":…,"ip":…,"verdict":…,"reasons":[…],"notes":[…],"score":N}`.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 
-use crate::config::{HostName, PolicyFile};
-use crate::policy::{Bundle, DenyPattern, HeloInput, PolicyEngine, Verdict};
-
-/// Identity, DNS and policy options shared by `check`, `run` and `policy`.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct PolicyArgs {
-    /// Configuration file (its [policy] and [dns] sections are used here).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// DNS server to ask instead of the system's (repeatable).
-    #[arg(long = "dns-server", value_name = "ADDR:PORT")]
-    pub dns_server: Vec<SocketAddr>,
-    /// Policy bundle, over the configuration file's.
-    #[arg(long, value_enum, value_name = "BUNDLE")]
-    pub policy: Option<Bundle>,
-    /// One of our host names (repeatable; added to the configuration's).
-    #[arg(long = "our-name", value_name = "NAME", value_parser = host_name)]
-    pub our_name: Vec<HostName>,
-    /// One of our domains (repeatable; added to the configuration's).
-    #[arg(long = "our-domain", value_name = "DOMAIN", value_parser = host_name)]
-    pub our_domain: Vec<HostName>,
-    /// One of our addresses (repeatable; added to the configuration's).
-    #[arg(long = "our-addr", value_name = "IP")]
-    pub our_addr: Vec<IpAddr>,
-    /// A deny pattern: NAME, *.SUFFIX or /REGEX/ (repeatable; added to the configuration's).
-    #[arg(long, value_name = "PATTERN", value_parser = deny_pattern)]
-    pub deny: Vec<DenyPattern>,
-}
-
-fn host_name(s: &str) -> Result<HostName, String> {
-    HostName::parse(s)
-}
-
-fn deny_pattern(s: &str) -> Result<DenyPattern, String> {
-    DenyPattern::parse(s).map_err(|e| e.to_string())
-}
-
-impl PolicyArgs {
-    /// Reads the configuration file (or the defaults) and applies the command-line options.
-    pub fn load(&self) -> Result<PolicyFile, String> {
-        let mut file = match &self.config {
-            Some(path) => PolicyFile::load(path).map_err(|e| e.to_string())?,
-            None => PolicyFile::default(),
-        };
-        let p = &mut file.policy;
-        if let Some(bundle) = self.policy {
-            p.bundle = bundle;
-        }
-        p.our_names.extend(self.our_name.iter().cloned());
-        p.our_domains.extend(self.our_domain.iter().cloned());
-        p.our_addrs.extend(self.our_addr.iter().copied());
-        p.deny.extend(self.deny.iter().cloned());
-        if !self.dns_server.is_empty() {
-            file.dns.servers = self.dns_server.clone();
-            file.dns.enabled = true;
-        }
-        Ok(file)
-    }
-}
+use crate::config::PolicyArgs;
+use crate::policy::{HeloInput, PolicyEngine, Verdict};
 
 /// `check [OPTIONS] --ip IP [--] HELO`
 #[derive(clap::Args, Clone, Debug)]
@@ -130,10 +72,11 @@ pub async fn run_with(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write
 }
 
 fn build_engine(args: &CheckArgs) -> Result<PolicyEngine, String> {
-    let mut file = args.policy.load()?;
+    let mut loaded = args.policy.load().map_err(|e| e.to_string())?;
     if args.offline {
-        file.dns.enabled = false;
+        loaded.config.dns.enabled = false;
     }
+    let file = loaded.validate().map_err(|e| e.to_string())?;
     file.build_engine(None).map_err(|e| {
         format!("{e} (use --dns-server ADDR:PORT, [dns] servers in the config, or --offline)")
     })

@@ -6,11 +6,11 @@ use anyhow::{Context as _, bail};
 use log::info;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{cmd::check::PolicyArgs, metrics};
 use crate::{
     config::ListenAddr,
     postfix::{Listener, PolicyService},
 };
+use crate::{config::PolicyArgs, metrics};
 
 #[derive(Debug, clap::Args)]
 pub struct PolicyCommandArgs {
@@ -31,10 +31,11 @@ pub struct PolicyCommandArgs {
 }
 
 pub async fn run(args: PolicyCommandArgs) -> anyhow::Result<()> {
-    let mut file = args.policy.load().map_err(anyhow::Error::msg)?;
+    let mut loaded = args.policy.load()?;
     if args.offline {
-        file.dns.enabled = false;
+        loaded.config.dns.enabled = false;
     }
+    let file = loaded.validate()?;
     let Some(listen) = args.listen.clone().or(file.postfix.listen.clone()) else {
         bail!("where to listen: --listen unix:PATH|inet:IP:PORT, or [postfix] listen");
     };

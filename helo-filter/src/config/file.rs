@@ -7,15 +7,16 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS};
+
 use super::{
-    ControlSection, DnsSection, EnforceSection, KernelSection, ListsSection, MetricsSection,
-    PolicySection, PostfixSection, ReputationSection, StateSection, locate::locate,
+    Action, ControlSection, DnsSection, EnforceSection, KernelSection, ListsSection,
+    MetricsSection, PolicySection, PostfixSection, ReputationSection, StateSection, locate::locate,
 };
 use crate::dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings};
 use crate::policy::{
@@ -60,6 +61,14 @@ pub enum ConfigError {
         /// The reason.
         source: std::io::Error,
     },
+    /// A bad value given on the command line.
+    #[error("{flag}: {message}")]
+    Flag {
+        /// The flag, e.g. `--smtp-port`.
+        flag: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A bad key or value.
     #[error("{}", Located(.file, .line, .column, .key, .message))]
     Invalid {
@@ -93,17 +102,8 @@ impl fmt::Display for Located<'_> {
 }
 
 impl PolicyFile {
-    /// Reads and validates a file.
-    pub fn load(path: &Path) -> Result<PolicyFile, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        PolicyFile::parse(&text, &file)
-    }
-
-    /// Parses and validates text; `file` names it in errors.
+    /// Parses text (types and single values are checked here, ranges and cross-key rules by
+    /// [`Loaded::validate`]); `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<PolicyFile, ConfigError> {
         toml::from_str::<PolicyFile>(text).map_err(|e| locate(text, file, &e))
     }
@@ -141,6 +141,21 @@ impl PolicyFile {
             score_threshold: p.score_threshold.map(NonZeroU32::get),
             dns_fail_closed: self.dns.fail_closed,
         }
+    }
+
+    /// The kernel's run-time configuration: the SMTP ports and the `[enforce]` timings (the
+    /// ports were checked by [`Loaded::validate`]: at most `MAX_SMTP_PORTS`).
+    pub fn kernel_config(&self) -> KernelConfig {
+        let (ports, enforce) = (&self.kernel.smtp_ports, &self.enforce);
+        let mut config = KernelConfig {
+            ports: [0; MAX_SMTP_PORTS],
+            port_count: ports.len() as u32,
+            gate_deadline_ms: enforce.gate_deadline_ms,
+            heartbeat_timeout_ms: enforce.heartbeat_timeout_ms,
+            deny_with_rst: u32::from(enforce.deny_answer == Action::Rst),
+        };
+        config.ports[..ports.len()].copy_from_slice(ports);
+        config
     }
 
     /// The DNS client settings.
@@ -184,8 +199,10 @@ impl PolicyFile {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
-    use crate::config::HostName;
+    use crate::config::{HostName, Loaded};
     use crate::policy::Note;
     use crate::policy::{Bundle, CheckMode, Reason};
 
@@ -211,7 +228,9 @@ mod tests {
             .join("..")
             .join("docs")
             .join("helo-filter.example.toml");
-        let f = PolicyFile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let f = Loaded::read(&path)
+            .and_then(Loaded::validate)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(f.policy.bundle, Bundle::Standard);
         assert_eq!(f.policy.our_names, [HostName("mx.example.org".into())]);
         assert!(f.policy.checks.entries().iter().all(|(_, m)| m.is_some()));
@@ -379,7 +398,7 @@ monitor = true
 
     #[test]
     fn a_missing_file_is_an_io_error() {
-        let e = PolicyFile::load(Path::new("/nonexistent/helo-filter.toml")).unwrap_err();
+        let e = Loaded::read(Path::new("/nonexistent/helo-filter.toml")).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("/nonexistent/helo-filter.toml: cannot read"),

@@ -1,6 +1,35 @@
 //! Where in a configuration file a key or an error is: line, column and dotted key.
 
+use toml::de::{DeTable, DeValue};
+
 use super::ConfigError;
+
+/// The 1-based line and column where a dotted key (`enforce.gate_deadline_ms`) is set in
+/// `text`, if it is (the validation's errors point there).
+pub(super) fn key_position(text: &str, dotted: &str) -> Option<(usize, usize)> {
+    let document = DeTable::parse(text).ok()?;
+    let mut table = document.get_ref();
+    let mut parts = dotted.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (key, value) = table.iter().find(|(k, _)| k.get_ref() == part)?;
+        if parts.peek().is_none() {
+            return Some(line_and_column(text, key.span().start));
+        }
+        let DeValue::Table(inner) = value.get_ref() else {
+            return None;
+        };
+        table = inner;
+    }
+    None
+}
+
+/// The 1-based line and column of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
 
 /// Turns a toml error into a located one: line and column from the span, the dotted key from the
 /// nearest table header and the `key =` at or above the error.
@@ -16,10 +45,7 @@ pub(super) fn locate(text: &str, file: &str, e: &toml::de::Error) -> ConfigError
         };
     };
     let start = span.start.min(text.len());
-    let before = &text[..start];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = text[line_start..start].chars().count() + 1;
+    let (line, column) = line_and_column(text, start);
     let lines: Vec<&str> = text.lines().collect();
     let mut key = String::new();
     let mut table = String::new();

@@ -1,12 +1,16 @@
 //! The configuration: the file's sections, how it is read and located, the flags that
 //! override it, and the one validation that `run`, `reload` and `config check` share.
 mod file;
+mod flags;
 mod locate;
 mod policy_sections;
 mod postfix_section;
 mod sections;
+mod validate;
 
 pub use file::*;
+pub use flags::*;
 pub use policy_sections::*;
 pub use postfix_section::*;
 pub use sections::*;
+pub use validate::*;

@@ -2,17 +2,13 @@
 //! `[lists]` (the policy engine's `[policy]` and `[dns]` live in `policy_config`), and how
 //! they combine with the command line: a flag given wins over the file, lists add up.
 
-use std::{collections::HashSet, net::SocketAddr, num::NonZeroU64, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU64, path::PathBuf};
 
-use anyhow::bail;
-use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS};
+use helo_filter_common::KernelConfig;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{
-    config::ReputationWeights, kernel::XdpModeChoice, pipeline::reputation::ReputationSettings,
-    policy::Reason,
-};
+use crate::{config::ReputationWeights, kernel::XdpModeChoice};
 
 /// What is done about a rejected session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -105,52 +101,19 @@ pub struct ReputationSection {
 
 impl Default for ReputationSection {
     fn default() -> Self {
-        let defaults = ReputationSettings::default();
         ReputationSection {
-            threshold: defaults.threshold,
-            half_life_secs: defaults.half_life.as_secs(),
-            deny_ttl_secs: defaults.deny_ttl.as_secs(),
-            max_denied: defaults.max_denied,
-            reject_weight: defaults.reject_weight,
-            soft_score_weight: defaults.soft_score_weight,
+            threshold: 5.0,
+            half_life_secs: 3600,
+            deny_ttl_secs: 3600,
+            max_denied: 10_000,
+            reject_weight: 2.0,
+            soft_score_weight: 0.0,
             weights: ReputationWeights::default(),
         }
     }
 }
 
 impl ReputationSection {
-    pub fn settings(&self) -> anyhow::Result<ReputationSettings> {
-        if self.threshold.is_nan() || self.threshold <= 0.0 {
-            bail!("reputation threshold: must be above 0");
-        }
-        if self.half_life_secs == 0 || self.deny_ttl_secs == 0 {
-            bail!("reputation half-life and deny TTL: at least 1 second");
-        }
-        let weights: Vec<(Reason, f64)> = self
-            .weights
-            .entries()
-            .into_iter()
-            .filter_map(|(reason, weight)| Some((reason, weight?)))
-            .collect();
-        if [self.reject_weight, self.soft_score_weight]
-            .into_iter()
-            .chain(weights.iter().map(|(_, w)| *w))
-            .any(|w| !w.is_finite() || w < 0.0)
-        {
-            bail!("reputation weights: must be finite and not negative");
-        }
-        Ok(ReputationSettings {
-            threshold: self.threshold,
-            half_life: Duration::from_secs(self.half_life_secs),
-            deny_ttl: Duration::from_secs(self.deny_ttl_secs),
-            max_denied: self.max_denied,
-            reject_weight: self.reject_weight,
-            reason_weights: weights.into_iter().collect(),
-            soft_score_weight: self.soft_score_weight,
-            ..ReputationSettings::default()
-        })
-    }
-
     /// Settings that are valid but risky, one sentence each (`config check` prints them,
     /// the daemon logs them at start).
     pub fn warnings(&self) -> Vec<String> {
@@ -254,33 +217,12 @@ impl Default for StateSection {
     }
 }
 
-/// The kernel's run-time config from the ports and the `[enforce]` settings.
-pub fn kernel_config(ports: &[u16], enforce: &EnforceSection) -> anyhow::Result<KernelConfig> {
-    let distinct: HashSet<_> = ports.iter().collect();
-    if distinct.len() != ports.len() {
-        bail!("SMTP ports: a port is given twice");
-    }
-    if ports.len() > MAX_SMTP_PORTS {
-        bail!("SMTP ports: at most {MAX_SMTP_PORTS}");
-    }
-    if ports.contains(&0) {
-        bail!("SMTP ports: 0 is not a port");
-    }
-    let mut config = KernelConfig {
-        ports: [0; MAX_SMTP_PORTS],
-        port_count: ports.len() as u32,
-        gate_deadline_ms: enforce.gate_deadline_ms,
-        heartbeat_timeout_ms: enforce.heartbeat_timeout_ms,
-        deny_with_rst: u32::from(enforce.deny_answer == Action::Rst),
-    };
-    config.ports[..ports.len()].copy_from_slice(ports);
-    Ok(config)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PolicyFile;
+    use std::time::Duration;
+
+    use crate::{config::PolicyFile, pipeline::reputation::ReputationSettings, policy::Reason};
 
     #[test]
     fn the_daemon_sections_parse() {
@@ -296,7 +238,7 @@ mod tests {
             file.enforce.heartbeat_timeout_ms,
             KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS
         );
-        let settings = file.reputation.settings().expect("valid settings");
+        let settings = ReputationSettings::from(&file.reputation);
         assert_eq!(settings.threshold, 3.5);
         assert_eq!(settings.deny_ttl, Duration::from_secs(60));
         assert_eq!(settings.reason_weights.get(&Reason::NoHelo), Some(&4.5));
@@ -304,7 +246,14 @@ mod tests {
         assert_eq!(settings.soft_score_weight, 0.0, "off unless set");
         assert!(file.reputation.warnings().is_empty());
         assert_eq!(file.lists.allow, ["192.0.2.0/24".parse::<IpNet>().unwrap()]);
-        let kernel = kernel_config(&[25, 587], &file.enforce).expect("a kernel config");
+        let kernel = PolicyFile {
+            kernel: KernelSection {
+                smtp_ports: vec![25, 587],
+                ..KernelSection::default()
+            },
+            ..file
+        }
+        .kernel_config();
         assert_eq!(
             (
                 kernel.port_count,
@@ -357,36 +306,11 @@ mod tests {
     fn counting_accepted_soft_scores_is_an_opt_in_with_a_warning() {
         let text = "[reputation]\nsoft_score_weight = 0.5\n";
         let file = PolicyFile::parse(text, "t.toml").expect("a valid file");
-        let settings = file.reputation.settings().expect("valid settings");
+        let settings = ReputationSettings::from(&file.reputation);
         assert_eq!(settings.soft_score_weight, 0.5);
         let warnings = file.reputation.warnings();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(warnings[0].contains("soft_score_weight"), "{warnings:?}");
         assert!(warnings[0].contains("legitimate"), "{warnings:?}");
-    }
-
-    #[test]
-    fn impossible_values_are_refused() {
-        let zero = ReputationSection {
-            threshold: 0.0,
-            ..ReputationSection::default()
-        };
-        assert!(zero.settings().is_err());
-        let negative = ReputationSection {
-            reject_weight: -1.0,
-            ..ReputationSection::default()
-        };
-        assert!(negative.settings().is_err());
-        for bad in [-0.5, f64::NAN, f64::INFINITY] {
-            let soft = ReputationSection {
-                soft_score_weight: bad,
-                ..ReputationSection::default()
-            };
-            assert!(soft.settings().is_err(), "soft_score_weight = {bad}");
-        }
-        let enforce = EnforceSection::default();
-        assert!(kernel_config(&[25, 25], &enforce).is_err());
-        assert!(kernel_config(&[0], &enforce).is_err());
-        assert!(kernel_config(&[1, 2, 3, 4, 5, 6, 7, 8, 9], &enforce).is_err());
     }
 }

@@ -18,8 +18,12 @@ use std::{
 
 use dashmap::DashMap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
 
-use crate::policy::{Reason, Verdict};
+use crate::{
+    config::ReputationSection,
+    policy::{Reason, Verdict},
+};
 
 #[derive(Clone, Debug)]
 pub struct ReputationSettings {
@@ -43,18 +47,34 @@ pub struct ReputationSettings {
     pub soft_score_weight: f64,
 }
 
-impl Default for ReputationSettings {
-    fn default() -> Self {
+/// What a clean session takes off its source's score.
+const CLEAN_CREDIT: f64 = 1.0;
+
+impl From<&ReputationSection> for ReputationSettings {
+    /// The section's values (checked by the configuration's validation).
+    fn from(section: &ReputationSection) -> Self {
         ReputationSettings {
-            threshold: 5.0,
-            half_life: Duration::from_secs(3600),
-            deny_ttl: Duration::from_secs(3600),
-            max_denied: 10_000,
-            reject_weight: 2.0,
-            reason_weights: HashMap::new(),
-            clean_credit: 1.0,
-            soft_score_weight: 0.0,
+            threshold: section.threshold,
+            half_life: Duration::from_secs(section.half_life_secs),
+            deny_ttl: Duration::from_secs(section.deny_ttl_secs),
+            max_denied: section.max_denied,
+            reject_weight: section.reject_weight,
+            reason_weights: section
+                .weights
+                .entries()
+                .into_iter()
+                .filter_map(|(reason, weight)| Some((reason, weight?)))
+                .collect(),
+            clean_credit: CLEAN_CREDIT,
+            soft_score_weight: section.soft_score_weight,
         }
+    }
+}
+
+impl Default for ReputationSettings {
+    /// The defaults of `[reputation]`.
+    fn default() -> Self {
+        ReputationSettings::from(&ReputationSection::default())
     }
 }
 
@@ -285,6 +305,71 @@ pub struct SourceState {
     pub score: f64,
     /// How long its denial still lasts.
     pub denied_for: Option<Duration>,
+}
+
+/// One source in a reputation snapshot (`reputation.json` in the state directory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRecord {
+    pub source: IpNet,
+    /// The score when the snapshot was taken.
+    pub score: f64,
+    /// Unix time its denial ends, if denied.
+    pub denied_until: Option<u64>,
+}
+
+/// Reputation as written to disk, so that a restart keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReputationSnapshot {
+    /// Unix time of the snapshot (scores decay from it).
+    pub taken_at: u64,
+    pub sources: Vec<SourceRecord>,
+}
+
+impl Reputation {
+    /// Every source at `now` (Unix time `unix`), as a snapshot. A denial keeps at least a
+    /// second, so that it is not lost by rounding.
+    pub fn snapshot(&self, now: Instant, unix: u64) -> ReputationSnapshot {
+        let sources = self
+            .list(now)
+            .into_iter()
+            .map(|s| SourceRecord {
+                source: s.source,
+                score: s.score,
+                denied_until: s.denied_for.map(|d| unix + d.as_secs().max(1)),
+            })
+            .collect();
+        ReputationSnapshot {
+            taken_at: unix,
+            sources,
+        }
+    }
+
+    /// Takes a snapshot back at `now` (Unix time `unix`): scores decayed for the snapshot's
+    /// age, denials for the time they have left (those that ran out are not restored).
+    pub fn restore_snapshot(&self, snapshot: &ReputationSnapshot, now: Instant, unix: u64) {
+        let age = Duration::from_secs(unix.saturating_sub(snapshot.taken_at));
+        for record in &snapshot.sources {
+            let denied_for = record
+                .denied_until
+                .filter(|until| *until > unix)
+                .map(|until| Duration::from_secs(until - unix));
+            self.restore(record.source, record.score, age, denied_for, now);
+        }
+    }
+
+    /// A reputation denial found in the kernel that no snapshot knew of (made after the last
+    /// one): kept for the time it has `left`, its source at the threshold.
+    pub fn adopt_denial(&self, source: IpNet, left: Duration, now: Instant) {
+        self.restore(
+            source,
+            self.settings.threshold,
+            Duration::ZERO,
+            Some(left),
+            now,
+        );
+    }
 }
 
 #[cfg(test)]

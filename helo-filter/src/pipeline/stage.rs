@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     net::IpAddr,
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, MutexGuard, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Instant,
@@ -19,12 +19,14 @@ use log::{info, warn};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
+    config::Action,
     kernel::lists::KernelLists,
     metrics,
     pipeline::capture::{Finding, NoHeloCause, Session},
-    pipeline::enforce::{Action, Enforcer},
+    pipeline::enforce::Enforcer,
     pipeline::reputation::Reputation,
     policy::{HeloInput, PolicyEngine, Verdict},
+    tasks::Tasks,
 };
 
 /// Validations running at once (each may wait on DNS); further sessions wait in the queue.
@@ -46,14 +48,14 @@ pub fn current(engine: &SharedEngine) -> PolicyEngine {
 
 /// Everything that judges a session and acts on its verdict.
 pub struct Stage {
-    pub engine: SharedEngine,
-    pub enforcer: Enforcer,
-    pub reputation: Reputation,
-    pub lists: Mutex<KernelLists>,
+    engine: SharedEngine,
+    enforcer: Enforcer,
+    reputation: Reputation,
+    lists: Mutex<KernelLists>,
     /// The latest verdicts, newest last.
-    pub recent: Mutex<VecDeque<FlowRecord>>,
+    recent: Mutex<VecDeque<FlowRecord>>,
     /// Reputation denied or released a source since the last snapshot was written.
-    pub reputation_changed: AtomicBool,
+    reputation_changed: AtomicBool,
 }
 
 /// One judged session, as `helo-filter flows` shows it.
@@ -75,14 +77,14 @@ pub struct FlowRecord {
 
 /// Judges every session, many at once (a slow DNS answer for one HELO never holds up the
 /// verdicts of others), and acts on each verdict.
-pub async fn policy_stage(mut sessions: mpsc::Receiver<Session>, stage: Arc<Stage>) {
+pub async fn policy_stage(mut sessions: mpsc::Receiver<Session>, stage: Arc<Stage>, tasks: Tasks) {
     let in_flight = Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT));
     while let Some(session) = sessions.recv().await {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break;
         };
         let stage = Arc::clone(&stage);
-        tokio::spawn(async move {
+        tasks.spawn("policy stage", async move {
             stage.judge(&session).await;
             drop(permit);
         });
@@ -90,6 +92,73 @@ pub async fn policy_stage(mut sessions: mpsc::Receiver<Session>, stage: Arc<Stag
 }
 
 impl Stage {
+    pub fn new(
+        engine: PolicyEngine,
+        enforcer: Enforcer,
+        reputation: Reputation,
+        lists: KernelLists,
+    ) -> Stage {
+        Stage {
+            engine: Arc::new(RwLock::new(engine)),
+            enforcer,
+            reputation,
+            lists: Mutex::new(lists),
+            recent: Mutex::new(VecDeque::new()),
+            reputation_changed: AtomicBool::new(false),
+        }
+    }
+
+    /// The engine in force, shared with whoever else judges (the Postfix policy service).
+    pub fn engine(&self) -> &SharedEngine {
+        &self.engine
+    }
+
+    /// Puts `engine` in force for the sessions judged from now on.
+    pub fn set_engine(&self, engine: PolicyEngine) {
+        *self.engine.write().unwrap_or_else(|e| e.into_inner()) = engine;
+    }
+
+    /// Nothing is enforced: reputation denials are counted, not put into the kernel.
+    pub fn monitor(&self) -> bool {
+        self.enforcer.monitor()
+    }
+
+    pub fn reputation(&self) -> &Reputation {
+        &self.reputation
+    }
+
+    /// The kernel's allow and deny maps, locked.
+    pub fn kernel_lists(&self) -> MutexGuard<'_, KernelLists> {
+        self.lists.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The latest verdicts, newest first, at most `limit`.
+    pub fn recent_flows(&self, limit: usize) -> Vec<FlowRecord> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().take(limit).cloned().collect()
+    }
+
+    /// Whether reputation denied or released a source since the last call (a snapshot is
+    /// then due).
+    pub fn take_reputation_changed(&self) -> bool {
+        self.reputation_changed.swap(false, Ordering::Relaxed)
+    }
+
+    /// Forgets a source's reputation and lifts its reputation denial from the kernel;
+    /// returns whether it had a score or a denial.
+    pub fn forget(&self, source: IpNet) -> anyhow::Result<bool> {
+        let was_denied = self
+            .reputation
+            .list(Instant::now())
+            .iter()
+            .any(|s| s.source == source && s.denied_for.is_some());
+        let known = self.reputation.reset(source);
+        if was_denied && !self.monitor() {
+            self.kernel_lists().undeny(source)?;
+        }
+        Ok(known)
+    }
+
     async fn judge(&self, session: &Session) {
         let client = session.client.ip();
         let input = match &session.finding {
