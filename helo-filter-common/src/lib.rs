@@ -257,9 +257,19 @@ pub mod phase {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // aya copies a Pod value to and from the kernel as raw bytes. Each type below is
+    // `#[repr(C)]`, `Copy` and `'static`, and holds only integers and integer arrays (no
+    // `bool`, no enum, no pointer), so every bit pattern the kernel writes is a valid
+    // value; its size, asserted at the end of this file, is the sum of its fields' sizes
+    // (explicit `_pad` fields), so it has no padding bytes that could be read uninitialised.
+
+    // SAFETY: as above; 40 bytes = 16 + 16 + 2 + 2 + 1 + 3.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above; 32 bytes = 2 × 8 (ports) + 4 × 4.
     unsafe impl aya::Pod for KernelConfig {}
+    // SAFETY: as above; 32 bytes = 8 + 8 + 4 + 4 + 2 + 2 + 1 + 1 + 2.
     unsafe impl aya::Pod for FlowState {}
+    // SAFETY: as above; 16 bytes = 8 + 4 + 4.
     unsafe impl aya::Pod for DenyEntry {}
 }
 
@@ -268,3 +278,4 @@ const _: () =
     assert!(core::mem::size_of::<CaptureEvent>() == 40 + 8 + 8 + 8 + 8 + MAX_CAPTURE_BYTES);
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
+const _: () = assert!(core::mem::size_of::<DenyEntry>() == 16);

@@ -48,7 +48,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 #[inline(always)]
 pub fn count(counter: Counter) {
     if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, XDP runs with preemption disabled on this CPU.
+        // SAFETY: `value` comes from a successful lookup of an index below the map's
+        // `Counter::COUNT` entries, so it points at this CPU's own, aligned u64 copy, valid
+        // for the whole program run. Two programs call this: `helo_capture` (XDP, run from
+        // the receive softirq) and `helo_egress` (TC egress, run from the transmit path with
+        // bottom halves disabled). The kernel runs each with migration disabled, so no other
+        // CPU touches this copy; and as the transmit path keeps softirqs off, the XDP
+        // program cannot interrupt the TC one on this CPU (nor the reverse), so the
+        // read-modify-write below never overlaps another access to the same u64. No
+        // reference is made: the increment goes through the raw pointer.
         unsafe { *value += 1 };
     }
 }

@@ -68,20 +68,33 @@ fn ensure_cargo_bin_on_path() {
     let bin = format!("{cargo_home}/bin");
     let path = std::env::var("PATH").unwrap_or_default();
     if !path.split(':').any(|p| p == bin) {
-        // SAFETY: single-threaded at this point, before any other thread starts.
+        // SAFETY: set_var is sound while no other thread reads or writes the environment;
+        // this runs first thing in `main`, before xtask starts any thread.
         unsafe { std::env::set_var("PATH", format!("{bin}:{path}")) };
     }
 }
 
+/// The debug daemon of the lab and the tests, with the `fault-injection` feature that the
+/// tests set off through HELO_FILTER_FAULT (release builds lack it).
 fn build_daemon() -> anyhow::Result<()> {
     println!("building helo-filter (the eBPF object too)");
-    run_cmd(cargo().args(["build", "--package", "helo-filter"]))
+    run_cmd(cargo().args([
+        "build",
+        "--package",
+        "helo-filter",
+        "--features",
+        "fault-injection",
+    ]))
 }
 
 fn run_real(daemon_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     build_daemon()?;
-    run_cmd(Command::new(paths::daemon_binary()).arg("run").args(daemon_args))
+    run_cmd(
+        Command::new(paths::daemon_binary())
+            .arg("run")
+            .args(daemon_args),
+    )
 }
 
 fn test() -> anyhow::Result<()> {
@@ -133,7 +146,9 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     println!("building helo-filter in release mode (the eBPF object too)");
     run_cmd(cargo().args(["build", "--release", "--package", "helo-filter"]))?;
     let binary = paths::release_binary();
-    // SAFETY: no other thread runs yet; the lab's daemons are started from this binary.
+    // SAFETY: set_var is sound while no other thread reads or writes the environment; up
+    // to here this task has only run child processes, never a thread (the benchmarks,
+    // which start threads, begin below). The lab's daemons are started from this binary.
     unsafe { std::env::set_var("HELO_FILTER_BIN", binary) };
     xtask::bench::run(quick)
 }

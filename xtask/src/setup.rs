@@ -35,6 +35,7 @@ fn step(n: usize, total: usize, what: &str) {
 
 /// Installs what is missing; does nothing (quickly) when all is there.
 pub fn run() -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) takes no arguments, touches no memory of ours and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("setup installs Debian packages and loads BPF programs: run it as root");
     }

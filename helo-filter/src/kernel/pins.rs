@@ -37,8 +37,10 @@ fn c_path(path: &Path) -> anyhow::Result<std::ffi::CString> {
 
 fn is_bpffs(path: &Path) -> anyhow::Result<bool> {
     let c = c_path(path)?;
-    // SAFETY: statfs writes into the struct it is given; the path is NUL-terminated.
+    // SAFETY: `statfs` is a C struct of integers, for which all-zero bytes are a valid value.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a NUL-terminated CString alive for the call; statfs writes only
+    // into the struct it is given, a valid, exclusive `&mut`.
     if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 {
         bail!("{}: {}", path.display(), std::io::Error::last_os_error());
     }
