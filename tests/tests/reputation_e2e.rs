@@ -1,11 +1,14 @@
 //! End to end in network namespaces, reputation and lists: repeat offenders denied at SYN
-//! time until their denial expires; allow-listed sources left alone; operator denials.
+//! time until their denial expires; accepted mail never leads to a denial (unless the operator
+//! opts in); allow-listed sources left alone; operator denials.
 
 use std::{net::SocketAddr, time::Duration};
 
 use helo_filter_tests::e2e::*;
+use serde_json::Value;
 use xtask::{
-    daemon::{Daemon, metric_value},
+    daemon::{Daemon, cli, metric_value},
+    lab::Lab,
     process,
     sessions::{self, Greeting},
 };
@@ -82,5 +85,164 @@ fn allow_and_deny_lists() {
             .any(|l| l.contains("client=203.0.113.13:")),
         "the allow-listed session was captured: {:#?}",
         daemon.lines()
+    );
+}
+
+/// Resolves (fixture DNS), but to 203.0.113.20: from any lab client it is accepted with the
+/// soft reasons `dns_mismatch` (and `rdns_mismatch`), as a relay behind NAT would be.
+const RESOLVES_ELSEWHERE: &str = "server.domain.xyz";
+/// The relay: 203.0.113.11.
+const RELAY: usize = 1;
+
+/// An operator subcommand with `--json`, parsed; it must succeed.
+fn json(lab: &Lab, args: &[&str]) -> Value {
+    let mut with = args.to_vec();
+    with.push("--json");
+    let out = cli(lab, &with).expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "helo-filter {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+}
+
+/// Whether `deny list` holds a reputation entry for `net`.
+fn denied_by_reputation(lab: &Lab, net: &str) -> bool {
+    let list = json(lab, &["deny", "list"]);
+    list["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .any(|e| e["net"] == net && e["source"] == "reputation")
+}
+
+/// Waits for the daemon's verdict line of the session from `client` and returns it.
+fn verdict_of(daemon: &mut Daemon, client: SocketAddr) -> String {
+    let tag = format!("client={client} ");
+    daemon
+        .wait_for(Duration::from_secs(10), |l| {
+            l.contains(&tag) && l.contains(" verdict=")
+        })
+        .unwrap_or_else(|e| panic!("no verdict for {client}: {e}"))
+}
+
+/// A config file in the lab's daemon directory.
+fn config_file(lab: &Lab, text: &str) -> String {
+    std::fs::create_dir_all(lab.daemon_dir()).expect("daemon dir");
+    let path = lab.daemon_dir().join("reputation.toml");
+    std::fs::write(&path, text).expect("config");
+    path.to_string_lossy().into_owned()
+}
+
+/// Plays one session per port from the relay, greeting with a name that resolves elsewhere:
+/// each must be accepted (its soft reasons still logged) and its message delivered.
+fn accepted_relay_sessions(lab: &Lab, daemon: &mut Daemon, ports: std::ops::Range<u16>) {
+    for port in ports {
+        let client = v4(RELAY, port);
+        sessions::swaks(lab, client, Greeting::Ehlo, RESOLVES_ELSEWHERE)
+            .unwrap_or_else(|e| panic!("session from port {port} not delivered: {e}"));
+        let line = verdict_of(daemon, client);
+        assert!(
+            line.contains("verdict=accept") && line.contains("dns_mismatch"),
+            "the soft score no longer shows: {line}"
+        );
+        assert!(!line.contains(" score=0 "), "{line}");
+    }
+}
+
+/// A legitimate relay whose HELO resolves to another address: ten sessions are all accepted
+/// and delivered, and the source is never denied (its accepted soft scores count as clean).
+#[test]
+fn accepted_sessions_with_a_soft_score_never_lead_to_a_denial() {
+    let lab = lab("s");
+    let mut daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    accepted_relay_sessions(&lab, &mut daemon, 56001..56011);
+    assert!(connects(&lab, v4(RELAY, 56020)), "the relay cannot connect");
+    assert!(
+        !denied_by_reputation(&lab, "203.0.113.11/32"),
+        "the relay is in the deny list"
+    );
+    let shown = json(&lab, &["reputation", "show", "203.0.113.11"]);
+    assert_eq!(shown["score"].as_f64(), Some(0.0), "{shown}");
+    assert!(shown["denied_for_secs"].is_null(), "{shown}");
+    assert!(
+        !daemon
+            .lines()
+            .iter()
+            .any(|l| l.contains("denied 203.0.113.11")),
+        "{}",
+        daemon.lines().join("\n")
+    );
+    let page = daemon.scrape().expect("scraping");
+    let denied = "helo_filter_deny_entries{origin=\"reputation\"}";
+    assert_eq!(metric_value(&page, denied).unwrap_or(0.0), 0.0, "{page}");
+}
+
+/// The same source with rejected HELOs is still denied: three rejects (2 each, plus their soft
+/// score) reach the default threshold of 5, and its SYNs go unanswered.
+#[test]
+fn rejected_sessions_from_the_relay_still_lead_to_a_denial() {
+    let lab = lab("t");
+    let mut daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    for port in 56101..56104 {
+        let client = v4(RELAY, port);
+        let (completed, transcript) =
+            sessions::swaks_transcript(&lab, client, Greeting::Ehlo, "localhost").expect("swaks");
+        assert!(!completed, "a bogus session completed:\n{transcript}");
+        let line = verdict_of(&mut daemon, client);
+        assert!(line.contains("verdict=reject"), "{line}");
+    }
+    daemon
+        .wait_for(Duration::from_secs(10), |l| {
+            l.contains("denied 203.0.113.11/32")
+        })
+        .expect("the source is denied");
+    assert!(denied_by_reputation(&lab, "203.0.113.11/32"));
+    assert!(
+        !connects(&lab, v4(RELAY, 56110)),
+        "a denied source's SYN was answered"
+    );
+    let shown = json(&lab, &["reputation", "show", "203.0.113.11"]);
+    assert!(shown["score"].as_f64().unwrap_or(0.0) >= 5.0, "{shown}");
+}
+
+/// With the opt-in `[reputation] soft_score_weight`, accepted soft scores count again: `config
+/// check` warns, the daemon warns at start, and the relay is denied after its third message
+/// (3 × 1.0 × its soft score of 2 reaches 5).
+#[test]
+fn counting_accepted_soft_scores_is_an_opt_in_that_warns() {
+    let lab = lab("u");
+    let config = config_file(&lab, "[reputation]\nsoft_score_weight = 1.0\n");
+    let check = cli(&lab, &["config", "check", &config]).expect("the CLI runs");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("warning: ") && l.contains("soft_score_weight")),
+        "no warning: {stderr}"
+    );
+    let mut daemon =
+        Daemon::start(&lab, &["--config", &config], false).expect("starting the daemon");
+    assert!(
+        daemon
+            .lines()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("soft_score_weight")),
+        "the daemon did not warn at start:\n{}",
+        daemon.lines().join("\n")
+    );
+    accepted_relay_sessions(&lab, &mut daemon, 56201..56204);
+    daemon
+        .wait_for(Duration::from_secs(10), |l| {
+            l.contains("denied 203.0.113.11/32")
+        })
+        .expect("the opt-in denies the relay");
+    assert!(denied_by_reputation(&lab, "203.0.113.11/32"));
+    assert!(
+        !connects(&lab, v4(RELAY, 56210)),
+        "the denied relay's SYN was answered"
     );
 }
