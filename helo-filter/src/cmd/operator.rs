@@ -1,22 +1,32 @@
-//! The operator's subcommands: each sends one request over the control socket and prints
-//! the result, readably or (`--json`) as the daemon's JSON result on one line. The schemas
-//! are in `docs/operations.md`. `config check` and, with no daemon running, `detach` work
-//! offline.
+//! The operator's subcommands: each sends one request over the control socket, reads the
+//! result as its type in `operator::api`, and prints it readably or (`--json`) as the
+//! daemon's JSON result on one line. The schemas are in `docs/operations.md`. `config check`
+//! and, with no daemon running, `detach` work offline.
 //!
-//! Exit status: 0 done, 1 refused or failed (a one-line message on stderr), 2 usage.
+//! Exit status: 0 done, 1 refused or failed (a one-line message on stderr; with `--json`
+//! also `{"ok":false,"kind":K,"error":TEXT}` on stdout), 2 usage.
 
-use std::{net::IpAddr, path::PathBuf};
+use std::{
+    fmt::Display,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::{
-    config::PolicyFile,
+    config::Loaded,
     kernel::pins::PinDir,
     operator::{
+        api::{
+            AllowList, Command, ControlError, DenyList, Detached, Entry, ErrorKind, Flows,
+            HeloEntry, Reloaded, Removed, ReputationList, ReputationReset, SourceScore, Status,
+        },
         client,
-        control::{Command, DEFAULT_SOCKET},
+        control::DEFAULT_SOCKET,
     },
 };
 
@@ -189,16 +199,22 @@ pub fn run(command: OperatorCommand) -> i32 {
         OperatorCommand::Flows { common, limit } => (common, Command::Flows { limit: Some(limit) }),
         OperatorCommand::Reload { common } => (common, Command::Reload),
     };
-    match client::call(&common.control_socket, &request) {
-        Ok(result) => {
-            print(&common, &request, &result);
-            0
-        }
-        Err(client::ClientError(message)) => {
-            eprintln!("helo-filter: {message}");
-            1
-        }
+    match client::call(&common.control_socket, &request)
+        .and_then(|result| print(&common, &request, &result))
+    {
+        Ok(()) => 0,
+        Err(e) => failed(&common, &e),
     }
+}
+
+/// Says why a request failed (on stderr; with `--json`, also as a JSON line on stdout);
+/// the exit status.
+fn failed(common: &Common, error: &ControlError) -> i32 {
+    if common.json {
+        println!("{}", error.to_json());
+    }
+    eprintln!("helo-filter: {error}");
+    1
 }
 
 fn allow_request(command: AllowCommand) -> Command {
@@ -243,7 +259,9 @@ fn deny_request(command: DenyCommand) -> Command {
 }
 
 fn config_check(common: &Common, file: &std::path::Path) -> i32 {
-    let outcome = PolicyFile::load(file).map_err(|e| e.to_string());
+    let outcome = Loaded::read(file)
+        .and_then(Loaded::validate)
+        .map_err(|e| e.to_string());
     if common.json {
         let value = match &outcome {
             Ok(_) => json!({ "file": file.display().to_string(), "valid": true }),
@@ -269,106 +287,219 @@ fn config_check(common: &Common, file: &std::path::Path) -> i32 {
 }
 
 /// Detaches through the daemon; with none running, removes the pins itself.
-fn detach(common: &Common, bpffs_dir: &std::path::Path) -> i32 {
+fn detach(common: &Common, bpffs_dir: &Path) -> i32 {
     let result = match client::call(&common.control_socket, &Command::Detach) {
         Ok(result) => result,
-        Err(client::ClientError(message)) if !common.control_socket.exists() => {
+        Err(e) if e.kind == ErrorKind::Unavailable && !common.control_socket.exists() => {
             match PinDir::existing(bpffs_dir).map(|pins| pins.remove_all()) {
-                Some(Err(e)) => {
-                    eprintln!("helo-filter: {e:#}");
-                    return 1;
-                }
+                Some(Err(e)) => return failed(common, &ControlError::io(&e)),
                 Some(Ok(())) => {
-                    json!({ "detached": true, "bpffs_dir": bpffs_dir.display().to_string(), "daemon": false })
+                    let detached = Detached {
+                        detached: true,
+                        bpffs_dir: bpffs_dir.display().to_string(),
+                        daemon: Some(false),
+                    };
+                    serde_json::to_value(detached).unwrap_or_default()
                 }
                 None => {
-                    eprintln!(
-                        "helo-filter: {message}; and nothing is pinned under {}",
-                        bpffs_dir.display()
-                    );
-                    return 1;
+                    let message =
+                        format!("{e}; and nothing is pinned under {}", bpffs_dir.display());
+                    return failed(common, &ControlError::new(e.kind, message));
                 }
             }
         }
-        Err(client::ClientError(message)) => {
-            eprintln!("helo-filter: {message}");
-            return 1;
-        }
+        Err(e) => return failed(common, &e),
     };
-    print(common, &Command::Detach, &result);
-    0
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+    match print(common, &Command::Detach, &result) {
+        Ok(()) => 0,
+        Err(e) => failed(common, &e),
     }
 }
 
-/// Prints a result: one JSON line, or rows for a person.
-fn print(common: &Common, request: &Command, result: &Value) {
+/// An optional value for a person: `-` for none.
+fn or_dash<T: Display>(value: &Option<T>) -> String {
+    value.as_ref().map_or_else(|| "-".to_owned(), T::to_string)
+}
+
+/// Section names for a person: `-` for none.
+fn names(list: &[String]) -> String {
+    if list.is_empty() {
+        "-".to_owned()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// Reads `result` as the command's result type and prints it: the daemon's JSON on one
+/// line, or (`human`) for a person.
+fn show<T: DeserializeOwned>(
+    common: &Common,
+    result: &Value,
+    human: impl FnOnce(T),
+) -> Result<(), ControlError> {
+    let typed: T = client::typed(result)?;
     if common.json {
         println!("{result}");
-        return;
+    } else {
+        human(typed);
     }
-    let rows = |items: &Value, columns: &[&str]| {
-        for item in items.as_array().into_iter().flatten() {
-            let cells: Vec<String> = columns.iter().map(|c| text(&item[*c])).collect();
-            println!("{}", cells.join("  "));
-        }
-    };
+    Ok(())
+}
+
+fn entry_rows(entries: &[Entry]) {
+    for e in entries {
+        println!(
+            "{}  {}  {}  {}",
+            e.net,
+            e.source.as_str(),
+            or_dash(&e.expires_in_secs),
+            or_dash(&e.comment)
+        );
+    }
+}
+
+fn entry_fields(e: &Entry) {
+    println!("net {}", e.net);
+    println!("source {}", e.source.as_str());
+    println!("expires_at {}", or_dash(&e.expires_at));
+    println!("expires_in_secs {}", or_dash(&e.expires_in_secs));
+    println!("comment {}", or_dash(&e.comment));
+    println!("added_at {}", or_dash(&e.added_at));
+}
+
+fn status_lines(status: Status) {
+    for iface in &status.interfaces {
+        println!(
+            "interface {} mode={} adopted={}",
+            iface.name, iface.mode, iface.adopted
+        );
+    }
+    println!("uptime_secs {}", status.uptime_secs);
+    println!("deployment {}", status.deployment);
+    println!("action {}", status.action);
+    println!("monitor {}", status.monitor);
+    println!("bundle {}", status.bundle);
+    let config = &status.configuration;
+    let now = crate::clock::unix_now();
+    println!(
+        "config {} (in force since {}, {} s ago)",
+        config
+            .file
+            .as_deref()
+            .unwrap_or("none (defaults and flags)"),
+        config.loaded_at,
+        now.saturating_sub(config.loaded_at)
+    );
+    println!("config.applied {}", names(&config.applied));
+    if !config.pending_restart.is_empty() {
+        println!(
+            "config.pending_restart {} (changed in the file; enforced at the next restart)",
+            names(&config.pending_restart)
+        );
+    }
+    if let Some(refused) = &config.refused {
+        println!(
+            "config.refused {} s ago, the configuration above stays in force: {}",
+            now.saturating_sub(refused.at),
+            refused.error
+        );
+    }
+    let lists = &status.lists;
+    println!("lists.allow {}", lists.allow);
+    println!("lists.deny {}", lists.deny);
+    println!("lists.deny_helo {}", lists.deny_helo);
+    println!("reputation.sources {}", status.reputation.sources);
+    println!("reputation.denied {}", status.reputation.denied);
+    for (name, value) in &status.counters {
+        println!("counters.{name} {value}");
+    }
+    println!("state_dir {}", status.state_dir);
+    println!("bpffs_dir {}", status.bpffs_dir);
+}
+
+/// Prints a command's result: one JSON line, or lines for a person.
+fn print(common: &Common, request: &Command, result: &Value) -> Result<(), ControlError> {
     match request {
-        Command::AllowList => rows(
-            &result["entries"],
-            &["net", "source", "expires_in_secs", "comment"],
-        ),
-        Command::DenyList => {
-            rows(
-                &result["entries"],
-                &["net", "source", "expires_in_secs", "comment"],
-            );
-            rows(
-                &result["helo"],
-                &["pattern", "source", "expires_at", "comment"],
-            );
+        Command::AllowAdd { .. } | Command::DenyAdd { .. } => {
+            show(common, result, |e: Entry| entry_fields(&e))
         }
-        Command::ReputationList { .. } => {
-            rows(&result["sources"], &["source", "score", "denied_for_secs"])
+        Command::DenyHeloAdd { .. } => show(common, result, |e: HeloEntry| {
+            println!("pattern {}", e.pattern);
+            println!("source {}", e.source.as_str());
+            println!("expires_at {}", or_dash(&e.expires_at));
+            println!("comment {}", or_dash(&e.comment));
+            println!("added_at {}", or_dash(&e.added_at));
+        }),
+        Command::AllowDel { .. } | Command::DenyDel { .. } | Command::DenyHeloDel { .. } => {
+            show(common, result, |r: Removed| {
+                println!("removed {}", r.removed)
+            })
         }
-        Command::Flows { .. } => rows(
-            &result["flows"],
-            &[
-                "at", "client", "verb", "line", "verdict", "reasons", "action",
-            ],
-        ),
-        Command::Status => {
-            for iface in result["interfaces"].as_array().into_iter().flatten() {
+        Command::AllowList => show(common, result, |l: AllowList| entry_rows(&l.entries)),
+        Command::DenyList => show(common, result, |l: DenyList| {
+            entry_rows(&l.entries);
+            for h in &l.helo {
                 println!(
-                    "interface {} mode={} adopted={}",
-                    text(&iface["name"]),
-                    text(&iface["mode"]),
-                    text(&iface["adopted"])
+                    "{}  {}  {}  {}",
+                    h.pattern,
+                    h.source.as_str(),
+                    or_dash(&h.expires_at),
+                    or_dash(&h.comment)
                 );
             }
-            for key in ["uptime_secs", "deployment", "action", "monitor", "bundle"] {
-                println!("{key} {}", text(&result[key]));
+        }),
+        Command::ReputationList { .. } => show(common, result, |l: ReputationList| {
+            for s in &l.sources {
+                println!(
+                    "{}  {:.2}  {}",
+                    s.source,
+                    s.score,
+                    or_dash(&s.denied_for_secs)
+                );
             }
-            for (section, value) in [
-                ("lists", &result["lists"]),
-                ("reputation", &result["reputation"]),
-                ("counters", &result["counters"]),
-            ] {
-                for (k, v) in value.as_object().into_iter().flatten() {
-                    println!("{section}.{k} {}", text(v));
-                }
+        }),
+        Command::ReputationShow { .. } => show(common, result, |s: SourceScore| {
+            println!("source {}", s.source);
+            println!("score {:.2}", s.score);
+            println!("denied_for_secs {}", or_dash(&s.denied_for_secs));
+        }),
+        Command::ReputationReset { .. } => show(common, result, |r: ReputationReset| {
+            println!("source {}", r.source);
+            println!("was_known {}", r.was_known);
+        }),
+        Command::Status => show(common, result, status_lines),
+        Command::Flows { .. } => show(common, result, |f: Flows| {
+            for f in &f.flows {
+                let reasons = if f.reasons.is_empty() {
+                    "-".to_owned()
+                } else {
+                    f.reasons.join(",")
+                };
+                println!(
+                    "{}  {}  {}  {}  {}  {}  {}",
+                    f.at, f.client, f.verb, f.line, f.verdict, reasons, f.action
+                );
             }
-        }
-        _ => {
-            for (k, v) in result.as_object().into_iter().flatten() {
-                println!("{k} {}", text(v));
+        }),
+        Command::Reload => show(common, result, |r: Reloaded| {
+            println!(
+                "reloaded {}",
+                r.reloaded.as_deref().unwrap_or("(defaults and flags)")
+            );
+            println!("applied {}", names(&r.applied));
+            if !r.pending_restart.is_empty() {
+                println!(
+                    "pending_restart {} (changed in the file; enforced at the next restart)",
+                    names(&r.pending_restart)
+                );
             }
-        }
+        }),
+        Command::Detach => show(common, result, |d: Detached| {
+            println!("detached {}", d.detached);
+            println!("bpffs_dir {}", d.bpffs_dir);
+            if let Some(daemon) = d.daemon {
+                println!("daemon {daemon}");
+            }
+        }),
     }
 }

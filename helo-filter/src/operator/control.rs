@@ -4,17 +4,16 @@
 //! ```text
 //! {"version":1,"command":"deny_add","net":"198.51.100.7/32","ttl_secs":3600,"comment":"spam run"}
 //! {"version":1,"ok":true,"result":{...}}
-//! {"version":1,"ok":false,"error":"..."}
+//! {"version":1,"ok":false,"error":"...","kind":"..."}
 //! ```
 //!
 //! A malformed, oversized or wrong-version request gets an error response and the
-//! connection stays usable. The schema of every result is in `docs/operations.md`.
+//! connection stays usable. The requests, results and error kinds are typed in
+//! [`super::api`]; their JSON is in `docs/operations.md`.
 
-use std::{future::Future, net::IpAddr, path::Path, sync::Arc};
+use std::{future::Future, path::Path, sync::Arc};
 
-use ipnet::IpNet;
 use log::warn;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{
     io::{AsyncWriteExt as _, BufReader},
@@ -24,130 +23,43 @@ use tokio::{
 use crate::{
     io::line_reader::{Line, read_line},
     io::unix_socket::{self, SocketFile},
+    operator::api::{Command, ControlError, ErrorKind, Response},
 };
 
 /// The protocol version this daemon speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest request line, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
-pub const DEFAULT_SOCKET: &str = "/run/helo-filter/control.sock";
-
-/// What the operator asks.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Command {
-    AllowAdd {
-        net: IpNet,
-        #[serde(default)]
-        ttl_secs: Option<u64>,
-        #[serde(default)]
-        comment: Option<String>,
-    },
-    AllowDel {
-        net: IpNet,
-    },
-    AllowList,
-    DenyAdd {
-        net: IpNet,
-        #[serde(default)]
-        ttl_secs: Option<u64>,
-        #[serde(default)]
-        comment: Option<String>,
-    },
-    DenyHeloAdd {
-        pattern: String,
-        #[serde(default)]
-        ttl_secs: Option<u64>,
-        #[serde(default)]
-        comment: Option<String>,
-    },
-    DenyDel {
-        net: IpNet,
-    },
-    DenyHeloDel {
-        pattern: String,
-    },
-    DenyList,
-    ReputationList {
-        #[serde(default)]
-        top: Option<usize>,
-    },
-    ReputationShow {
-        ip: IpAddr,
-    },
-    ReputationReset {
-        ip: IpAddr,
-    },
-    Status,
-    Flows {
-        #[serde(default)]
-        limit: Option<usize>,
-    },
-    Reload,
-    Detach,
-}
-
-/// One request: the version and the command's fields, flat.
-#[derive(Debug, Serialize)]
-pub struct Request<'a> {
-    pub version: u32,
-    #[serde(flatten)]
-    pub command: &'a Command,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Response {
-    pub version: u32,
-    pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl Response {
-    fn ok(result: Value) -> Response {
-        Response {
-            version: PROTOCOL_VERSION,
-            ok: true,
-            result: Some(result),
-            error: None,
-        }
-    }
-
-    fn error(message: String) -> Response {
-        Response {
-            version: PROTOCOL_VERSION,
-            ok: false,
-            result: None,
-            error: Some(message),
-        }
-    }
-}
+pub use crate::config::DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET;
 
 /// Carries out commands (the daemon's operator side).
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, command: Command) -> impl Future<Output = Result<Value, String>> + Send;
+    /// The command's result (one of the [`super::api`] result structs, as JSON), or why it
+    /// failed.
+    fn handle(&self, command: Command) -> impl Future<Output = Result<Value, ControlError>> + Send;
 }
 
 /// Parses one request line: the version first, so that a client of another version gets a
 /// plain answer rather than a parse error.
-pub fn parse_request(line: &[u8]) -> Result<Command, String> {
-    let value: Value =
-        serde_json::from_slice(line).map_err(|e| format!("malformed request (not JSON): {e}"))?;
+pub fn parse_request(line: &[u8]) -> Result<Command, ControlError> {
+    let bad = |message: String| ControlError::new(ErrorKind::BadRequest, message);
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|e| bad(format!("malformed request (not JSON): {e}")))?;
     let Value::Object(mut fields) = value else {
-        return Err("malformed request: not a JSON object".to_owned());
+        return Err(bad("malformed request: not a JSON object".to_owned()));
     };
     match fields.remove("version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
-            return Err(format!(
-                "unsupported protocol version {v} (this daemon speaks {PROTOCOL_VERSION})"
+            return Err(ControlError::new(
+                ErrorKind::UnsupportedVersion,
+                format!("unsupported protocol version {v} (this daemon speaks {PROTOCOL_VERSION})"),
             ));
         }
-        None => return Err("malformed request: no version".to_owned()),
+        None => return Err(bad("malformed request: no version".to_owned())),
     }
-    serde_json::from_value(Value::Object(fields)).map_err(|e| format!("malformed request: {e}"))
+    serde_json::from_value(Value::Object(fields))
+        .map_err(|e| bad(format!("malformed request: {e}")))
 }
 
 /// The bound control socket; its file is removed when it is dropped.
@@ -199,9 +111,10 @@ impl ControlSocket {
                 loop {
                     let response = match read_line(&mut reader, &mut line, MAX_REQUEST).await {
                         Ok(Line::Eof) | Err(_) => return,
-                        Ok(Line::Oversized) => {
-                            Response::error(format!("request longer than {MAX_REQUEST} bytes"))
-                        }
+                        Ok(Line::Oversized) => Response::error(ControlError::new(
+                            ErrorKind::BadRequest,
+                            format!("request longer than {MAX_REQUEST} bytes"),
+                        )),
                         Ok(Line::Complete) => match parse_request(&line) {
                             Ok(command) => match handler.handle(command).await {
                                 Ok(result) => Response::ok(result),
@@ -224,6 +137,7 @@ impl ControlSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::api::Request;
 
     #[test]
     fn requests_are_versioned_json_objects() {
@@ -241,22 +155,30 @@ mod tests {
             parse_request(br#"{"version":1,"command":"status"}"#),
             Ok(Command::Status)
         );
-        for (line, needle) in [
-            (&b"garbage"[..], "not JSON"),
-            (b"[1]", "not a JSON object"),
-            (br#"{"command":"status"}"#, "no version"),
+        let bad = ErrorKind::BadRequest;
+        for (line, needle, kind) in [
+            (&b"garbage"[..], "not JSON", bad),
+            (b"[1]", "not a JSON object", bad),
+            (br#"{"command":"status"}"#, "no version", bad),
             (
                 br#"{"version":2,"command":"status"}"#,
                 "unsupported protocol version 2",
+                ErrorKind::UnsupportedVersion,
             ),
-            (br#"{"version":1,"command":"explode"}"#, "unknown variant"),
+            (
+                br#"{"version":1,"command":"explode"}"#,
+                "unknown variant",
+                bad,
+            ),
             (
                 br#"{"version":1,"command":"allow_add","net":"300.1.1.1/8"}"#,
                 "malformed",
+                bad,
             ),
         ] {
             let e = parse_request(line).expect_err(needle);
-            assert!(e.contains(needle), "{e}");
+            assert!(e.message.contains(needle), "{e}");
+            assert_eq!(e.kind, kind, "{e}");
         }
     }
 

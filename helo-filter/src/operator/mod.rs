@@ -2,53 +2,131 @@
 //! the operator's own kept in the state directory), reputation, status, the latest verdicts,
 //! reload and detach.
 //!
+//! - `api`: the typed requests, results and errors, shared with the CLI;
+//! - `control`: the socket and its JSON lines; `client`: the CLI's end of it;
+//! - `dispatch`: which method answers which request;
+//! - `lists`: the lists, and keeping the kernel's maps in step with them;
+//! - `state`: the files in the state directory;
+//! - here: start, status, reputation, reload, detach.
+//!
 //! Every change is applied to the kernel maps, then written to disk, then taken into memory,
 //! and only then acknowledged; if writing fails the kernel is put back as it was.
 
+pub mod api;
 pub mod client;
 pub mod control;
+mod dispatch;
+mod lists;
 pub mod state;
 
 use std::{
-    collections::HashSet,
     net::IpAddr,
     path::PathBuf,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
-use helo_filter_common::{Counter, origin};
-use ipnet::IpNet;
-use log::{info, warn};
-use serde_json::{Value, json};
+use helo_filter_common::Counter;
+use log::info;
 use tokio::sync::Notify;
 
 use crate::{
-    clock::{boot_time_ns, unix_now},
+    clock::unix_now,
     config::PolicyFile,
     dns::DnsClient,
     kernel::pins::PinDir,
     kernel::{Attachment, CounterReader},
-    operator::control::{Command, Handler},
-    operator::state::{
-        HeloEntry, Lists, NetEntry, ReputationSnapshot, SourceRecord, StateDir, in_force,
+    operator::api::{
+        ConfigState, ControlError, Detached, ErrorKind, Flow, Flows, Interface, ListSizes,
+        RefusedReload, Reloaded, ReputationList, ReputationReset, ReputationSizes, SourceScore,
+        Status,
     },
-    pipeline::reputation::source_of,
-    pipeline::stage::Stage,
-    policy::{DenyPattern, PolicyEngine},
+    operator::state::{Lists, StateDir},
+    pipeline::reputation::{SourceState, source_of},
+    pipeline::stage::{FlowRecord, Stage},
 };
 
 /// Re-reads the configuration file and applies the command line over it.
 pub type Reloader = Box<dyn Fn() -> anyhow::Result<PolicyFile> + Send + Sync>;
 
-/// The longest comment kept with an entry.
-const MAX_COMMENT: usize = 200;
+/// What the operator is made of (see [`Operator::start`]).
+pub struct Parts {
+    pub stage: Arc<Stage>,
+    pub state: StateDir,
+    pub pins: PinDir,
+    /// The configuration the daemon starts with (the file with the flags over it).
+    pub file: PolicyFile,
+    /// The DNS client `file` calls for.
+    pub dns: Option<DnsClient>,
+    /// Reads the configuration again, for `reload`.
+    pub reload: Reloader,
+    /// The configuration file, if any.
+    pub config: Option<PathBuf>,
+    pub counters: Arc<CounterReader>,
+}
 
 /// What the lists are made of, under one lock so that they change together.
 struct Inner {
+    /// The configuration in force: the one read at the start, or by the last reload that
+    /// was applied (of which only the reloadable sections are enforced).
     file: PolicyFile,
     lists: Lists,
     dns: Option<DnsClient>,
+}
+
+/// What the reloads did, for `status`.
+struct History {
+    /// Unix time the configuration in force was read.
+    loaded_at: u64,
+    /// The sections the last applied reload changed.
+    applied: Vec<&'static str>,
+    /// The last reload, if refused.
+    refused: Option<RefusedReload>,
+}
+
+/// The sections a reload applies; the others keep the values read at the start.
+const RELOADABLE: [&str; 3] = ["policy", "dns", "lists"];
+
+/// The sections whose values differ between `a` and `b`, in the file's order.
+fn changed_sections(a: &PolicyFile, b: &PolicyFile) -> Vec<&'static str> {
+    // Spelled out so that a new section cannot be forgotten here.
+    let PolicyFile {
+        policy,
+        dns,
+        enforce,
+        reputation,
+        lists,
+        postfix,
+        kernel,
+        control,
+        metrics,
+        state,
+    } = a;
+    [
+        ("policy", *policy != b.policy),
+        ("dns", *dns != b.dns),
+        ("enforce", *enforce != b.enforce),
+        ("reputation", *reputation != b.reputation),
+        ("lists", *lists != b.lists),
+        ("postfix", *postfix != b.postfix),
+        ("kernel", *kernel != b.kernel),
+        ("control", *control != b.control),
+        ("metrics", *metrics != b.metrics),
+        ("state", *state != b.state),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| name)
+    .collect()
+}
+
+/// The sections of `file` that differ from the enforced ones and wait for a restart.
+fn pending_restart(enforced: &PolicyFile, file: &PolicyFile) -> Vec<String> {
+    changed_sections(enforced, file)
+        .into_iter()
+        .filter(|s| !RELOADABLE.contains(s))
+        .map(str::to_owned)
+        .collect()
 }
 
 pub struct Operator {
@@ -59,6 +137,10 @@ pub struct Operator {
     reload: Reloader,
     /// The configuration file, if any.
     config: Option<PathBuf>,
+    /// The configuration read at the start: what is enforced of the sections a reload
+    /// does not apply.
+    enforced: PolicyFile,
+    history: Mutex<History>,
     attachments: Mutex<Vec<(String, Attachment)>>,
     counters: Arc<CounterReader>,
     started: Instant,
@@ -66,149 +148,40 @@ pub struct Operator {
     pub detached: Arc<Notify>,
 }
 
-/// The kernel lists the configuration and the operator's entries call for at `now`.
-#[derive(Default, PartialEq)]
-struct Desired {
-    allow: HashSet<IpNet>,
-    /// With the time left for entries that expire.
-    deny: Vec<(IpNet, Option<Duration>)>,
-}
-
-/// With `expired`, entries whose time is up count too (with no time left): what the kernel
-/// may still hold, so that a change removes them.
-fn desired(file: &PolicyFile, lists: &Lists, now: u64, expired: bool) -> Desired {
-    let left = |at: Option<u64>| at.map(|at| Duration::from_secs(at.saturating_sub(now)));
-    let operator = |entries: &[NetEntry]| -> Vec<(IpNet, Option<Duration>)> {
-        entries
-            .iter()
-            .filter(|e| expired || in_force(e.expires_at, now))
-            .map(|e| (e.net, left(e.expires_at)))
-            .collect()
-    };
-    Desired {
-        allow: file
-            .lists
-            .allow
-            .iter()
-            .copied()
-            .chain(operator(&lists.allow).into_iter().map(|(net, _)| net))
-            .collect(),
-        deny: file
-            .lists
-            .deny
-            .iter()
-            .map(|net| (*net, None))
-            .chain(operator(&lists.deny))
-            .collect(),
-    }
-}
-
-/// The engine for the file's settings plus the operator's entries in force: allow-listed
-/// sources are trusted, HELO patterns denied.
-fn engine(
-    file: &PolicyFile,
-    lists: &Lists,
-    dns: Option<DnsClient>,
-) -> anyhow::Result<PolicyEngine> {
-    let now = unix_now();
-    let mut merged = file.clone();
-    merged.lists.allow.extend(
-        lists
-            .allow
-            .iter()
-            .filter(|e| in_force(e.expires_at, now))
-            .map(|e| e.net),
-    );
-    for entry in lists
-        .deny_helo
-        .iter()
-        .filter(|e| in_force(e.expires_at, now))
-    {
-        merged
-            .policy
-            .deny
-            .push(DenyPattern::parse(&entry.pattern).map_err(|e| anyhow::anyhow!("{e}"))?);
-    }
-    Ok(PolicyEngine::new(merged.settings(), dns))
-}
-
-fn ttl_to_expiry(ttl_secs: Option<u64>, now: u64) -> Result<Option<u64>, String> {
-    match ttl_secs {
-        Some(0) => Err("--ttl: at least 1 second".to_owned()),
-        Some(secs) => Ok(Some(now.saturating_add(secs))),
-        None => Ok(None),
-    }
-}
-
-fn check_comment(comment: &Option<String>) -> Result<(), String> {
-    match comment {
-        Some(c) if c.len() > MAX_COMMENT => Err(format!("--comment: at most {MAX_COMMENT} bytes")),
-        Some(c) if c.chars().any(char::is_control) => {
-            Err("--comment: no control characters".to_owned())
-        }
-        _ => Ok(()),
-    }
-}
-
-fn net_entry_json(entry: &NetEntry, now: u64) -> Value {
-    json!({
-        "net": entry.net.to_string(),
-        "source": "operator",
-        "expires_at": entry.expires_at,
-        "expires_in_secs": entry.expires_at.map(|at| at.saturating_sub(now)),
-        "comment": entry.comment,
-        "added_at": entry.added_at,
-    })
-}
-
-fn config_entry_json(net: &IpNet) -> Value {
-    json!({
-        "net": net.to_string(),
-        "source": "config",
-        "expires_at": null,
-        "expires_in_secs": null,
-        "comment": null,
-        "added_at": null,
-    })
-}
-
 impl Operator {
     /// Takes over the kernel lists as a previous daemon left them (pinned maps): the
     /// configuration's and the operator's entries are written (overwriting, no gap), the ones
     /// no longer called for are removed, and reputation denials found there are taken back
     /// into reputation with their remaining time.
-    #[allow(clippy::too_many_arguments)]
-    pub fn start(
-        stage: Arc<Stage>,
-        state: StateDir,
-        pins: PinDir,
-        file: PolicyFile,
-        dns: Option<DnsClient>,
-        reload: Reloader,
-        config: Option<PathBuf>,
-        counters: Arc<CounterReader>,
-    ) -> anyhow::Result<Operator> {
+    pub fn start(parts: Parts) -> anyhow::Result<Operator> {
+        let Parts {
+            stage,
+            state,
+            pins,
+            file,
+            dns,
+            reload,
+            config,
+            counters,
+        } = parts;
         let lists = state.load_lists()?;
         let snapshot = state.load_reputation()?;
         let now = Instant::now();
         let unix = unix_now();
-        let age = Duration::from_secs(unix.saturating_sub(snapshot.taken_at));
-        for record in &snapshot.sources {
-            let denied_for = record
-                .denied_until
-                .filter(|until| *until > unix)
-                .map(|until| Duration::from_secs(until - unix));
-            stage
-                .reputation
-                .restore(record.source, record.score, age, denied_for, now);
-        }
+        stage.reputation().restore_snapshot(&snapshot, now, unix);
         let operator = Operator {
             stage,
             state,
             pins,
+            enforced: file.clone(),
             inner: Mutex::new(Inner { file, lists, dns }),
             reload,
             config,
+            history: Mutex::new(History {
+                loaded_at: unix,
+                applied: Vec::new(),
+                refused: None,
+            }),
             attachments: Mutex::new(Vec::new()),
             counters,
             started: now,
@@ -228,486 +201,244 @@ impl Operator {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn reconcile_kernel(&self) -> anyhow::Result<()> {
-        let inner = self.inner();
-        let want = desired(&inner.file, &inner.lists, unix_now(), false);
-        let mut kernel = self.stage.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let boot = boot_time_ns();
-        let known: HashSet<IpNet> = self
-            .stage
-            .reputation
-            .list(Instant::now())
-            .iter()
-            .filter(|s| s.denied_for.is_some())
-            .map(|s| s.source)
-            .collect();
-        for net in &want.allow {
-            kernel.allow(*net)?;
-        }
-        for (net, ttl) in &want.deny {
-            kernel.deny(*net, *ttl, origin::OPERATOR)?;
-        }
-        for net in kernel.allowed() {
-            if !want.allow.contains(&net) {
-                kernel.disallow(net)?;
-            }
-        }
-        let wanted_deny: HashSet<IpNet> = want.deny.iter().map(|(net, _)| *net).collect();
-        for (net, entry) in kernel.denied() {
-            let expired = entry.expires_ns != 0 && entry.expires_ns <= boot;
-            if entry.origin == origin::REPUTATION && expired {
-                // Ran out while the daemon was down: the kernel ignores it; free its slot.
-                kernel.undeny(net)?;
-            } else if entry.origin == origin::REPUTATION {
-                if !known.contains(&net) {
-                    // Denied after the last snapshot: keep it, and let reputation know.
-                    let left = Duration::from_nanos(entry.expires_ns.saturating_sub(boot));
-                    let threshold = self.stage.reputation.settings().threshold;
-                    let now = Instant::now();
-                    let reputation = &self.stage.reputation;
-                    reputation.restore(net, threshold, Duration::ZERO, Some(left), now);
-                }
-            } else if !wanted_deny.contains(&net) {
-                kernel.undeny(net)?;
-            }
-        }
-        // Snapshot denials the kernel no longer has (expired while the daemon was down, or
-        // a fresh kernel): put them back.
-        for source in self.stage.reputation.list(Instant::now()) {
-            if let Some(left) = source.denied_for
-                && !self.stage.enforcer.monitor()
-            {
-                kernel.deny(source.source, Some(left), origin::REPUTATION)?;
-            }
-        }
-        crate::metrics::list_sizes(want.allow.len(), want.deny.len());
-        Ok(())
+    fn history(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn rebuild_engine(&self) -> anyhow::Result<()> {
-        let inner = self.inner();
-        let fresh = engine(&inner.file, &inner.lists, inner.dns.clone())?;
-        *self.stage.engine.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(())
-    }
-
-    /// Makes `lists` (and `file`) the ones in force: kernel, disk, memory, engine.
-    fn commit(
-        &self,
-        inner: &mut Inner,
-        file: Option<PolicyFile>,
-        lists: Lists,
-        dns: Option<Option<DnsClient>>,
-    ) -> Result<(), String> {
-        let now = unix_now();
-        let next_file = file.as_ref().unwrap_or(&inner.file);
-        let fresh = engine(next_file, &lists, dns.clone().unwrap_or(inner.dns.clone()))
-            .map_err(|e| format!("{e:#}"))?;
-        let before = desired(&inner.file, &inner.lists, now, true);
-        let after = desired(next_file, &lists, now, false);
-        self.apply(&before, &after).map_err(|e| format!("{e:#}"))?;
-        if lists != inner.lists
-            && let Err(e) = self.state.save_lists(&lists)
-        {
-            if let Err(undo) = self.apply(&after, &before) {
-                warn!("putting the kernel lists back: {undo:#}");
-            }
-            return Err(format!("{e:#}"));
-        }
-        inner.lists = lists;
-        if let Some(file) = file {
-            inner.file = file;
-        }
-        if let Some(dns) = dns {
-            inner.dns = dns;
-        }
-        *self.stage.engine.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        crate::metrics::list_sizes(after.allow.len(), after.deny.len());
-        Ok(())
-    }
-
-    /// Changes the kernel lists from `before` to `after`.
-    fn apply(&self, before: &Desired, after: &Desired) -> anyhow::Result<()> {
-        if before == after {
-            return Ok(());
-        }
-        let mut kernel = self.stage.lists.lock().unwrap_or_else(|e| e.into_inner());
-        for net in after.allow.difference(&before.allow) {
-            kernel.allow(*net)?;
-        }
-        for net in before.allow.difference(&after.allow) {
-            kernel.disallow(*net)?;
-        }
-        let kept: HashSet<IpNet> = after.deny.iter().map(|(net, _)| *net).collect();
-        for (net, ttl) in &after.deny {
-            if !before.deny.contains(&(*net, *ttl)) {
-                kernel.deny(*net, *ttl, origin::OPERATOR)?;
-            }
-        }
-        for (net, _) in &before.deny {
-            if !kept.contains(net) {
-                kernel.undeny(*net)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Ends operator entries whose time is up (called every second).
-    pub fn expire(&self) {
-        let mut inner = self.inner();
-        let now = unix_now();
-        let mut lists = inner.lists.clone();
-        lists.allow.retain(|e| in_force(e.expires_at, now));
-        lists.deny.retain(|e| in_force(e.expires_at, now));
-        lists.deny_helo.retain(|e| in_force(e.expires_at, now));
-        if lists != inner.lists {
-            info!("operator list entries expired");
-            if let Err(e) = self.commit(&mut inner, None, lists, None) {
-                warn!("expiring list entries: {e}");
-            }
-        }
+    fn config_name(&self) -> Option<String> {
+        self.config.as_ref().map(|p| p.display().to_string())
     }
 
     /// Writes the reputation snapshot.
     pub fn snapshot_reputation(&self) -> anyhow::Result<()> {
-        let unix = unix_now();
+        let snapshot = self.stage.reputation().snapshot(Instant::now(), unix_now());
+        self.state.save_reputation(&snapshot)
+    }
+
+    fn source_score(state: &SourceState) -> SourceScore {
+        SourceScore {
+            source: state.source,
+            score: state.score,
+            denied_for_secs: state.denied_for.map(|d| d.as_secs()),
+        }
+    }
+
+    fn reputation_list(&self, top: Option<usize>) -> ReputationList {
         let sources = self
             .stage
-            .reputation
-            .list(Instant::now())
-            .into_iter()
-            .map(|s| SourceRecord {
-                source: s.source,
-                score: s.score,
-                denied_until: s.denied_for.map(|d| unix + d.as_secs().max(1)),
-            })
-            .collect();
-        self.state.save_reputation(&ReputationSnapshot {
-            taken_at: unix,
-            sources,
-        })
-    }
-
-    fn add_net(
-        &self,
-        deny: bool,
-        net: IpNet,
-        ttl: Option<u64>,
-        comment: Option<String>,
-    ) -> Result<Value, String> {
-        check_comment(&comment)?;
-        let now = unix_now();
-        let net = net.trunc();
-        let entry = NetEntry {
-            net,
-            expires_at: ttl_to_expiry(ttl, now)?,
-            comment,
-            added_at: now,
-        };
-        let mut inner = self.inner();
-        let mut lists = inner.lists.clone();
-        let list = if deny {
-            &mut lists.deny
-        } else {
-            &mut lists.allow
-        };
-        list.retain(|e| e.net != net);
-        list.push(entry.clone());
-        self.commit(&mut inner, None, lists, None)?;
-        info!(
-            "operator: {} {net}{}",
-            if deny { "denied" } else { "allowed" },
-            ttl.map_or(String::new(), |t| format!(" for {t} s"))
-        );
-        Ok(net_entry_json(&entry, now))
-    }
-
-    fn del_net(&self, deny: bool, net: IpNet) -> Result<Value, String> {
-        let net = net.trunc();
-        let name = if deny { "deny" } else { "allow" };
-        let mut inner = self.inner();
-        let in_file = if deny {
-            inner.file.lists.deny.contains(&net)
-        } else {
-            inner.file.lists.allow.contains(&net)
-        };
-        let mut lists = inner.lists.clone();
-        let list = if deny {
-            &mut lists.deny
-        } else {
-            &mut lists.allow
-        };
-        let before = list.len();
-        list.retain(|e| e.net != net);
-        if list.len() == before {
-            return Err(if in_file {
-                format!(
-                    "{net} is in the configuration file ([lists] {name}): edit the file and reload"
-                )
-            } else {
-                format!("{net} is not in the {name} list")
-            });
-        }
-        self.commit(&mut inner, None, lists, None)?;
-        info!("operator: removed {net} from the {name} list");
-        Ok(json!({ "removed": net.to_string() }))
-    }
-
-    fn add_helo(
-        &self,
-        pattern: String,
-        ttl: Option<u64>,
-        comment: Option<String>,
-    ) -> Result<Value, String> {
-        check_comment(&comment)?;
-        DenyPattern::parse(&pattern).map_err(|e| format!("--helo {pattern:?}: {e}"))?;
-        let now = unix_now();
-        let entry = HeloEntry {
-            pattern: pattern.clone(),
-            expires_at: ttl_to_expiry(ttl, now)?,
-            comment,
-            added_at: now,
-        };
-        let mut inner = self.inner();
-        let mut lists = inner.lists.clone();
-        lists.deny_helo.retain(|e| e.pattern != pattern);
-        lists.deny_helo.push(entry.clone());
-        self.commit(&mut inner, None, lists, None)?;
-        info!("operator: HELO pattern {pattern:?} denied");
-        Ok(json!({
-            "pattern": entry.pattern,
-            "source": "operator",
-            "expires_at": entry.expires_at,
-            "comment": entry.comment,
-            "added_at": entry.added_at,
-        }))
-    }
-
-    fn del_helo(&self, pattern: String) -> Result<Value, String> {
-        let mut inner = self.inner();
-        let mut lists = inner.lists.clone();
-        let before = lists.deny_helo.len();
-        lists.deny_helo.retain(|e| e.pattern != pattern);
-        if lists.deny_helo.len() == before {
-            return Err(format!("HELO pattern {pattern:?} is not in the deny list"));
-        }
-        self.commit(&mut inner, None, lists, None)?;
-        Ok(json!({ "removed": pattern }))
-    }
-
-    fn allow_list(&self) -> Value {
-        let inner = self.inner();
-        let now = unix_now();
-        let entries: Vec<Value> = inner
-            .file
-            .lists
-            .allow
-            .iter()
-            .map(config_entry_json)
-            .chain(inner.lists.allow.iter().map(|e| net_entry_json(e, now)))
-            .collect();
-        json!({ "entries": entries })
-    }
-
-    fn deny_list(&self) -> Value {
-        let inner = self.inner();
-        let now = unix_now();
-        let mut entries: Vec<Value> = inner
-            .file
-            .lists
-            .deny
-            .iter()
-            .map(config_entry_json)
-            .chain(inner.lists.deny.iter().map(|e| net_entry_json(e, now)))
-            .collect();
-        for source in self.stage.reputation.list(Instant::now()) {
-            if let Some(left) = source.denied_for {
-                entries.push(json!({
-                    "net": source.source.to_string(),
-                    "source": "reputation",
-                    "expires_at": now + left.as_secs(),
-                    "expires_in_secs": left.as_secs(),
-                    "comment": format!("score {:.2}", source.score),
-                    "added_at": null,
-                }));
-            }
-        }
-        let helo: Vec<Value> = inner
-            .file
-            .policy
-            .deny
-            .iter()
-            .map(|p| json!({ "pattern": p.to_string(), "source": "config", "expires_at": null, "comment": null, "added_at": null }))
-            .chain(inner.lists.deny_helo.iter().map(|e| {
-                json!({
-                    "pattern": e.pattern,
-                    "source": "operator",
-                    "expires_at": e.expires_at,
-                    "comment": e.comment,
-                    "added_at": e.added_at,
-                })
-            }))
-            .collect();
-        json!({ "entries": entries, "helo": helo })
-    }
-
-    fn source_json(&self, ip: IpAddr) -> Value {
-        let source = source_of(ip);
-        let now = Instant::now();
-        let state = self
-            .stage
-            .reputation
-            .list(now)
-            .into_iter()
-            .find(|s| s.source == source);
-        json!({
-            "source": source.to_string(),
-            "score": state.map_or(0.0, |s| s.score),
-            "denied_for_secs": state.and_then(|s| s.denied_for).map(|d| d.as_secs()),
-        })
-    }
-
-    fn reputation_reset(&self, ip: IpAddr) -> Result<Value, String> {
-        let source = source_of(ip);
-        let was_denied = self
-            .stage
-            .reputation
+            .reputation()
             .list(Instant::now())
             .iter()
-            .any(|s| s.source == source && s.denied_for.is_some());
-        let known = self.stage.reputation.reset(source);
-        if was_denied && !self.stage.enforcer.monitor() {
-            let mut kernel = self.stage.lists.lock().unwrap_or_else(|e| e.into_inner());
-            kernel.undeny(source).map_err(|e| format!("{e:#}"))?;
-        }
-        self.snapshot_reputation().map_err(|e| format!("{e:#}"))?;
+            .take(top.unwrap_or(usize::MAX))
+            .map(Self::source_score)
+            .collect();
+        ReputationList { sources }
+    }
+
+    fn reputation_show(&self, ip: IpAddr) -> SourceScore {
+        let source = source_of(ip);
+        self.stage
+            .reputation()
+            .list(Instant::now())
+            .iter()
+            .find(|s| s.source == source)
+            .map_or(
+                SourceScore {
+                    source,
+                    score: 0.0,
+                    denied_for_secs: None,
+                },
+                Self::source_score,
+            )
+    }
+
+    fn reputation_reset(&self, ip: IpAddr) -> Result<ReputationReset, ControlError> {
+        let source = source_of(ip);
+        let known = self
+            .stage
+            .forget(source)
+            .map_err(|e| ControlError::kernel(&e))?;
+        self.snapshot_reputation()
+            .map_err(|e| ControlError::io(&e))?;
         info!("operator: reputation of {source} reset");
-        Ok(json!({ "source": source.to_string(), "was_known": known }))
+        Ok(ReputationReset {
+            source,
+            was_known: known,
+        })
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> Status {
         let inner = self.inner();
-        let counters: serde_json::Map<String, Value> = Counter::ALL
+        let history = self.history();
+        let counters = Counter::ALL
             .iter()
-            .map(|c| {
-                let value = self.counters.read(*c).unwrap_or(0);
-                (format!("{c:?}"), json!(value))
-            })
+            .map(|c| (format!("{c:?}"), self.counters.read(*c).unwrap_or(0)))
             .collect();
-        let interfaces: Vec<Value> = self
+        let interfaces = self
             .attachments
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(name, a)| json!({ "name": name, "mode": a.mode.as_str(), "adopted": a.adopted }))
+            .map(|(name, a)| Interface {
+                name: name.clone(),
+                mode: a.mode.as_str().to_owned(),
+                adopted: a.adopted,
+            })
             .collect();
-        let enforce = &inner.file.enforce;
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "interfaces": interfaces,
-            "deployment": enforce.deployment.as_str(),
-            "action": enforce.action.as_str(),
-            "monitor": self.stage.enforcer.monitor(),
-            "bundle": inner.file.policy.bundle.as_str(),
-            "counters": counters,
-            "lists": {
-                "allow": inner.file.lists.allow.len() + inner.lists.allow.len(),
-                "deny": inner.file.lists.deny.len() + inner.lists.deny.len(),
-                "deny_helo": inner.file.policy.deny.len() + inner.lists.deny_helo.len(),
+        // `[enforce]` is read at the start only: what is enforced is the start's.
+        let enforce = &self.enforced.enforce;
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            interfaces,
+            deployment: enforce.deployment.as_str().to_owned(),
+            action: enforce.action.as_str().to_owned(),
+            monitor: self.stage.monitor(),
+            bundle: inner.file.policy.bundle.as_str().to_owned(),
+            counters,
+            lists: ListSizes {
+                allow: inner.file.lists.allow.len() + inner.lists.allow.len(),
+                deny: inner.file.lists.deny.len() + inner.lists.deny.len(),
+                deny_helo: inner.file.policy.deny.len() + inner.lists.deny_helo.len(),
             },
-            "reputation": {
-                "sources": self.stage.reputation.sources(),
-                "denied": self.stage.reputation.denied(),
+            reputation: ReputationSizes {
+                sources: self.stage.reputation().sources(),
+                denied: self.stage.reputation().denied(),
             },
-            "config": self.config.as_ref().map(|p| p.display().to_string()),
-            "state_dir": self.state.path().display().to_string(),
-            "bpffs_dir": self.pins.root().display().to_string(),
+            config: self.config_name(),
+            state_dir: self.state.path().display().to_string(),
+            bpffs_dir: self.pins.root().display().to_string(),
+            configuration: ConfigState {
+                file: self.config_name(),
+                loaded_at: history.loaded_at,
+                applied: history.applied.iter().map(|s| (*s).to_owned()).collect(),
+                pending_restart: pending_restart(&self.enforced, &inner.file),
+                refused: history.refused.clone(),
+            },
+        }
+    }
+
+    fn flows(&self, limit: Option<usize>) -> Flows {
+        let flows = self
+            .stage
+            .recent_flows(limit.unwrap_or(20))
+            .iter()
+            .map(flow)
+            .collect();
+        Flows { flows }
+    }
+
+    /// Reads the configuration again and applies its reloadable sections; a file that does
+    /// not load is refused and the running configuration kept (and `status` says so).
+    async fn reload(&self) -> Result<Reloaded, ControlError> {
+        let refused = |e: ControlError| {
+            self.history().refused = Some(RefusedReload {
+                at: unix_now(),
+                error: e.message.clone(),
+            });
+            e.context("reload refused, the running configuration is kept")
+        };
+        let file = (self.reload)().map_err(|e| {
+            refused(ControlError::new(
+                ErrorKind::InvalidConfig,
+                format!("{e:#}"),
+            ))
+        })?;
+        let dns = file
+            .dns_client(Some(Arc::new(crate::metrics::DnsMetrics)))
+            .map_err(|e| refused(ControlError::new(ErrorKind::InvalidConfig, e.to_string())))?;
+        let mut inner = self.inner();
+        let changed = changed_sections(&inner.file, &file);
+        let pending = pending_restart(&self.enforced, &file);
+        let lists = inner.lists.clone();
+        self.commit(&mut inner, Some(file), lists, Some(dns))
+            .map_err(refused)?;
+        let applied: Vec<&'static str> = changed
+            .into_iter()
+            .filter(|s| RELOADABLE.contains(s))
+            .collect();
+        {
+            let mut history = self.history();
+            history.loaded_at = unix_now();
+            history.applied.clone_from(&applied);
+            history.refused = None;
+        }
+        drop(inner);
+        if pending.is_empty() {
+            info!("configuration reloaded; applied: {}", sections(&applied));
+        } else {
+            info!(
+                "configuration reloaded; applied: {}; changed, in force at the next restart: {}",
+                sections(&applied),
+                pending.join(", ")
+            );
+        }
+        Ok(Reloaded {
+            reloaded: self.config_name(),
+            applied: applied.iter().map(|s| (*s).to_owned()).collect(),
+            pending_restart: pending,
         })
     }
 
-    fn flows(&self, limit: Option<usize>) -> Value {
-        let recent = self.stage.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let flows: Vec<Value> = recent
-            .iter()
-            .rev()
-            .take(limit.unwrap_or(20))
-            .map(|f| serde_json::to_value(f).unwrap_or(Value::Null))
-            .collect();
-        json!({ "flows": flows })
-    }
-
-    async fn reload(&self) -> Result<Value, String> {
-        let file = (self.reload)()
-            .map_err(|e| format!("reload refused, the running configuration is kept: {e:#}"))?;
-        let dns = file
-            .dns_client(Some(Arc::new(crate::metrics::DnsMetrics)))
-            .map_err(|e| format!("reload refused, the running configuration is kept: {e}"))?;
-        let mut inner = self.inner();
-        let lists = inner.lists.clone();
-        self.commit(&mut inner, Some(file), lists, Some(dns))
-            .map_err(|e| format!("reload refused, the running configuration is kept: {e}"))?;
-        info!("configuration reloaded");
-        Ok(json!({ "reloaded": self.config.as_ref().map(|p| p.display().to_string()) }))
-    }
-
-    fn detach(&self) -> Result<Value, String> {
-        self.pins.remove_all().map_err(|e| format!("{e:#}"))?;
+    fn detach(&self) -> Result<Detached, ControlError> {
+        self.pins.remove_all().map_err(|e| ControlError::io(&e))?;
         info!(
             "operator: detached; every pin under {} removed",
             self.pins.root().display()
         );
         self.detached.notify_one();
-        Ok(json!({ "detached": true, "bpffs_dir": self.pins.root().display().to_string() }))
+        Ok(Detached {
+            detached: true,
+            bpffs_dir: self.pins.root().display().to_string(),
+            daemon: None,
+        })
     }
 }
 
-impl Handler for Operator {
-    async fn handle(&self, command: Command) -> Result<Value, String> {
-        match command {
-            Command::AllowAdd {
-                net,
-                ttl_secs,
-                comment,
-            } => self.add_net(false, net, ttl_secs, comment),
-            Command::AllowDel { net } => self.del_net(false, net),
-            Command::AllowList => Ok(self.allow_list()),
-            Command::DenyAdd {
-                net,
-                ttl_secs,
-                comment,
-            } => self.add_net(true, net, ttl_secs, comment),
-            Command::DenyHeloAdd {
-                pattern,
-                ttl_secs,
-                comment,
-            } => self.add_helo(pattern, ttl_secs, comment),
-            Command::DenyDel { net } => self.del_net(true, net),
-            Command::DenyHeloDel { pattern } => self.del_helo(pattern),
-            Command::DenyList => Ok(self.deny_list()),
-            Command::ReputationList { top } => {
-                let sources: Vec<Value> = self
-                    .stage
-                    .reputation
-                    .list(Instant::now())
-                    .into_iter()
-                    .take(top.unwrap_or(usize::MAX))
-                    .map(|s| {
-                        json!({
-                            "source": s.source.to_string(),
-                            "score": s.score,
-                            "denied_for_secs": s.denied_for.map(|d| d.as_secs()),
-                        })
-                    })
-                    .collect();
-                Ok(json!({ "sources": sources }))
-            }
-            Command::ReputationShow { ip } => Ok(self.source_json(ip)),
-            Command::ReputationReset { ip } => self.reputation_reset(ip),
-            Command::Status => Ok(self.status()),
-            Command::Flows { limit } => Ok(self.flows(limit)),
-            Command::Reload => self.reload().await,
-            Command::Detach => self.detach(),
-        }
+fn sections(names: &[&str]) -> String {
+    if names.is_empty() {
+        "nothing changed".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn flow(record: &FlowRecord) -> Flow {
+    Flow {
+        at: record.at,
+        client: record.client.clone(),
+        server: record.server.clone(),
+        verb: record.verb.to_owned(),
+        line: record.line.clone(),
+        verdict: record.verdict.to_owned(),
+        reasons: record.reasons.iter().map(|r| (*r).to_owned()).collect(),
+        score: record.score,
+        action: record.action.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloads_tell_applied_sections_from_those_waiting_for_a_restart() {
+        let start = PolicyFile::default();
+        let mut next = start.clone();
+        assert!(changed_sections(&start, &next).is_empty());
+        next.policy
+            .deny
+            .push(crate::policy::DenyPattern::parse("*.example.net").expect("pattern"));
+        next.enforce.action = crate::config::Action::Drop;
+        next.reputation.deny_ttl_secs += 1;
+        assert_eq!(
+            changed_sections(&start, &next),
+            ["policy", "enforce", "reputation"]
+        );
+        assert_eq!(pending_restart(&start, &next), ["enforce", "reputation"]);
+        // Put back as it was: nothing waits any more.
+        next.enforce = start.enforce.clone();
+        next.reputation = start.reputation.clone();
+        assert!(pending_restart(&start, &next).is_empty());
     }
 }

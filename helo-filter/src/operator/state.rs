@@ -14,6 +14,9 @@ use anyhow::{Context as _, bail};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+/// `reputation.json`'s contents: the format is Reputation's.
+pub use crate::pipeline::reputation::{ReputationSnapshot, SourceRecord};
+
 /// The version of both files' format.
 pub const STATE_VERSION: u32 = 1;
 const LISTS_FILE: &str = "lists.json";
@@ -47,26 +50,6 @@ pub struct Lists {
     pub allow: Vec<NetEntry>,
     pub deny: Vec<NetEntry>,
     pub deny_helo: Vec<HeloEntry>,
-}
-
-/// One source in a reputation snapshot.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceRecord {
-    pub source: IpNet,
-    /// The score when the snapshot was taken.
-    pub score: f64,
-    /// Unix time its denial ends, if denied.
-    pub denied_until: Option<u64>,
-}
-
-/// `reputation.json`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReputationSnapshot {
-    /// Unix time of the snapshot (scores decay from it).
-    pub taken_at: u64,
-    pub sources: Vec<SourceRecord>,
 }
 
 #[derive(Serialize, Deserialize)]

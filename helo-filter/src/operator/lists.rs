@@ -1,0 +1,491 @@
+//! The allow and deny lists: the configuration file's plus the operator's, kept in step
+//! with the kernel's maps (what they call for is computed, then the difference applied), and
+//! the list commands.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use helo_filter_common::origin;
+use ipnet::IpNet;
+use log::{info, warn};
+
+use super::{
+    Inner, Operator,
+    api::{
+        AllowList, ControlError, DenyList, Entry, EntrySource, ErrorKind, HeloEntry as HeloRow,
+        Removed,
+    },
+    state::{HeloEntry, Lists, NetEntry, in_force},
+};
+use crate::{
+    clock::{boot_time_ns, unix_now},
+    config::PolicyFile,
+    dns::DnsClient,
+    policy::{DenyPattern, PolicyEngine},
+};
+
+/// The longest comment kept with an entry.
+const MAX_COMMENT: usize = 200;
+
+/// The kernel lists the configuration and the operator's entries call for at `now`.
+#[derive(Default, PartialEq)]
+struct Desired {
+    allow: HashSet<IpNet>,
+    /// With the time left for entries that expire.
+    deny: Vec<(IpNet, Option<Duration>)>,
+}
+
+/// With `expired`, entries whose time is up count too (with no time left): what the kernel
+/// may still hold, so that a change removes them.
+fn desired(file: &PolicyFile, lists: &Lists, now: u64, expired: bool) -> Desired {
+    let left = |at: Option<u64>| at.map(|at| Duration::from_secs(at.saturating_sub(now)));
+    let operator = |entries: &[NetEntry]| -> Vec<(IpNet, Option<Duration>)> {
+        entries
+            .iter()
+            .filter(|e| expired || in_force(e.expires_at, now))
+            .map(|e| (e.net, left(e.expires_at)))
+            .collect()
+    };
+    Desired {
+        allow: file
+            .lists
+            .allow
+            .iter()
+            .copied()
+            .chain(operator(&lists.allow).into_iter().map(|(net, _)| net))
+            .collect(),
+        deny: file
+            .lists
+            .deny
+            .iter()
+            .map(|net| (*net, None))
+            .chain(operator(&lists.deny))
+            .collect(),
+    }
+}
+
+/// The engine for the file's settings plus the operator's entries in force: allow-listed
+/// sources are trusted, HELO patterns denied.
+fn engine(
+    file: &PolicyFile,
+    lists: &Lists,
+    dns: Option<DnsClient>,
+) -> anyhow::Result<PolicyEngine> {
+    let now = unix_now();
+    let mut merged = file.clone();
+    merged.lists.allow.extend(
+        lists
+            .allow
+            .iter()
+            .filter(|e| in_force(e.expires_at, now))
+            .map(|e| e.net),
+    );
+    for entry in lists
+        .deny_helo
+        .iter()
+        .filter(|e| in_force(e.expires_at, now))
+    {
+        merged
+            .policy
+            .deny
+            .push(DenyPattern::parse(&entry.pattern).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    Ok(PolicyEngine::new(merged.settings(), dns))
+}
+
+fn ttl_to_expiry(ttl_secs: Option<u64>, now: u64) -> Result<Option<u64>, ControlError> {
+    match ttl_secs {
+        Some(0) => Err(ControlError::new(
+            ErrorKind::InvalidArgument,
+            "--ttl: at least 1 second",
+        )),
+        Some(secs) => Ok(Some(now.saturating_add(secs))),
+        None => Ok(None),
+    }
+}
+
+fn check_comment(comment: &Option<String>) -> Result<(), ControlError> {
+    let invalid = |message: String| Err(ControlError::new(ErrorKind::InvalidArgument, message));
+    match comment {
+        Some(c) if c.len() > MAX_COMMENT => {
+            invalid(format!("--comment: at most {MAX_COMMENT} bytes"))
+        }
+        Some(c) if c.chars().any(char::is_control) => {
+            invalid("--comment: no control characters".to_owned())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn operator_entry(entry: &NetEntry, now: u64) -> Entry {
+    Entry {
+        net: entry.net,
+        source: EntrySource::Operator,
+        expires_at: entry.expires_at,
+        expires_in_secs: entry.expires_at.map(|at| at.saturating_sub(now)),
+        comment: entry.comment.clone(),
+        added_at: Some(entry.added_at),
+    }
+}
+
+fn config_entry(net: &IpNet) -> Entry {
+    Entry {
+        net: *net,
+        source: EntrySource::Config,
+        expires_at: None,
+        expires_in_secs: None,
+        comment: None,
+        added_at: None,
+    }
+}
+
+fn operator_helo(entry: &HeloEntry) -> HeloRow {
+    HeloRow {
+        pattern: entry.pattern.clone(),
+        source: EntrySource::Operator,
+        expires_at: entry.expires_at,
+        comment: entry.comment.clone(),
+        added_at: Some(entry.added_at),
+    }
+}
+
+impl Operator {
+    /// Makes the kernel's lists what the configuration and the operator's entries call
+    /// for, at the start (the maps may be a previous daemon's): reputation denials found
+    /// there that reputation does not know are taken into it, those that ran out are
+    /// removed, and reputation's own denials the kernel lacks are put back.
+    pub(super) fn reconcile_kernel(&self) -> anyhow::Result<()> {
+        let inner = self.inner();
+        let want = desired(&inner.file, &inner.lists, unix_now(), false);
+        let reputation = self.stage.reputation();
+        let mut kernel = self.stage.kernel_lists();
+        let boot = boot_time_ns();
+        let known: HashSet<IpNet> = reputation
+            .list(Instant::now())
+            .iter()
+            .filter(|s| s.denied_for.is_some())
+            .map(|s| s.source)
+            .collect();
+        for net in &want.allow {
+            kernel.allow(*net)?;
+        }
+        for (net, ttl) in &want.deny {
+            kernel.deny(*net, *ttl, origin::OPERATOR)?;
+        }
+        for net in kernel.allowed() {
+            if !want.allow.contains(&net) {
+                kernel.disallow(net)?;
+            }
+        }
+        let wanted_deny: HashSet<IpNet> = want.deny.iter().map(|(net, _)| *net).collect();
+        for (net, entry) in kernel.denied() {
+            let expired = entry.expires_ns != 0 && entry.expires_ns <= boot;
+            if entry.origin == origin::REPUTATION && expired {
+                // Ran out while the daemon was down: the kernel ignores it; free its slot.
+                kernel.undeny(net)?;
+            } else if entry.origin == origin::REPUTATION {
+                if !known.contains(&net) {
+                    // Denied after the last snapshot: keep it, and let reputation know.
+                    let left = Duration::from_nanos(entry.expires_ns.saturating_sub(boot));
+                    reputation.adopt_denial(net, left, Instant::now());
+                }
+            } else if !wanted_deny.contains(&net) {
+                kernel.undeny(net)?;
+            }
+        }
+        // Snapshot denials the kernel no longer has (expired while the daemon was down, or
+        // a fresh kernel): put them back.
+        if !self.stage.monitor() {
+            for source in reputation.list(Instant::now()) {
+                if let Some(left) = source.denied_for {
+                    kernel.deny(source.source, Some(left), origin::REPUTATION)?;
+                }
+            }
+        }
+        crate::metrics::list_sizes(want.allow.len(), want.deny.len());
+        Ok(())
+    }
+
+    pub(super) fn rebuild_engine(&self) -> anyhow::Result<()> {
+        let inner = self.inner();
+        let fresh = engine(&inner.file, &inner.lists, inner.dns.clone())?;
+        self.stage.set_engine(fresh);
+        Ok(())
+    }
+
+    /// Makes `lists` (and `file`, and `dns`) the ones in force: kernel, disk, memory,
+    /// engine. On failure nothing has changed.
+    pub(super) fn commit(
+        &self,
+        inner: &mut Inner,
+        file: Option<PolicyFile>,
+        lists: Lists,
+        dns: Option<Option<DnsClient>>,
+    ) -> Result<(), ControlError> {
+        let now = unix_now();
+        let next_file = file.as_ref().unwrap_or(&inner.file);
+        let fresh = engine(next_file, &lists, dns.clone().unwrap_or(inner.dns.clone()))
+            .map_err(|e| ControlError::new(ErrorKind::InvalidArgument, format!("{e:#}")))?;
+        let before = desired(&inner.file, &inner.lists, now, true);
+        let after = desired(next_file, &lists, now, false);
+        self.apply(&before, &after)
+            .map_err(|e| ControlError::kernel(&e))?;
+        if lists != inner.lists
+            && let Err(e) = self.state.save_lists(&lists)
+        {
+            if let Err(undo) = self.apply(&after, &before) {
+                warn!("putting the kernel lists back: {undo:#}");
+            }
+            return Err(ControlError::io(&e));
+        }
+        inner.lists = lists;
+        if let Some(file) = file {
+            inner.file = file;
+        }
+        if let Some(dns) = dns {
+            inner.dns = dns;
+        }
+        self.stage.set_engine(fresh);
+        crate::metrics::list_sizes(after.allow.len(), after.deny.len());
+        Ok(())
+    }
+
+    /// Changes the kernel lists from `before` to `after`.
+    fn apply(&self, before: &Desired, after: &Desired) -> anyhow::Result<()> {
+        if before == after {
+            return Ok(());
+        }
+        let mut kernel = self.stage.kernel_lists();
+        for net in after.allow.difference(&before.allow) {
+            kernel.allow(*net)?;
+        }
+        for net in before.allow.difference(&after.allow) {
+            kernel.disallow(*net)?;
+        }
+        let kept: HashSet<IpNet> = after.deny.iter().map(|(net, _)| *net).collect();
+        for (net, ttl) in &after.deny {
+            if !before.deny.contains(&(*net, *ttl)) {
+                kernel.deny(*net, *ttl, origin::OPERATOR)?;
+            }
+        }
+        for (net, _) in &before.deny {
+            if !kept.contains(net) {
+                kernel.undeny(*net)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends operator entries whose time is up (called every second).
+    pub fn expire(&self) {
+        let mut inner = self.inner();
+        let now = unix_now();
+        let mut lists = inner.lists.clone();
+        lists.allow.retain(|e| in_force(e.expires_at, now));
+        lists.deny.retain(|e| in_force(e.expires_at, now));
+        lists.deny_helo.retain(|e| in_force(e.expires_at, now));
+        if lists != inner.lists {
+            info!("operator list entries expired");
+            if let Err(e) = self.commit(&mut inner, None, lists, None) {
+                warn!("expiring list entries: {e}");
+            }
+        }
+    }
+
+    /// `allow add`, `deny add`: a source (replacing an entry for the same CIDR).
+    pub(super) fn add_net(
+        &self,
+        deny: bool,
+        net: IpNet,
+        ttl: Option<u64>,
+        comment: Option<String>,
+    ) -> Result<Entry, ControlError> {
+        check_comment(&comment)?;
+        let now = unix_now();
+        let net = net.trunc();
+        let entry = NetEntry {
+            net,
+            expires_at: ttl_to_expiry(ttl, now)?,
+            comment,
+            added_at: now,
+        };
+        let mut inner = self.inner();
+        let mut lists = inner.lists.clone();
+        let list = if deny {
+            &mut lists.deny
+        } else {
+            &mut lists.allow
+        };
+        list.retain(|e| e.net != net);
+        list.push(entry.clone());
+        self.commit(&mut inner, None, lists, None)?;
+        info!(
+            "operator: {} {net}{}",
+            if deny { "denied" } else { "allowed" },
+            ttl.map_or(String::new(), |t| format!(" for {t} s"))
+        );
+        Ok(operator_entry(&entry, now))
+    }
+
+    /// `allow del`, `deny del`: an operator's entry (the file's are edited in the file).
+    pub(super) fn del_net(&self, deny: bool, net: IpNet) -> Result<Removed, ControlError> {
+        let net = net.trunc();
+        let name = if deny { "deny" } else { "allow" };
+        let mut inner = self.inner();
+        let in_file = if deny {
+            inner.file.lists.deny.contains(&net)
+        } else {
+            inner.file.lists.allow.contains(&net)
+        };
+        let mut lists = inner.lists.clone();
+        let list = if deny {
+            &mut lists.deny
+        } else {
+            &mut lists.allow
+        };
+        let before = list.len();
+        list.retain(|e| e.net != net);
+        if list.len() == before {
+            return Err(if in_file {
+                ControlError::new(
+                    ErrorKind::ConfigEntry,
+                    format!(
+                        "{net} is in the configuration file ([lists] {name}): edit the file and \
+                         reload"
+                    ),
+                )
+            } else {
+                ControlError::new(
+                    ErrorKind::NotFound,
+                    format!("{net} is not in the {name} list"),
+                )
+            });
+        }
+        self.commit(&mut inner, None, lists, None)?;
+        info!("operator: removed {net} from the {name} list");
+        Ok(Removed {
+            removed: net.to_string(),
+        })
+    }
+
+    /// `deny add --helo`.
+    pub(super) fn add_helo(
+        &self,
+        pattern: String,
+        ttl: Option<u64>,
+        comment: Option<String>,
+    ) -> Result<HeloRow, ControlError> {
+        check_comment(&comment)?;
+        DenyPattern::parse(&pattern).map_err(|e| {
+            ControlError::new(
+                ErrorKind::InvalidArgument,
+                format!("--helo {pattern:?}: {e}"),
+            )
+        })?;
+        let now = unix_now();
+        let entry = HeloEntry {
+            pattern: pattern.clone(),
+            expires_at: ttl_to_expiry(ttl, now)?,
+            comment,
+            added_at: now,
+        };
+        let mut inner = self.inner();
+        let mut lists = inner.lists.clone();
+        lists.deny_helo.retain(|e| e.pattern != pattern);
+        lists.deny_helo.push(entry.clone());
+        self.commit(&mut inner, None, lists, None)?;
+        info!("operator: HELO pattern {pattern:?} denied");
+        Ok(operator_helo(&entry))
+    }
+
+    /// `deny del --helo`.
+    pub(super) fn del_helo(&self, pattern: String) -> Result<Removed, ControlError> {
+        let mut inner = self.inner();
+        let mut lists = inner.lists.clone();
+        let before = lists.deny_helo.len();
+        lists.deny_helo.retain(|e| e.pattern != pattern);
+        if lists.deny_helo.len() == before {
+            let in_file = inner
+                .file
+                .policy
+                .deny
+                .iter()
+                .any(|p| p.to_string() == pattern);
+            return Err(if in_file {
+                ControlError::new(
+                    ErrorKind::ConfigEntry,
+                    format!(
+                        "HELO pattern {pattern:?} is in the configuration file ([policy] deny): \
+                         edit the file and reload"
+                    ),
+                )
+            } else {
+                ControlError::new(
+                    ErrorKind::NotFound,
+                    format!("HELO pattern {pattern:?} is not in the deny list"),
+                )
+            });
+        }
+        self.commit(&mut inner, None, lists, None)?;
+        info!("operator: HELO pattern {pattern:?} removed from the deny list");
+        Ok(Removed { removed: pattern })
+    }
+
+    /// `allow list`: the file's entries, then the operator's.
+    pub(super) fn allow_list(&self) -> AllowList {
+        let inner = self.inner();
+        let now = unix_now();
+        let entries = inner
+            .file
+            .lists
+            .allow
+            .iter()
+            .map(config_entry)
+            .chain(inner.lists.allow.iter().map(|e| operator_entry(e, now)))
+            .collect();
+        AllowList { entries }
+    }
+
+    /// `deny list`: the file's sources, the operator's, reputation's; then HELO patterns.
+    pub(super) fn deny_list(&self) -> DenyList {
+        let inner = self.inner();
+        let now = unix_now();
+        let mut entries: Vec<Entry> = inner
+            .file
+            .lists
+            .deny
+            .iter()
+            .map(config_entry)
+            .chain(inner.lists.deny.iter().map(|e| operator_entry(e, now)))
+            .collect();
+        for source in self.stage.reputation().list(Instant::now()) {
+            if let Some(left) = source.denied_for {
+                entries.push(Entry {
+                    net: source.source,
+                    source: EntrySource::Reputation,
+                    expires_at: Some(now + left.as_secs()),
+                    expires_in_secs: Some(left.as_secs()),
+                    comment: Some(format!("score {:.2}", source.score)),
+                    added_at: None,
+                });
+            }
+        }
+        let helo = inner
+            .file
+            .policy
+            .deny
+            .iter()
+            .map(|p| HeloRow {
+                pattern: p.to_string(),
+                source: EntrySource::Config,
+                expires_at: None,
+                comment: None,
+                added_at: None,
+            })
+            .chain(inner.lists.deny_helo.iter().map(operator_helo))
+            .collect();
+        DenyList { entries, helo }
+    }
+}
