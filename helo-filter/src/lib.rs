@@ -4,6 +4,8 @@ pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod dns;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod io;
 pub mod kernel;
 pub mod metrics;

@@ -34,6 +34,17 @@ impl Daemon {
     /// (`helo-policy.md`'s) and DNS server and `extra` arguments, and waits until it reports
     /// being ready (every interface attached).
     pub fn start(lab: &Lab, extra: &[&str], echo: bool) -> anyhow::Result<Daemon> {
+        Daemon::start_with_env(lab, extra, &[], echo)
+    }
+
+    /// [`Daemon::start`] with variables added to the daemon's environment (a test's
+    /// `HELO_FILTER_FAULT`, for one).
+    pub fn start_with_env(
+        lab: &Lab,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        echo: bool,
+    ) -> anyhow::Result<Daemon> {
         let (state, socket, pins) = (lab.state_dir(), lab.control_socket(), lab.bpffs_dir()?);
         let run = [
             "run",
@@ -46,7 +57,7 @@ impl Daemon {
             "--bpffs-dir",
             &pins.to_string_lossy(),
         ];
-        Daemon::spawn(lab, &run, extra, "ready: capturing", echo)
+        Daemon::spawn(lab, &run, extra, env, "ready: capturing", echo)
     }
 
     /// Starts `helo-filter policy` (the Postfix policy service alone, no XDP program) in the
@@ -59,13 +70,14 @@ impl Daemon {
         echo: bool,
     ) -> anyhow::Result<Daemon> {
         let policy = ["policy", "--listen", listen];
-        Daemon::spawn(lab, &policy, extra, "policy service listening", echo)
+        Daemon::spawn(lab, &policy, extra, &[], "policy service listening", echo)
     }
 
     fn spawn(
         lab: &Lab,
         command: &[&str],
         extra: &[&str],
+        env: &[(&str, &str)],
         ready_line: &str,
         echo: bool,
     ) -> anyhow::Result<Daemon> {
@@ -85,6 +97,7 @@ impl Daemon {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_LOG_STYLE", "never")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -163,6 +176,12 @@ impl Daemon {
         // pid is our child's: std reaps it only through `self.child` (`try_wait`, `wait`),
         // and until then the kernel keeps the pid for it even after it exits.
         unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the daemon to exit by itself, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        wait_until(timeout, || self.child.try_wait().ok().flatten().is_some())?;
+        Ok(self.child.wait()?)
     }
 
     /// Sends SIGTERM and waits for the exit.

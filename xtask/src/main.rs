@@ -1,9 +1,9 @@
-//! `cargo xtask setup | run | test | bench`.
+//! `cargo xtask setup | run | lint | test | bench`.
 use std::{
     io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -12,7 +12,7 @@ use xtask::{
     daemon::{self, Daemon, metric_value},
     lab::{self, Lab},
     paths,
-    process::{cargo, run_cmd},
+    process::{cargo, nightly_cargo, run_cmd},
     sessions::{self, Greeting},
     setup,
 };
@@ -34,6 +34,9 @@ enum Task {
         #[arg(last = true)]
         daemon_args: Vec<String>,
     },
+    /// The lint gate, after setup: the nightly format check (import grouping) and both
+    /// clippy passes, user space and eBPF, with warnings denied.
+    Lint,
     /// Every test, privileged ones included (needs root).
     Test,
     /// Every benchmark, each beside a baseline measured in the same run: writes
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Run { daemon_args } if daemon_args.is_empty() => run_lab(),
         Task::Run { daemon_args } => run_real(&daemon_args),
+        Task::Lint => lint(),
         Task::Test => test(),
         Task::Bench { quick } => bench(quick),
     }
@@ -99,8 +103,8 @@ fn run_real(daemon_args: &[String]) -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     setup::run()?;
-    println!("checking formatting");
-    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    println!("checking formatting (nightly rustfmt: import grouping)");
+    run_cmd(&mut format_check())?;
     build_daemon()?;
     println!("running every test (unit, packet table, end to end)");
     let mut child = cargo()
@@ -130,6 +134,55 @@ fn test() -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
+    Ok(())
+}
+
+/// `cargo +nightly fmt --all --check`: rustfmt.toml's import options are nightly-only.
+fn format_check() -> Command {
+    let mut command = nightly_cargo();
+    command.args(["fmt", "--all", "--check"]);
+    command
+}
+
+/// Runs every lint step, even after a failure, and fails naming the steps that did.
+fn lint() -> anyhow::Result<()> {
+    setup::run()?;
+    let mut user_space = cargo();
+    user_space
+        .args(["clippy", "--workspace", "--all-targets"])
+        .args(["--exclude", "helo-filter-ebpf"])
+        .args(["--", "-D", "warnings"])
+        // helo-filter's build script then writes placeholder objects instead of compiling
+        // the eBPF crate (its own pass is the next step).
+        .env("AYA_BUILD_SKIP", "1");
+    let mut ebpf = nightly_cargo();
+    ebpf.args(["clippy", "--package", "helo-filter-ebpf"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"]);
+    let steps = [
+        ("format (cargo +nightly fmt --all --check)", format_check()),
+        ("clippy, user space (AYA_BUILD_SKIP=1)", user_space),
+        ("clippy, eBPF (nightly, bpfel-unknown-none)", ebpf),
+    ];
+    let total = steps.len();
+    let mut failed = Vec::new();
+    for (n, (what, mut command)) in steps.into_iter().enumerate() {
+        println!("lint [{}/{total}] {what}", n + 1);
+        let started = Instant::now();
+        let result = run_cmd(&mut command);
+        let took = started.elapsed().as_secs();
+        match result {
+            Ok(()) => println!("      passed ({took} s)"),
+            Err(e) => {
+                println!("      FAILED ({took} s): {e:#}");
+                failed.push(what);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join("; "));
+    }
+    println!("lint: every step passed");
     Ok(())
 }
 

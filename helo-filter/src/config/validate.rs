@@ -342,154 +342,56 @@ fn socket_path_too_long(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    /// Every value the daemon refuses, as a file: (text, line, key, words of the message).
-    pub(crate) const REFUSED: &[(&str, usize, &str, &str)] = &[
-        (
-            "[kernel]\nsmtp_ports = []\n",
-            2,
-            "kernel.smtp_ports",
-            "at least one port",
-        ),
-        (
-            "[kernel]\nsmtp_ports = [25, 0]\n",
-            2,
-            "kernel.smtp_ports",
-            "0 is not a port",
-        ),
-        (
-            "[kernel]\nsmtp_ports = [1, 2, 3, 4, 5, 6, 7, 8, 9]\n",
-            2,
-            "kernel.smtp_ports",
-            "at most 8 ports",
-        ),
-        (
-            "[kernel]\nsmtp_ports = [25, 25]\n",
-            2,
-            "kernel.smtp_ports",
-            "twice",
-        ),
-        (
-            "[kernel]\ninterfaces = [\"a-name-far-too-long0\"]\n",
-            2,
-            "kernel.interfaces",
-            "not an interface name",
-        ),
-        (
-            "[kernel]\ninterfaces = [\"eth0\", \"eth0\"]\n",
-            2,
-            "kernel.interfaces",
-            "twice",
-        ),
-        (
-            "# the kernel's view of the daemon\n[enforce]\nheartbeat_timeout_ms = 10\n",
-            3,
-            "enforce.heartbeat_timeout_ms",
-            "at least 1000 ms",
-        ),
-        (
-            "[enforce]\ngate_deadline_ms = 0\n",
-            2,
-            "enforce.gate_deadline_ms",
-            "from 1 to",
-        ),
-        (
-            "[reputation]\nthreshold = -1\n",
-            2,
-            "reputation.threshold",
-            "above 0",
-        ),
-        (
-            "[reputation]\nthreshold = nan\n",
-            2,
-            "reputation.threshold",
-            "finite",
-        ),
-        (
-            "[reputation]\nthreshold = inf\n",
-            2,
-            "reputation.threshold",
-            "finite",
-        ),
-        (
-            "[reputation]\nhalf_life_secs = 0\n",
-            2,
-            "reputation.half_life_secs",
-            "at least 1",
-        ),
-        (
-            "[reputation]\ndeny_ttl_secs = 0\n",
-            2,
-            "reputation.deny_ttl_secs",
-            "at least 1",
-        ),
-        (
-            "[reputation]\nreject_weight = -2\n",
-            2,
-            "reputation.reject_weight",
-            "0 or more",
-        ),
-        (
-            "[reputation]\nsoft_score_weight = nan\n",
-            2,
-            "reputation.soft_score_weight",
-            "0 or more",
-        ),
-        (
-            "[reputation.weights]\nno_helo = -1\n",
-            2,
-            "reputation.weights.no_helo",
-            "a finite number",
-        ),
-        (
-            "[reputation]\nmax_denied = 70000\n",
-            2,
-            "reputation.max_denied",
-            "kernel's deny map",
-        ),
-        (
-            "[control]\nsocket = \"relative.sock\"\n",
-            2,
-            "control.socket",
-            "absolute",
-        ),
-        (
-            "[state]\nbpffs_dir = \"pins\"\n",
-            2,
-            "state.bpffs_dir",
-            "absolute",
-        ),
-        (
-            "[postfix]\nlisten = \"unix:/run/a-directory-with-a-name-long-enough-to-overflow-the-socket-address-of-a-unix-socket/helo-filter/policy.sock\"\n",
-            2,
-            "postfix.listen",
-            "at most 107 bytes",
-        ),
-    ];
-
-    #[test]
-    fn every_refused_value_names_file_line_and_key() {
-        for &(text, line, key, words) in REFUSED {
-            let error = Loaded::parse(text.to_owned(), "bad.toml".to_owned())
-                .and_then(Loaded::validate)
-                .expect_err(text)
-                .to_string();
-            let location = format!("bad.toml:{line}:1: key `{key}`: ");
-            assert!(error.starts_with(&location), "{text:?}: {error}");
-            assert!(error.contains(words), "{text:?}: {error}");
-        }
+    /// The refused configurations of `tests/data/refused-configs/`, shared with the
+    /// end-to-end test that feeds them to `config check`, `run` and `reload`: each file's
+    /// first line says where and why it is refused.
+    fn refused_configs() -> Vec<(String, String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/refused-configs");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("the refused configurations")
+            .map(|entry| entry.expect("a directory entry").path())
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(&path).expect("a refused configuration");
+                let expected = text
+                    .lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("# refused: "))
+                    .expect("a first line saying why it is refused")
+                    .to_owned();
+                (path.display().to_string(), text, expected)
+            })
+            .collect()
     }
 
     #[test]
-    fn a_long_reply_text_is_refused() {
-        let text = format!("[postfix]\nreject_text = \"{}\"\n", "x".repeat(201));
-        let error = Loaded::parse(text, "bad.toml".to_owned())
-            .and_then(Loaded::validate)
-            .expect_err("201 bytes")
-            .to_string();
+    fn every_refused_value_names_file_line_and_key() {
+        let configs = refused_configs();
         assert!(
-            error.starts_with("bad.toml:2:1: key `postfix.reject_text`: at most 200 bytes"),
-            "{error}"
+            configs.len() >= 20,
+            "{} refused configurations",
+            configs.len()
         );
+        for (name, text, expected) in configs {
+            // "line 3, key `k`: words" -> "NAME:3:1: key `k`: words"
+            let (line, rest) = expected
+                .strip_prefix("line ")
+                .and_then(|e| e.split_once(", "))
+                .expect("line N, key …");
+            let error = Loaded::parse(text, name.clone())
+                .and_then(Loaded::validate)
+                .expect_err(&name)
+                .to_string();
+            let (key, words) = rest.split_once(": ").expect("key `k`: words");
+            assert!(
+                error.starts_with(&format!("{name}:{line}:1: {key}: ")),
+                "{name}: {error}"
+            );
+            assert!(error.contains(words), "{name}: {error}");
+        }
     }
 
     #[test]

@@ -160,6 +160,10 @@ impl Stage {
     }
 
     async fn judge(&self, session: &Session) {
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::armed("stage_panic") {
+            panic!("fault injected: stage_panic");
+        }
         let client = session.client.ip();
         let input = match &session.finding {
             Finding::Helo(helo) => {

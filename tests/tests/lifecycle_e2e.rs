@@ -1,0 +1,172 @@
+//! End to end, the daemon's life: every refused configuration is refused alike by `config
+//! check`, `run` and `reload`; a panicking task ends the daemon instead of leaving it
+//! half-alive.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use helo_filter_tests::e2e::*;
+use xtask::{
+    daemon::{Daemon, cli},
+    paths::daemon_binary,
+    sessions::{self, Greeting},
+};
+
+/// The refused configurations shared with the unit test of the validation: (name, text,
+/// the `line N, key `k`: words` its first line announces).
+fn refused_configs() -> Vec<(String, String, String)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/refused-configs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the refused configurations")
+        .map(|entry| entry.expect("a directory entry").path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("a refused configuration");
+            let expected = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# refused: "))
+                .expect("a first line saying why it is refused")
+                .to_owned();
+            let name = path.file_name().expect("a name").to_string_lossy().into();
+            (name, text, expected)
+        })
+        .collect()
+}
+
+/// Keys the lab's daemon is given as flags (`--iface`, `--control-socket`, `--state-dir`,
+/// `--bpffs-dir`), which win over the file on `reload` as on `run`.
+const SET_BY_THE_LAB_FLAGS: [&str; 4] = [
+    "kernel.interfaces",
+    "control.socket",
+    "state.dir",
+    "state.bpffs_dir",
+];
+
+fn stderr_of(command: &mut Command) -> (Option<i32>, String) {
+    let output = command.output().expect("running helo-filter");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// One configuration file, fed in turn each refused text: `config check` and `run` refuse
+/// it, and a running daemon's `reload` refuses it and keeps running, all three with the
+/// same message naming the file, the line and the key.
+#[test]
+fn every_refused_configuration_is_refused_alike_by_check_run_and_reload() {
+    let lab = lab("cf");
+    let path = lab.daemon_dir().join("helo-filter.toml");
+    std::fs::create_dir_all(lab.daemon_dir()).expect("the daemon's directory");
+    std::fs::write(&path, "").expect("writing an empty configuration");
+    let shown = path.display().to_string();
+    let daemon = Daemon::start(&lab, &["--config", &shown], false).expect("starting the daemon");
+    let configs = refused_configs();
+    assert!(configs.len() >= 20, "{} configurations", configs.len());
+    for (name, text, expected) in configs {
+        std::fs::write(&path, &text).expect("writing the configuration");
+        let (line, rest) = expected
+            .strip_prefix("line ")
+            .and_then(|e| e.split_once(", "))
+            .expect("line N, key …");
+        let (key, words) = rest.split_once(": ").expect("key `k`: words");
+        let located = format!("{shown}:{line}:1: {key}: ");
+
+        let (code, check) = stderr_of(
+            Command::new(daemon_binary())
+                .args(["config", "check"])
+                .arg(&path),
+        );
+        assert_eq!(code, Some(1), "{name}: config check: {check}");
+        let message = check
+            .trim()
+            .strip_prefix("helo-filter: ")
+            .unwrap_or_else(|| panic!("{name}: config check said {check:?}"));
+        assert!(
+            message.starts_with(&located) && message.contains(words),
+            "{name}: {message}"
+        );
+
+        let (code, run) = stderr_of(
+            Command::new(daemon_binary())
+                .args(["run", "--config"])
+                .arg(&path),
+        );
+        assert_eq!(code, Some(1), "{name}: run: {run}");
+        assert_eq!(run.trim(), format!("helo-filter: {message}"), "{name}: run");
+
+        let reload = cli(&lab, &["reload"]).expect("reload");
+        let refusal = String::from_utf8_lossy(&reload.stderr);
+        if SET_BY_THE_LAB_FLAGS
+            .iter()
+            .any(|k| key == format!("key `{k}`"))
+        {
+            // The running daemon's flag wins over the file, as it would for `run`.
+            assert_eq!(reload.status.code(), Some(0), "{name}: reload: {refusal}");
+            continue;
+        }
+        assert_eq!(reload.status.code(), Some(1), "{name}: reload: {refusal}");
+        assert!(
+            refusal.contains("reload refused") && refusal.trim_end().ends_with(message),
+            "{name}: reload said {refusal:?}, config check {message:?}"
+        );
+    }
+    let status = cli(&lab, &["status"]).expect("status");
+    assert!(
+        status.status.success(),
+        "the daemon stopped serving after the refused reloads"
+    );
+    daemon.stop().expect("stopping the daemon");
+}
+
+/// A panic in the policy stage (set off with the `fault-injection` build's
+/// `HELO_FILTER_FAULT=stage_panic`) ends the daemon with status 70 and a log line naming
+/// the task; the pinned program then fails open once the heartbeat is stale, so mail flows.
+#[test]
+fn a_panic_in_the_policy_stage_ends_the_daemon() {
+    let lab = lab("pa");
+    let mut daemon = Daemon::start_with_env(
+        &lab,
+        &["--heartbeat-timeout-ms", "1000"],
+        &[("HELO_FILTER_FAULT", "stage_panic")],
+        false,
+    )
+    .expect("starting the daemon");
+    // The session's HELO is judged, and the judging task panics.
+    let _ = sessions::swaks_transcript(&lab, v4(0, 46001), Greeting::Ehlo, "mail.example.net");
+    let status = daemon
+        .wait_exit(Duration::from_secs(20))
+        .unwrap_or_else(|e| {
+            panic!(
+                "the daemon did not exit after the panic ({e}); log:\n{}",
+                daemon.lines().join("\n")
+            )
+        });
+    assert_eq!(
+        status.code(),
+        Some(70),
+        "log:\n{}",
+        daemon.lines().join("\n")
+    );
+    let lines = daemon.lines();
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "task \"policy stage\" panicked: fault injected: stage_panic; exiting with status 70"
+        )),
+        "no log line names the panicked task:\n{}",
+        lines.join("\n")
+    );
+    // Not half-alive: the process is gone, and the program it left pinned lets mail through
+    // once its heartbeat is older than the timeout.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (completed, transcript) =
+        sessions::swaks_transcript(&lab, v4(1, 46002), Greeting::Ehlo, "mail.example.net")
+            .expect("swaks");
+    assert!(
+        completed,
+        "a good session did not complete after the daemon exited:\n{transcript}"
+    );
+}
