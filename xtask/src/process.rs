@@ -18,6 +18,14 @@ pub fn cargo() -> Command {
     command
 }
 
+/// `cargo +nightly` (through rustup's `cargo` proxy), in the workspace root: the import
+/// grouping format check and the eBPF crate's clippy pass need the nightly.
+pub fn nightly_cargo() -> Command {
+    let mut command = Command::new("cargo");
+    command.arg("+nightly").current_dir(workspace_root());
+    command
+}
+
 /// Runs a command with inherited output; an error names the command.
 pub fn run_cmd(command: &mut Command) -> anyhow::Result<()> {
     let status = command

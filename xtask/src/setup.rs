@@ -24,6 +24,11 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "procps",
 ];
 
+/// Components of the nightly toolchain: rust-src to build the eBPF crate (`-Z build-std`),
+/// clippy and rustfmt for `cargo xtask lint` (its eBPF clippy pass, the import-grouping
+/// format check).
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
+
 /// bpf-linker must use the same LLVM major as the nightly that compiles the eBPF crate.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
@@ -55,7 +60,7 @@ pub fn run() -> anyhow::Result<()> {
     step(
         2,
         3,
-        "nightly toolchain with rust-src (builds the eBPF crate)",
+        "nightly toolchain: rust-src (builds the eBPF crate), clippy and rustfmt (lint)",
     );
     let components = output(Command::new("rustup").args([
         "component",
@@ -65,17 +70,29 @@ pub fn run() -> anyhow::Result<()> {
         "--installed",
     ]))
     .context("rustup has no nightly toolchain")?;
-    if components.lines().any(|l| l.starts_with("rust-src")) {
+    // `rust-src`, or a target-qualified name such as `clippy-x86_64-unknown-linux-gnu`.
+    let missing: Vec<&str> = NIGHTLY_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| {
+            !components
+                .lines()
+                .any(|l| l == *c || l.strip_prefix(c).is_some_and(|t| t.starts_with('-')))
+        })
+        .collect();
+    if missing.is_empty() {
         println!("      present");
     } else {
-        println!("      adding rust-src to the nightly toolchain");
-        run_cmd(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        println!(
+            "      adding to the nightly toolchain: {}",
+            missing.join(" ")
+        );
+        run_cmd(
+            Command::new("rustup")
+                .args(["component", "add"])
+                .args(&missing)
+                .args(["--toolchain", "nightly"]),
+        )?;
     }
 
     step(3, 3, "bpf-linker (built against Debian's LLVM 22)");
