@@ -122,6 +122,11 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
         "deny del left the source denied"
     );
     assert!(refused(&lab, &["deny", "del", "203.0.113.14"]).contains("not in the deny list"));
+    let out = cli(&lab, &["deny", "del", "203.0.113.14", "--json"]).expect("the CLI runs");
+    assert_eq!(out.status.code(), Some(1));
+    let line: Value = serde_json::from_slice(&out.stdout).expect("a JSON line");
+    assert_eq!(line["ok"], false, "{line}");
+    assert_eq!(line["kind"], "not_found", "{line}");
 
     // allow add: an allow-listed source's bogus HELO passes; allow del ends that.
     ok(
@@ -238,6 +243,102 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(!link.contains("xdp"), "XDP is still attached: {link}");
     drop(daemon);
+}
+
+/// `status` says what is enforced: after a reload that changes a reloadable key (`[policy]
+/// bundle`) and one that needs a restart (`[enforce] action`), the bundle follows the file,
+/// the action stays the enforced one and `[enforce]` is pending a restart; after a refused
+/// reload the previous file stays in force and the refusal is shown with its error.
+#[test]
+fn status_tells_what_is_enforced_across_reloads() {
+    let lab = lab("w");
+    let config = config_file(&lab, "[policy]\nbundle = \"standard\"\n");
+    let _daemon = Daemon::start(&lab, &["--config", &config], false).expect("starting the daemon");
+    let status = json(&lab, &["status"]);
+    let start = &status["configuration"];
+    assert_eq!(start["file"], config.as_str(), "{status}");
+    assert_eq!(start["applied"], serde_json::json!([]), "{status}");
+    assert_eq!(start["pending_restart"], serde_json::json!([]), "{status}");
+    assert!(start["refused"].is_null(), "{status}");
+    let loaded_at = start["loaded_at"].as_u64().expect("loaded_at");
+
+    // A good reload: the bundle is applied, the action waits for a restart.
+    std::thread::sleep(Duration::from_millis(1100));
+    config_file(
+        &lab,
+        "[policy]\nbundle = \"strict\"\n\n[enforce]\naction = \"drop\"\n",
+    );
+    let reloaded = json(&lab, &["reload"]);
+    assert_eq!(
+        reloaded["applied"],
+        serde_json::json!(["policy"]),
+        "{reloaded}"
+    );
+    assert_eq!(
+        reloaded["pending_restart"],
+        serde_json::json!(["enforce"]),
+        "{reloaded}"
+    );
+    let status = json(&lab, &["status"]);
+    assert_eq!(status["bundle"], "strict", "{status}");
+    assert_eq!(
+        status["action"], "rst",
+        "the enforced action changed: {status}"
+    );
+    let after = &status["configuration"];
+    assert_eq!(after["applied"], serde_json::json!(["policy"]), "{status}");
+    assert_eq!(
+        after["pending_restart"],
+        serde_json::json!(["enforce"]),
+        "{status}"
+    );
+    assert!(after["refused"].is_null(), "{status}");
+    let reloaded_at = after["loaded_at"].as_u64().expect("loaded_at");
+    assert!(reloaded_at > loaded_at, "{status}");
+    let human = ok(&lab, &["status"]);
+    assert!(
+        human.contains("action rst") && human.contains("config.pending_restart enforce"),
+        "{human}"
+    );
+
+    // A refused reload: the previous file stays in force, and status says why.
+    config_file(&lab, "[policy]\nbundle = \"paranoid\"\n");
+    let refusal = refused(&lab, &["reload"]);
+    assert!(refusal.contains("reload refused"), "{refusal}");
+    let status = json(&lab, &["status"]);
+    assert_eq!(status["bundle"], "strict", "{status}");
+    assert_eq!(status["action"], "rst", "{status}");
+    let kept = &status["configuration"];
+    assert_eq!(kept["loaded_at"].as_u64(), Some(reloaded_at), "{status}");
+    assert_eq!(
+        kept["pending_restart"],
+        serde_json::json!(["enforce"]),
+        "{status}"
+    );
+    let error = kept["refused"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{config}:2:")) && error.contains("bundle"),
+        "{status}"
+    );
+    let human = ok(&lab, &["status"]);
+    assert!(
+        human.contains("config.refused") && human.contains("stays in force"),
+        "{human}"
+    );
+
+    // With --json a refusal is one JSON line on stdout, with its kind.
+    let out = cli(&lab, &["reload", "--json"]).expect("the CLI runs");
+    assert_eq!(out.status.code(), Some(1));
+    let line: Value = serde_json::from_slice(&out.stdout).expect("a JSON line");
+    assert_eq!(line["ok"], false, "{line}");
+    assert_eq!(line["kind"], "invalid_config", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("reload refused"),
+        "{line}"
+    );
 }
 
 /// SIGTERM and `kill -9` leave the kernel side in place: while the daemon is down the deny
@@ -399,24 +500,28 @@ fn the_control_socket_answers_malformed_requests_and_refuses_others() {
         serde_json::from_str(&answer).expect("a JSON answer")
     };
     let oversized = vec![b'x'; 70_000];
-    for (request, needle) in [
-        (&b"garbage"[..], "not JSON"),
+    for (request, needle, kind) in [
+        (&b"garbage"[..], "not JSON", "bad_request"),
         (
             br#"{"version":9,"command":"status"}"#,
             "unsupported protocol version 9",
+            "unsupported_version",
         ),
         (
             br#"{"version":1,"command":"self_destruct"}"#,
             "unknown variant",
+            "bad_request",
         ),
         (
             br#"{"version":1,"command":"allow_add","net":"203.0.113.0/33"}"#,
             "malformed",
+            "bad_request",
         ),
-        (&oversized, "longer than 65536 bytes"),
+        (&oversized, "longer than 65536 bytes", "bad_request"),
     ] {
         let answer = ask(request);
         assert_eq!(answer["ok"], false, "{answer}");
+        assert_eq!(answer["kind"], kind, "{answer}");
         assert!(
             answer["error"]
                 .as_str()

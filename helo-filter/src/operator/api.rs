@@ -141,7 +141,7 @@ pub enum ErrorKind {
     /// `reload`: the file does not load or validate (or its DNS settings cannot be set
     /// up); the running configuration is kept.
     InvalidConfig,
-    /// A kernel map could not be changed; nothing was changed.
+    /// A kernel map could not be changed.
     Kernel,
     /// The state directory or the pins could not be written or removed.
     Io,

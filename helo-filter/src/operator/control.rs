@@ -21,8 +21,10 @@ use tokio::{
 };
 
 use crate::{
-    io::line_reader::{Line, read_line},
-    io::unix_socket::{self, SocketFile},
+    io::{
+        line_reader::{Line, read_line},
+        unix_socket::{self, SocketFile},
+    },
     operator::api::{Command, ControlError, ErrorKind, Response},
 };
 

@@ -34,16 +34,19 @@ use crate::{
     clock::unix_now,
     config::PolicyFile,
     dns::DnsClient,
-    kernel::pins::PinDir,
-    kernel::{Attachment, CounterReader},
-    operator::api::{
-        ConfigState, ControlError, Detached, ErrorKind, Flow, Flows, Interface, ListSizes,
-        RefusedReload, Reloaded, ReputationList, ReputationReset, ReputationSizes, SourceScore,
-        Status,
+    kernel::{Attachment, CounterReader, pins::PinDir},
+    operator::{
+        api::{
+            ConfigState, ControlError, Detached, ErrorKind, Flow, Flows, Interface, ListSizes,
+            RefusedReload, Reloaded, ReputationList, ReputationReset, ReputationSizes, SourceScore,
+            Status,
+        },
+        state::{Lists, StateDir},
     },
-    operator::state::{Lists, StateDir},
-    pipeline::reputation::{SourceState, source_of},
-    pipeline::stage::{FlowRecord, Stage},
+    pipeline::{
+        reputation::{SourceState, source_of},
+        stage::{FlowRecord, Stage},
+    },
 };
 
 /// Re-reads the configuration file and applies the command line over it.
