@@ -160,9 +160,10 @@ pub fn in_force(expires_at: Option<u64>, now: u64) -> bool {
 mod tests {
     use super::*;
 
-    fn dir() -> StateDir {
+    /// A fresh directory of its own for each test (they run at once).
+    fn dir(test: &str) -> StateDir {
         let path = std::env::temp_dir().join(format!(
-            "hf-state-test-{}-{}",
+            "hf-state-test-{test}-{}-{}",
             std::process::id(),
             crate::clock::unix_now()
         ));
@@ -172,7 +173,7 @@ mod tests {
 
     #[test]
     fn lists_round_trip_and_a_missing_file_is_empty() {
-        let state = dir();
+        let state = dir("round-trip");
         assert_eq!(state.load_lists().expect("empty"), Lists::default());
         let lists = Lists {
             allow: vec![NetEntry {
@@ -198,7 +199,7 @@ mod tests {
 
     #[test]
     fn corrupt_and_foreign_files_stop_with_their_name() {
-        let state = dir();
+        let state = dir("corrupt");
         let file = state.path().join(LISTS_FILE);
         for (text, needle) in [
             ("{\"version\": 1, \"allow\": [", "is corrupt (not JSON)"),
