@@ -16,7 +16,6 @@ use crate::{
     dns::{DnsAnswer, DnsObserver, RecordKind},
     kernel::{AttachedMode, CounterReader},
     policy::{Decision, Note, Reason, Verdict},
-    postfix::Outcome,
 };
 
 pub const XDP_PACKETS: &str = "helo_filter_xdp_packets_total";
@@ -68,6 +67,34 @@ impl FailOpenCause {
             FailOpenCause::DnsTempfail => "dns_tempfail",
             FailOpenCause::GateDeadline => "gate_deadline",
             FailOpenCause::DaemonAbsent => "daemon_absent",
+        }
+    }
+}
+
+/// What a Postfix policy request got: the label set of `helo_filter_policy_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Dunno,
+    Reject,
+    Defer,
+    /// Malformed or incomplete: answered `DUNNO` (fail-open).
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Dunno,
+        Outcome::Reject,
+        Outcome::Defer,
+        Outcome::Error,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Dunno => "dunno",
+            Outcome::Reject => "reject",
+            Outcome::Defer => "defer",
+            Outcome::Error => "error",
         }
     }
 }

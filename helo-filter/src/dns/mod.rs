@@ -30,12 +30,13 @@ use hickory_resolver::{Resolver, TokioResolver};
 use tokio::sync::{Semaphore, watch};
 
 use crate::addr;
-use crate::policy::checks::Answer;
 
+mod answer;
 mod cache;
 #[cfg(test)]
 mod tests;
 
+pub use answer::Answer;
 pub use cache::TtlCache;
 
 /// The record types the checks ask for.

@@ -20,7 +20,7 @@ use crate::{
     io::unix_socket::{self, SocketFile},
 };
 
-pub use service::{Outcome, PolicyService, RejectHook};
+pub use service::{PolicyService, RejectHook};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;

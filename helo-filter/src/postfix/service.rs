@@ -14,6 +14,7 @@ use super::protocol::{Received, Request};
 use crate::{
     config::PostfixSection,
     metrics,
+    metrics::Outcome,
     pipeline::smtp::escape_for_log,
     pipeline::stage::{SharedEngine, current},
     policy::{HeloInput, Reason, Verdict},
@@ -26,34 +27,6 @@ const SESSION_MEMORY: Duration = Duration::from_secs(600);
 
 /// Called once per SMTP session with a rejected HELO (the daemon feeds its reputation).
 pub type RejectHook = Box<dyn Fn(IpAddr, &Verdict) + Send + Sync>;
-
-/// What a request got, as the metric `helo_filter_policy_requests_total` labels it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Dunno,
-    Reject,
-    Defer,
-    /// Malformed or incomplete: answered `DUNNO` (fail-open).
-    Error,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 4] = [
-        Outcome::Dunno,
-        Outcome::Reject,
-        Outcome::Defer,
-        Outcome::Error,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Dunno => "dunno",
-            Outcome::Reject => "reject",
-            Outcome::Defer => "defer",
-            Outcome::Error => "error",
-        }
-    }
-}
 
 /// The policy service shared by every connection.
 pub struct PolicyService {

@@ -10,6 +10,7 @@ use super::deny::DenyList;
 use super::reason::Reason;
 use super::rfc5321::{AddressLiteral, DomainName, Parsed};
 use crate::addr;
+pub use crate::dns::Answer;
 
 pub mod bad_literal_ip;
 pub mod bare_ip;
@@ -124,39 +125,6 @@ pub const OFFLINE: [(Reason, OfflineCheck); 13] = [
     (Reason::LiteralMismatch, literal_mismatch::check),
     (Reason::Dynamic, dynamic::check),
 ];
-
-/// The result of one DNS lookup as the checks see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer<T> {
-    /// The lookup was not made (check disabled or name not eligible).
-    NotAsked,
-    /// Records of the type exist.
-    Records(Vec<T>),
-    /// NXDOMAIN or an empty answer.
-    NoRecords,
-    /// Timeout, SERVFAIL or another error that says nothing about the name.
-    TempFail,
-}
-
-impl<T> Answer<T> {
-    /// The records, empty unless [`Answer::Records`].
-    pub fn records(&self) -> &[T] {
-        match self {
-            Answer::Records(r) => r,
-            _ => &[],
-        }
-    }
-
-    /// Whether there is at least one record.
-    pub fn has_records(&self) -> bool {
-        !self.records().is_empty()
-    }
-
-    /// Whether the lookup failed temporarily.
-    pub fn is_tempfail(&self) -> bool {
-        matches!(self, Answer::TempFail)
-    }
-}
 
 /// DNS answers gathered for one evaluation.
 #[derive(Clone, Debug)]
