@@ -46,7 +46,7 @@ pub async fn run(args: PolicyCommandArgs) -> anyhow::Result<()> {
         .context("setting up DNS")?;
     let listener = Listener::bind(&listen, &file.postfix.socket_group).await?;
     let monitor = args.monitor || file.enforce.monitor;
-    let engine = Arc::new(std::sync::RwLock::new(engine));
+    let engine = Arc::new(parking_lot::RwLock::new(engine));
     let service = PolicyService::new(engine, file.postfix, monitor, None);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;

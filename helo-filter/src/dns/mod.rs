@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{
@@ -27,6 +27,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
+use parking_lot::Mutex;
 use tokio::sync::{Semaphore, watch};
 
 use crate::addr;
@@ -375,7 +376,7 @@ impl DnsClient {
 
     /// Number of cached answers.
     pub fn cache_len(&self) -> usize {
-        lock(&self.inner.cache).len()
+        self.inner.cache.lock().len()
     }
 
     /// Looks up one name (made fully qualified) and type: from the cache, by joining a query in
@@ -386,7 +387,7 @@ impl DnsClient {
             return self.hit(hit);
         }
         let rx = {
-            let mut inflight = lock(&self.inner.inflight);
+            let mut inflight = self.inner.inflight.lock();
             // The query may have finished between the two looks.
             if let Some(hit) = self.cached(&key) {
                 drop(inflight);
@@ -426,7 +427,7 @@ impl DnsClient {
     }
 
     fn cached(&self, key: &Key) -> Option<DnsAnswer> {
-        lock(&self.inner.cache).get(key, Instant::now())
+        self.inner.cache.lock().get(key, Instant::now())
     }
 
     fn hit(&self, answer: DnsAnswer) -> DnsAnswer {
@@ -456,9 +457,9 @@ impl DnsClient {
         if let Some(ttl) = ttl {
             let now = Instant::now();
             let ttl = ttl.min(inner.settings.max_ttl);
-            lock(&inner.cache).insert(key.clone(), answer.clone(), now + ttl, now);
+            inner.cache.lock().insert(key.clone(), answer.clone(), now + ttl, now);
         }
-        lock(&inner.inflight).remove(&key);
+        inner.inflight.lock().remove(&key);
         let _ = tx.send(Some(answer));
     }
 
@@ -540,7 +541,4 @@ async fn wait(mut rx: watch::Receiver<Option<DnsAnswer>>) -> DnsAnswer {
     }
 }
 
-/// Locks a mutex, recovering from poisoning (no invariant spans a panic here).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+

@@ -289,7 +289,7 @@ impl DnsObserver for Recorder {
         c.fetch_add(1, Ordering::Relaxed);
     }
     fn wire_lookup(&self, kind: RecordKind, _elapsed: Duration, _answer: &DnsAnswer) {
-        self.wire.lock().unwrap().push(kind);
+        self.wire.lock().push(kind);
     }
 }
 
@@ -309,5 +309,5 @@ async fn the_observer_sees_cache_and_wire_events() {
     c.lookup(RecordKind::Mx, "mxonly.example.net").await;
     assert_eq!(rec.hits.load(Ordering::Relaxed), 1);
     assert_eq!(rec.misses.load(Ordering::Relaxed), 1);
-    assert_eq!(*rec.wire.lock().unwrap(), [RecordKind::Mx]);
+    assert_eq!(*rec.wire.lock(), [RecordKind::Mx]);
 }

@@ -14,8 +14,8 @@
 use aya::maps::{HashMap, MapData};
 use helo_filter_common::{FlowKey, FlowState, phase};
 use log::{debug, warn};
+use parking_lot::Mutex;
 
-use std::sync::Mutex;
 
 use crate::{
     config::{Action, Deployment},
@@ -75,9 +75,7 @@ impl Enforcer {
 
     /// Sets the flow's phase, unless its 4-tuple has since been reused by a new connection.
     fn set_phase(&self, session: &Session, to: u8) {
-        let Ok(mut flows) = self.flows.lock() else {
-            return;
-        };
+        let mut flows = self.flows.lock();
         let Ok(mut state) = flows.get(&session.flow, 0) else {
             return;
         };

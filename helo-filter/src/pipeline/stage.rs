@@ -5,7 +5,7 @@ use std::{
     collections::VecDeque,
     net::IpAddr,
     sync::{
-        Arc, Mutex, MutexGuard, RwLock,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Instant,
@@ -16,6 +16,7 @@ use serde::Serialize;
 use helo_filter_common::origin;
 use ipnet::IpNet;
 use log::{info, warn};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
@@ -41,9 +42,7 @@ pub type SharedEngine = Arc<RwLock<PolicyEngine>>;
 
 /// The engine in force now (a cheap clone).
 pub fn current(engine: &SharedEngine) -> PolicyEngine {
-    engine
-        .read()
-        .map_or_else(|e| e.into_inner().clone(), |e| e.clone())
+    engine.read().clone()
 }
 
 /// Everything that judges a session and acts on its verdict.
@@ -115,7 +114,7 @@ impl Stage {
 
     /// Puts `engine` in force for the sessions judged from now on.
     pub fn set_engine(&self, engine: PolicyEngine) {
-        *self.engine.write().unwrap_or_else(|e| e.into_inner()) = engine;
+        *self.engine.write() = engine;
     }
 
     /// Nothing is enforced: reputation denials are counted, not put into the kernel.
@@ -129,12 +128,12 @@ impl Stage {
 
     /// The kernel's allow and deny maps, locked.
     pub fn kernel_lists(&self) -> MutexGuard<'_, KernelLists> {
-        self.lists.lock().unwrap_or_else(|e| e.into_inner())
+        self.lists.lock()
     }
 
     /// The latest verdicts, newest first, at most `limit`.
     pub fn recent_flows(&self, limit: usize) -> Vec<FlowRecord> {
-        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = self.recent.lock();
         recent.iter().rev().take(limit).cloned().collect()
     }
 
@@ -209,12 +208,11 @@ impl Stage {
             score: verdict.score,
             action: action.map_or("none", Action::as_str),
         };
-        if let Ok(mut recent) = self.recent.lock() {
-            if recent.len() == RECENT_FLOWS {
-                recent.pop_front();
-            }
-            recent.push_back(record);
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT_FLOWS {
+            recent.pop_front();
         }
+        recent.push_back(record);
     }
 
     /// Counts a verdict against its source's reputation, denying a repeat offender.
@@ -228,7 +226,8 @@ impl Stage {
     pub fn sweep_reputation(&self) {
         let released = self.reputation.sweep(Instant::now());
         // In monitor mode nothing went into the kernel.
-        if let (false, Ok(mut lists)) = (self.enforcer.monitor(), self.lists.lock()) {
+        if !self.enforcer.monitor() {
+            let mut lists = self.lists.lock();
             for source in released.expired.iter().chain(&released.evicted) {
                 if let Err(e) = lists.undeny(*source) {
                     warn!("{e:#}");
@@ -252,9 +251,7 @@ impl Stage {
             info!("monitor mode: would deny {source} for {} s", ttl.as_secs());
             return;
         }
-        let Ok(mut lists) = self.lists.lock() else {
-            return;
-        };
+        let mut lists = self.lists.lock();
         self.reputation_changed.store(true, Ordering::Relaxed);
         match lists.deny(source, Some(ttl), origin::REPUTATION) {
             Ok(()) => info!(

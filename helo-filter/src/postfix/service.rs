@@ -4,11 +4,11 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
 use log::{info, warn};
+use parking_lot::Mutex;
 
 use super::protocol::{Received, Request};
 use crate::{
@@ -148,9 +148,7 @@ impl PolicyService {
             return true;
         }
         let now = Instant::now();
-        let Ok(mut sessions) = self.sessions.lock() else {
-            return true;
-        };
+        let mut sessions = self.sessions.lock();
         if sessions.len() >= SESSIONS_REMEMBERED && !sessions.contains_key(instance) {
             sessions.retain(|_, seen| now.duration_since(*seen) < SESSION_MEMORY);
             if sessions.len() >= SESSIONS_REMEMBERED {
@@ -218,7 +216,7 @@ mod tests {
             counter.fetch_add(1, Ordering::Relaxed);
         });
         let engine = PolicyEngine::new(PolicySettings::default(), None);
-        let engine = Arc::new(std::sync::RwLock::new(engine));
+        let engine = Arc::new(parking_lot::RwLock::new(engine));
         let service = PolicyService::new(engine, PostfixSection::default(), monitor, Some(hook));
         (service, told)
     }
