@@ -65,8 +65,6 @@ fn crate_modules(code: &str) -> BTreeSet<String> {
                 }
                 if depth == 1 {
                     item.push(c);
-                } else if depth == 2 && c == '{' {
-                    item.push(c);
                 }
             }
         } else {
