@@ -22,12 +22,13 @@ pub mod state;
 use std::{
     net::IpAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::Arc,
     time::Instant,
 };
 
 use helo_filter_common::Counter;
 use log::info;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use crate::{
@@ -197,15 +198,15 @@ impl Operator {
 
     /// Records how each interface runs the program (for `status`).
     pub fn attached(&self, attachments: Vec<(String, Attachment)>) {
-        *self.attachments.lock().unwrap_or_else(|e| e.into_inner()) = attachments;
+        *self.attachments.lock() = attachments;
     }
 
     fn inner(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock()
     }
 
     fn history(&self) -> MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|e| e.into_inner())
+        self.history.lock()
     }
 
     fn config_name(&self) -> Option<String> {
@@ -280,7 +281,6 @@ impl Operator {
         let interfaces = self
             .attachments
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(name, a)| Interface {
                 name: name.clone(),
