@@ -1,6 +1,5 @@
 //! The maps shared with user space (names in `helo_filter_common::maps`).
 
-use crate::parse::TcpSegment;
 use aya_ebpf::{
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -8,6 +7,8 @@ use aya_ebpf::{
 use helo_filter_common::{
     Counter, DenyEntry, FlowKey, FlowState, KernelConfig, maps, trie_address,
 };
+
+use crate::parse::TcpSegment;
 
 /// Capture events for the daemon. 1 MiB holds about 1,700 events: HELOs arrive at most
 /// a few thousand per second, and the daemon drains continuously.

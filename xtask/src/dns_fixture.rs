@@ -4,13 +4,15 @@
 //! Used by the policy engine's DNS tests (on a free loopback port) and by the lab (on port 53
 //! inside the MX namespace, where the daemon resolves through it).
 
-use std::fs;
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::{
+    fs,
+    io::Read,
+    net::{SocketAddr, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
 
 use crate::{
     netns::{self, in_netns},

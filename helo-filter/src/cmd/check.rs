@@ -4,11 +4,12 @@
 //! exit with 2 as well). `--json` prints exactly one JSON object on one line:
 //! `{"helo":…,"ip":…,"verdict":…,"reasons":[…],"notes":[…],"score":N}`.
 
-use std::io::Write;
-use std::net::IpAddr;
+use std::{io::Write, net::IpAddr};
 
-use crate::config::PolicyArgs;
-use crate::policy::{HeloInput, PolicyEngine, Verdict};
+use crate::{
+    config::PolicyArgs,
+    policy::{HeloInput, PolicyEngine, Verdict},
+};
 
 /// `check [OPTIONS] --ip IP [--] HELO`
 #[derive(clap::Args, Clone, Debug)]
@@ -126,8 +127,9 @@ pub fn human(helo: &str, ip: IpAddr, v: &Verdict) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::Parser;
+
+    use super::*;
 
     #[derive(clap::Parser, Debug)]
     #[command(name = "helo-filter")]

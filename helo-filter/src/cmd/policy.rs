@@ -7,10 +7,10 @@ use log::info;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    config::ListenAddr,
+    config::{ListenAddr, PolicyArgs},
+    metrics,
     postfix::{Listener, PolicyService},
 };
-use crate::{config::PolicyArgs, metrics};
 
 #[derive(Debug, clap::Args)]
 pub struct PolicyCommandArgs {

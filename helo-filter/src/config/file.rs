@@ -5,22 +5,20 @@
 //! validated while it is read, so that an error names the file, the line and the key (from
 //! toml's span information).
 
-use std::fmt;
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
-
-use serde::Deserialize;
+use std::{fmt, num::NonZeroU32, sync::Arc, time::Duration};
 
 use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS};
+use serde::Deserialize;
 
 use super::{
     Action, ControlSection, DnsSection, EnforceSection, KernelSection, ListsSection,
     MetricsSection, PolicySection, PostfixSection, ReputationSection, StateSection, locate::locate,
 };
-use crate::dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings};
-use crate::policy::{
-    CheckTable, DenyList, Identity, PolicyEngine, PolicySettings, default_trusted_networks,
+use crate::{
+    dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings},
+    policy::{
+        CheckTable, DenyList, Identity, PolicyEngine, PolicySettings, default_trusted_networks,
+    },
 };
 
 /// The configuration file: the policy engine's sections, which this module owns, and the
@@ -202,9 +200,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::{HostName, Loaded};
-    use crate::policy::Note;
-    use crate::policy::{Bundle, CheckMode, Reason};
+    use crate::{
+        config::{HostName, Loaded},
+        policy::{Bundle, CheckMode, Note, Reason},
+    };
 
     fn err(text: &str) -> String {
         PolicyFile::parse(text, "bad.toml").unwrap_err().to_string()

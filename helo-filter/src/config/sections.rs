@@ -219,9 +219,9 @@ impl Default for StateSection {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::time::Duration;
 
+    use super::*;
     use crate::{config::PolicyFile, pipeline::reputation::ReputationSettings, policy::Reason};
 
     #[test]

@@ -1,9 +1,11 @@
 //! A TTL cache with a cap on entries. When full, the entry that expires first is evicted
 //! (expired entries therefore go first).
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::Hash;
-use std::time::Instant;
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+    time::Instant,
+};
 
 struct Slot<V> {
     value: V,
@@ -82,8 +84,9 @@ impl<K: Clone + Eq + Hash, V: Clone> TtlCache<K, V> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::time::Duration;
+
+    use super::*;
 
     #[test]
     fn expiry_and_cap() {

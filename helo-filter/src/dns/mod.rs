@@ -12,21 +12,26 @@
 //!
 //! hickory's own cache is disabled (size 0) so that TTL handling and counting happen here.
 
-use std::collections::HashMap;
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::{Resolver, TokioResolver};
+
+use hickory_resolver::{
+    Resolver, TokioResolver,
+    config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts},
+    net::{DnsError, NetError, runtime::TokioRuntimeProvider},
+    proto::{
+        op::ResponseCode,
+        rr::{RData, RecordType},
+    },
+};
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, watch};
 
@@ -457,7 +462,10 @@ impl DnsClient {
         if let Some(ttl) = ttl {
             let now = Instant::now();
             let ttl = ttl.min(inner.settings.max_ttl);
-            inner.cache.lock().insert(key.clone(), answer.clone(), now + ttl, now);
+            inner
+                .cache
+                .lock()
+                .insert(key.clone(), answer.clone(), now + ttl, now);
         }
         inner.inflight.lock().remove(&key);
         let _ = tx.send(Some(answer));
@@ -540,5 +548,3 @@ async fn wait(mut rx: watch::Receiver<Option<DnsAnswer>>) -> DnsAnswer {
         Err(_) => DnsAnswer::TempFail(TempFailKind::Other("lookup task ended".into())),
     }
 }
-
-

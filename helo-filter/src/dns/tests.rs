@@ -1,12 +1,15 @@
 //! DNS behaviour against a real dnsmasq: answers, TTL and negative caching, deadlines, shared
 //! queries, and a slow name not delaying a fast one.
 
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use xtask::dns_fixture::{Dnsmasq, black_hole, free_port};
 
 use super::*;
-use xtask::dns_fixture::{Dnsmasq, black_hole, free_port};
 
 fn client(server: SocketAddr, tweak: impl FnOnce(&mut DnsSettings)) -> DnsClient {
     let mut s = DnsSettings {

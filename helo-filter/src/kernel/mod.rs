@@ -21,8 +21,9 @@ use tokio::io::{Interest, unix::AsyncFd};
 pub mod lists;
 pub mod pins;
 
-use crate::clock::boot_time_ns;
 use pins::{PERSISTENT_MAPS, PinDir};
+
+use crate::clock::boot_time_ns;
 
 /// The helo-filter XDP object, built by build.rs.
 pub static CAPTURE_OBJECT: &[u8] =

@@ -19,12 +19,7 @@ mod dispatch;
 mod lists;
 pub mod state;
 
-use std::{
-    net::IpAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Instant,
-};
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Instant};
 
 use helo_filter_common::Counter;
 use log::info;

@@ -9,7 +9,6 @@ use log::{debug, warn};
 use tokio::sync::mpsc;
 
 pub use super::reassembly::{Finding, HeloCommand, Limits, NoHeloCause, Reassembler, Session};
-
 use crate::{kernel, metrics};
 
 /// Events handled per wake-up before yielding, so a busy ring cannot starve other tasks.

@@ -16,7 +16,6 @@ use helo_filter_common::{FlowKey, FlowState, phase};
 use log::{debug, warn};
 use parking_lot::Mutex;
 
-
 use crate::{
     config::{Action, Deployment},
     pipeline::capture::Session,

@@ -11,21 +11,22 @@ use std::{
     time::Instant,
 };
 
-use serde::Serialize;
-
 use helo_filter_common::origin;
 use ipnet::IpNet;
 use log::{info, warn};
 use parking_lot::{Mutex, MutexGuard, RwLock};
+use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     config::Action,
     kernel::lists::KernelLists,
     metrics,
-    pipeline::capture::{Finding, NoHeloCause, Session},
-    pipeline::enforce::Enforcer,
-    pipeline::reputation::Reputation,
+    pipeline::{
+        capture::{Finding, NoHeloCause, Session},
+        enforce::Enforcer,
+        reputation::Reputation,
+    },
     policy::{HeloInput, PolicyEngine, Verdict},
     tasks::Tasks,
 };

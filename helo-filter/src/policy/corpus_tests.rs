@@ -1,12 +1,12 @@
 //! The shared corpus (`tests-data/helo-public.tsv`) as a table test of the engine: offline rows
 //! without DNS, `dns` rows against a real dnsmasq serving `tests-data/dns-fixture.txt`.
 
-use std::net::IpAddr;
-use std::time::Duration;
+use std::{net::IpAddr, time::Duration};
+
+use xtask::dns_fixture::{Dnsmasq, black_hole};
 
 use super::*;
 use crate::dns::{DnsClient, DnsSettings};
-use xtask::dns_fixture::{Dnsmasq, black_hole};
 
 /// One corpus row, with its reason codes as the engine's reasons.
 #[derive(Debug)]

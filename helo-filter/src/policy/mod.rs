@@ -8,8 +8,7 @@
 //! The engine is cheap to clone (one `Arc`) and evaluates through `&self` without holding a lock
 //! across an await, so the daemon can run many evaluations at once.
 
-use std::net::IpAddr;
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use ipnet::IpNet;
 
@@ -24,10 +23,9 @@ pub(crate) mod corpus_tests;
 
 pub use bundle::{Bundle, CheckMode, CheckTable};
 pub use checks::Identity;
+use checks::{Answer, DnsFacts, DnsOutcome, Subject};
 pub use deny::{DenyList, DenyPattern};
 pub use reason::{Note, Reason};
-
-use checks::{Answer, DnsFacts, DnsOutcome, Subject};
 
 use crate::dns::{DnsClient, RecordKind};
 

@@ -4,8 +4,10 @@
 //! IPv6 literal without the `IPv6:` tag. An argument shaped like an IP address but written
 //! without brackets is classified as [`Parsed::BareIp`], never as a syntax error.
 
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 /// Longest name (without the trailing dot) RFC 1035 allows in presentation form.
 pub const MAX_NAME_LEN: usize = 253;

@@ -9,6 +9,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use log::{info, warn};
+pub use service::{PolicyService, RejectHook};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, BufReader},
     net::{TcpListener, UnixListener},
@@ -19,8 +20,6 @@ use crate::{
     config::ListenAddr,
     io::unix_socket::{self, SocketFile},
 };
-
-pub use service::{PolicyService, RejectHook};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;

@@ -15,8 +15,10 @@ use crate::{
     config::PostfixSection,
     metrics,
     metrics::Outcome,
-    pipeline::smtp::escape_for_log,
-    pipeline::stage::{SharedEngine, current},
+    pipeline::{
+        smtp::escape_for_log,
+        stage::{SharedEngine, current},
+    },
     policy::{HeloInput, Reason, Verdict},
 };
 

@@ -14,13 +14,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use figure::{Figure, table};
+use lab_runs::Sizes;
 
 use crate::{
     paths::{bench_dir, workspace_root},
     process::{cargo, output, run_cmd},
 };
-use figure::{Figure, table};
-use lab_runs::Sizes;
 
 /// Every figure a run must produce, in report order.
 pub const EXPECTED: [&str; 26] = [

@@ -16,8 +16,7 @@ pub fn check(s: &Subject<'_>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::fails;
-    use super::check;
+    use super::{super::test_support::fails, check};
 
     #[test]
     fn table() {

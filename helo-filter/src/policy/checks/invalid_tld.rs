@@ -47,8 +47,7 @@ pub fn check(s: &Subject<'_>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::fails;
-    use super::*;
+    use super::{super::test_support::fails, *};
 
     #[test]
     fn known_icann_tlds_only() {

@@ -6,9 +6,11 @@
 
 use std::net::IpAddr;
 
-use super::deny::DenyList;
-use super::reason::Reason;
-use super::rfc5321::{AddressLiteral, DomainName, Parsed};
+use super::{
+    deny::DenyList,
+    reason::Reason,
+    rfc5321::{AddressLiteral, DomainName, Parsed},
+};
 use crate::addr;
 pub use crate::dns::Answer;
 
