@@ -1,6 +1,6 @@
-//! The daemon's own sections of the configuration file, `[enforce]`, `[reputation]` and
-//! `[lists]` (the policy engine's `[policy]` and `[dns]` live in `policy_config`), and how
-//! they combine with the command line: a flag given wins over the file, lists add up.
+//! The daemon's own sections of the configuration file: `[enforce]`, `[reputation]`,
+//! `[lists]`, `[kernel]`, `[control]`, `[metrics]` and `[state]` (the policy engine's
+//! `[policy]` and `[dns]` are in `policy_sections`, `[postfix]` in `postfix_section`).
 
 use std::{net::SocketAddr, num::NonZeroU64, path::PathBuf};
 
