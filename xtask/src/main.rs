@@ -109,6 +109,9 @@ fn test() -> anyhow::Result<()> {
     println!("running every test (unit, packet table, end to end)");
     let mut child = cargo()
         .args(["test", "--workspace", "--exclude", "helo-filter-ebpf"])
+        // The same features as `build_daemon`: cargo rebuilds the daemon binary for the
+        // crate's own integration tests, and the fault tests need it to have them.
+        .args(["--features", "helo-filter/fault-injection"])
         // Every test binary runs even after a failure, so the closing count is the whole suite.
         .arg("--no-fail-fast")
         // Two at a time on these 2-core machines: the end-to-end tests each run a lab
