@@ -17,8 +17,8 @@ pub struct CheckArgs {
     /// The client's address.
     #[arg(long, value_name = "IP")]
     pub ip: IpAddr,
-    /// Skip every check that needs DNS.
-    #[arg(long)]
+    /// Skip every check that needs DNS (a usage error beside --dns-server).
+    #[arg(long, conflicts_with = "dns_server")]
     pub offline: bool,
     /// Print one JSON object on one line.
     #[arg(long)]
@@ -286,6 +286,15 @@ mod tests {
                 "x.example",
             ][..],
             &["--ip", "203.0.113.10", "a.example", "b.example"][..],
+            &["--ip", "203.0.113.10", "--deny", "foo bar", "x.example"][..],
+            &[
+                "--ip",
+                "203.0.113.10",
+                "--offline",
+                "--dns-server",
+                "127.0.0.1:53",
+                "x.example",
+            ][..],
         ] {
             let (code, _, err) = exec(argv).await;
             assert_eq!(code, 2, "{argv:?}: {err}");

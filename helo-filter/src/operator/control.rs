@@ -87,7 +87,7 @@ impl ControlSocket {
     /// Binds `path` (mode 0600; its directory is created with mode 0700), replacing a stale
     /// socket left by a crash.
     pub fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
-        let (listener, file) = unix_socket::bind(path, 0o600, 0o700, "control socket")?;
+        let (listener, file) = unix_socket::bind(path, 0o600, Some(0o700), "control socket")?;
         Ok(ControlSocket {
             listener,
             _file: file,

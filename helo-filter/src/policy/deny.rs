@@ -25,6 +25,13 @@ pub enum DenyPatternError {
     /// `/…/` whose body does not compile.
     #[error("invalid regex in deny pattern {pattern:?}: {message}")]
     BadRegex { pattern: String, message: String },
+    /// A name or suffix with a character no HELO argument can hold (white space, a control
+    /// character): it would never match.
+    #[error(
+        "deny pattern {0:?} can never match: a HELO argument holds no white space or control \
+         characters"
+    )]
+    Unmatchable(String),
     /// `*.` with nothing after it, or a `*` elsewhere than at the front.
     #[error("invalid wildcard in deny pattern {0:?}: only a leading \"*.\" is allowed")]
     BadWildcard(String),
@@ -54,6 +61,11 @@ impl DenyPattern {
                 source: body.to_string(),
                 regex,
             });
+        }
+        // The argument of HELO ends at the first space, and control characters are not
+        // part of it (the line parser stops there too).
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(DenyPatternError::Unmatchable(text.to_string()));
         }
         let lower = text.trim_end_matches('.').to_ascii_lowercase();
         if let Some(suffix) = lower.strip_prefix("*.") {
@@ -178,6 +190,19 @@ mod tests {
         assert!(m("/(?:friend|oem)/", "friend"));
         assert!(m("/FRIEND/", "friend"));
         assert!(!m("/friend/", "friendly"));
+    }
+
+    #[test]
+    fn patterns_no_helo_can_match_are_refused() {
+        for text in ["foo bar", "*.spam example", "bad\texample", "x\u{1b}y"] {
+            assert_eq!(
+                DenyPattern::parse(text).unwrap_err(),
+                DenyPatternError::Unmatchable(text.to_string()),
+                "{text:?}"
+            );
+        }
+        // A regex says what it matches itself.
+        assert!(DenyPattern::parse("/foo[ ]?bar/").is_ok());
     }
 
     #[test]

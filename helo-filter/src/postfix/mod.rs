@@ -105,7 +105,7 @@ where
 
 /// The policy socket: mode 0660, given to `group` (Postfix's smtpd connects as its group).
 fn bind_unix(path: &Path, group: &str) -> anyhow::Result<(UnixListener, SocketFile)> {
-    let bound = unix_socket::bind(path, 0o660, 0o755, "policy service")?;
+    let bound = unix_socket::bind(path, 0o660, None, "policy service")?;
     match group_id(group) {
         Some(gid) => std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| {
             format!("policy service: giving {} to group {group}", path.display())
