@@ -2,39 +2,15 @@
 //! check`, `run` and `reload`; a panicking task ends the daemon instead of leaving it
 //! half-alive.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use helo_filter_tests::e2e::*;
 use xtask::{
+    corpus,
     daemon::{Daemon, cli},
     paths::daemon_binary,
     sessions::{self, Greeting},
 };
-
-/// The refused configurations shared with the unit test of the validation: (name, text,
-/// the `line N, key `k`: words` its first line announces).
-fn refused_configs() -> Vec<(String, String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/refused-configs");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("the refused configurations")
-        .map(|entry| entry.expect("a directory entry").path())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|path| {
-            let text = std::fs::read_to_string(&path).expect("a refused configuration");
-            let expected = text
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("# refused: "))
-                .expect("a first line saying why it is refused")
-                .to_owned();
-            let name = path.file_name().expect("a name").to_string_lossy().into();
-            (name, text, expected)
-        })
-        .collect()
-}
 
 /// Keys the lab's daemon is given as flags (`--iface`, `--control-socket`, `--state-dir`,
 /// `--bpffs-dir`), which win over the file on `reload` as on `run`.
@@ -64,16 +40,12 @@ fn every_refused_configuration_is_refused_alike_by_check_run_and_reload() {
     std::fs::write(&path, "").expect("writing an empty configuration");
     let shown = path.display().to_string();
     let daemon = Daemon::start(&lab, &["--config", &shown], false).expect("starting the daemon");
-    let configs = refused_configs();
+    let configs = corpus::refused_configs();
     assert!(configs.len() >= 20, "{} configurations", configs.len());
-    for (name, text, expected) in configs {
-        std::fs::write(&path, &text).expect("writing the configuration");
-        let (line, rest) = expected
-            .strip_prefix("line ")
-            .and_then(|e| e.split_once(", "))
-            .expect("line N, key …");
-        let (key, words) = rest.split_once(": ").expect("key `k`: words");
-        let located = format!("{shown}:{line}:1: {key}: ");
+    for config in configs {
+        let name = &config.name;
+        std::fs::write(&path, &config.text).expect("writing the configuration");
+        let located = format!("{shown}:{}:1: key `{}`: ", config.line, config.key);
 
         let (code, check) = stderr_of(
             Command::new(daemon_binary())
@@ -86,7 +58,7 @@ fn every_refused_configuration_is_refused_alike_by_check_run_and_reload() {
             .strip_prefix("helo-filter: ")
             .unwrap_or_else(|| panic!("{name}: config check said {check:?}"));
         assert!(
-            message.starts_with(&located) && message.contains(words),
+            message.starts_with(&located) && message.contains(&config.words),
             "{name}: {message}"
         );
 
@@ -100,10 +72,7 @@ fn every_refused_configuration_is_refused_alike_by_check_run_and_reload() {
 
         let reload = cli(&lab, &["reload"]).expect("reload");
         let refusal = String::from_utf8_lossy(&reload.stderr);
-        if SET_BY_THE_LAB_FLAGS
-            .iter()
-            .any(|k| key == format!("key `{k}`"))
-        {
+        if SET_BY_THE_LAB_FLAGS.contains(&config.key.as_str()) {
             // The running daemon's flag wins over the file, as it would for `run`.
             assert_eq!(reload.status.code(), Some(0), "{name}: reload: {refusal}");
             continue;

@@ -72,3 +72,56 @@ pub fn corpus() -> Vec<CorpusRow> {
     }
     rows
 }
+
+/// One configuration the daemon must refuse (`tests/data/refused-configs/NN-name.toml`),
+/// shared by the validation's unit test and the end-to-end test of `config check`, `run`
+/// and `reload`. Its first line says where and why: ``# refused: line N, key `K`: WORDS``.
+#[derive(Clone, Debug)]
+pub struct RefusedConfig {
+    /// The file's name, for messages.
+    pub name: String,
+    pub text: String,
+    /// The line the error must name.
+    pub line: usize,
+    /// The dotted key the error must name.
+    pub key: String,
+    /// Words the error message must contain.
+    pub words: String,
+}
+
+/// Every refused configuration, in file-name order.
+pub fn refused_configs() -> Vec<RefusedConfig> {
+    let dir = workspace_root().join("tests/data/refused-configs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("a directory entry").path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path).expect("a refused configuration");
+            let parsed = text.lines().next().and_then(|first| {
+                let rest = first.strip_prefix("# refused: line ")?;
+                let (line, rest) = rest.split_once(", key `")?;
+                let (key, words) = rest.split_once("`: ")?;
+                Some((line.parse().ok()?, key.to_owned(), words.to_owned()))
+            });
+            let (line, key, words) = parsed.unwrap_or_else(|| {
+                panic!("{name}: the first line must be \"# refused: line N, key `K`: WORDS\"")
+            });
+            RefusedConfig {
+                name,
+                text,
+                line,
+                key,
+                words,
+            }
+        })
+        .collect()
+}

@@ -342,55 +342,22 @@ fn socket_path_too_long(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    /// The refused configurations of `tests/data/refused-configs/`, shared with the
-    /// end-to-end test that feeds them to `config check`, `run` and `reload`: each file's
-    /// first line says where and why it is refused.
-    fn refused_configs() -> Vec<(String, String, String)> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/refused-configs");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("the refused configurations")
-            .map(|entry| entry.expect("a directory entry").path())
-            .collect();
-        files.sort();
-        files
-            .into_iter()
-            .map(|path| {
-                let text = std::fs::read_to_string(&path).expect("a refused configuration");
-                let expected = text
-                    .lines()
-                    .next()
-                    .and_then(|l| l.strip_prefix("# refused: "))
-                    .expect("a first line saying why it is refused")
-                    .to_owned();
-                (path.display().to_string(), text, expected)
-            })
-            .collect()
-    }
-
     #[test]
     fn every_refused_value_names_file_line_and_key() {
-        let configs = refused_configs();
+        let configs = xtask::corpus::refused_configs();
         assert!(
             configs.len() >= 20,
             "{} refused configurations",
             configs.len()
         );
-        for (name, text, expected) in configs {
-            // "line 3, key `k`: words" -> "NAME:3:1: key `k`: words"
-            let (line, rest) = expected
-                .strip_prefix("line ")
-                .and_then(|e| e.split_once(", "))
-                .expect("line N, key …");
-            let error = Loaded::parse(text, name.clone())
+        for c in configs {
+            let error = Loaded::parse(c.text, c.name.clone())
                 .and_then(Loaded::validate)
-                .expect_err(&name)
+                .expect_err(&c.name)
                 .to_string();
-            let (key, words) = rest.split_once(": ").expect("key `k`: words");
-            assert!(
-                error.starts_with(&format!("{name}:{line}:1: {key}: ")),
-                "{name}: {error}"
-            );
-            assert!(error.contains(words), "{name}: {error}");
+            let located = format!("{}:{}:1: key `{}`: ", c.name, c.line, c.key);
+            assert!(error.starts_with(&located), "{}: {error}", c.name);
+            assert!(error.contains(&c.words), "{}: {error}", c.name);
         }
     }
 
