@@ -1,6 +1,7 @@
 //! `helo-filter run`: the daemon, in phases: validate the configuration, build what judges
 //! (state, engine, reputation, lists), load and attach (or adopt) the kernel program, spawn
-//! the tasks, and wait for a signal, a `detach` or a task's end.
+//! the tasks, tell systemd it is ready (`Type=notify`), and wait for a signal, a `detach` or
+//! a task's end. SIGHUP reloads the configuration, like `helo-filter reload`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,12 +13,13 @@ use aya::{
 use helo_filter_common::maps;
 use log::{error, info, warn};
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::mpsc,
 };
 
 use crate::{
     config::{Action, Deployment, HEARTBEAT_INTERVAL_MS, PolicyFile, RunArgs},
+    io::notify::{self, Notifier},
     kernel::{self, CounterReader, Heartbeat, lists::KernelLists, pins::PinDir},
     metrics,
     operator::{
@@ -28,6 +30,7 @@ use crate::{
     pipeline::{
         capture::{self, Limits},
         enforce::Enforcer,
+        probe::{self, Probe},
         reputation::Reputation,
         stage::{Stage, policy_stage},
     },
@@ -58,6 +61,10 @@ struct Daemon {
 
 /// Runs the daemon; returns its exit status.
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    // First of all, so that a SIGHUP during the start (a `systemctl reload` racing it)
+    // waits for the loop below instead of killing the daemon.
+    let signals = Signals::new()?;
+    let notifier = Arc::new(Notifier::from_env());
     let file = args.configuration()?;
     file.reputation.warnings().iter().for_each(|w| warn!("{w}"));
     if file.kernel.interfaces.is_empty() {
@@ -66,12 +73,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut daemon = build(&file, args)?;
     attach(&file, &mut daemon)?;
     let (tasks, ended) = Tasks::new();
-    let running = spawn(&file, daemon, &tasks).await?;
+    let running = spawn(&file, daemon, &tasks, &notifier).await?;
     info!(
         "ready: capturing on {} interface(s)",
         file.kernel.interfaces.len()
     );
-    wait(&file, running, ended).await
+    // Only now: a failed attach or spawn has ended the daemon (non-zero) before this, which
+    // fails `systemctl start`.
+    notifier.ready();
+    notifier.status(&format!(
+        "capturing on {}",
+        file.kernel.interfaces.join(", ")
+    ));
+    wait(&file, running, ended, signals, &notifier).await
+}
+
+/// The signals the daemon handles, registered before it starts.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
 }
 
 /// Opens the state and the pins (unreadable state stops the daemon before it touches the
@@ -177,7 +208,12 @@ struct Running {
 
 /// Spawns every task: the kernel logger, the periodic jobs, the policy service, the
 /// control socket, the capture and the policy stage.
-async fn spawn(file: &PolicyFile, mut daemon: Daemon, tasks: &Tasks) -> anyhow::Result<Running> {
+async fn spawn(
+    file: &PolicyFile,
+    mut daemon: Daemon,
+    tasks: &Tasks,
+    notifier: &Arc<Notifier>,
+) -> anyhow::Result<Running> {
     let mut logger = kernel::readable_fd(
         aya_log::EbpfLogger::init(&mut daemon.ebpf).context("starting the kernel logger")?,
     )?;
@@ -253,11 +289,25 @@ async fn spawn(file: &PolicyFile, mut daemon: Daemon, tasks: &Tasks) -> anyhow::
             .context("EVENTS map missing")?,
     )?;
     let (tx, rx) = mpsc::channel(POLICY_QUEUE);
-    tasks.spawn_vital("capture", capture::run(ring, tx, Limits::default()));
+    // One probe at a time; without a watchdog the sender is dropped and capture stops
+    // listening for probes.
+    let (probes, probed) = mpsc::channel::<Probe>(1);
+    tasks.spawn_vital("capture", capture::run(ring, tx, probed, Limits::default()));
     tasks.spawn(
         "policy stage",
         policy_stage(rx, daemon.stage, tasks.clone()),
     );
+    if let Some(watchdog) = notify::watchdog_interval() {
+        let period = watchdog / 3;
+        info!(
+            "watchdog: a probe through capture, the policy stage and the enforcer every {} ms",
+            period.as_millis()
+        );
+        tasks.spawn(
+            "watchdog",
+            probe::feed(probes, period, Arc::clone(notifier)),
+        );
+    }
     Ok(Running {
         ebpf: daemon.ebpf,
         pins: daemon.pins,
@@ -265,36 +315,41 @@ async fn spawn(file: &PolicyFile, mut daemon: Daemon, tasks: &Tasks) -> anyhow::
     })
 }
 
-/// Waits for SIGTERM/SIGINT, a `detach`, or a task's end; writes the last reputation
-/// snapshot and returns the exit status. The links stay pinned: the program keeps
-/// filtering (the deny list enforced, the gate off once the heartbeat is stale) until a
-/// restarted daemon adopts it, or a detach.
+/// Waits for SIGTERM/SIGINT, a `detach`, or a task's end (SIGHUP reloads the configuration
+/// and waits on); tells systemd it is stopping, writes the last reputation snapshot and
+/// returns the exit status. The links stay pinned: the program keeps filtering (the deny
+/// list enforced, the gate off once the heartbeat is stale) until a restarted daemon adopts
+/// it, or a detach.
 async fn wait(
     file: &PolicyFile,
     daemon: Running,
     mut ended: mpsc::UnboundedReceiver<Ended>,
+    mut signals: Signals,
+    notifier: &Notifier,
 ) -> anyhow::Result<i32> {
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let detached = Arc::clone(&daemon.operator.detached);
     let mut was_detached = false;
-    let outcome = tokio::select! {
-        _ = sigterm.recv() => Ok(0),
-        _ = sigint.recv() => Ok(0),
-        _ = detached.notified() => {
-            was_detached = true;
-            Ok(0)
-        }
-        Some(end) = ended.recv() => match end {
-            Ended::Panicked { task, message } => {
-                metrics::task_panicked();
-                error!("task {task:?} panicked: {message}; exiting with status {EXIT_TASK_PANICKED}");
-                Ok(EXIT_TASK_PANICKED)
+    let outcome = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break Ok(0),
+            _ = signals.int.recv() => break Ok(0),
+            _ = signals.hup.recv() => reload(&daemon.operator, notifier).await,
+            _ = detached.notified() => {
+                was_detached = true;
+                break Ok(0);
             }
-            Ended::Stopped { task, error: Some(e) } => Err(e.context(format!("{task} stopped"))),
-            Ended::Stopped { task, error: None } => Err(anyhow::anyhow!("{task} stopped")),
-        },
+            Some(end) = ended.recv() => break match end {
+                Ended::Panicked { task, message } => {
+                    metrics::task_panicked();
+                    error!("task {task:?} panicked: {message}; exiting with status {EXIT_TASK_PANICKED}");
+                    Ok(EXIT_TASK_PANICKED)
+                }
+                Ended::Stopped { task, error: Some(e) } => Err(e.context(format!("{task} stopped"))),
+                Ended::Stopped { task, error: None } => Err(anyhow::anyhow!("{task} stopped")),
+            },
+        }
     };
+    notifier.stopping();
     if let Err(e) = daemon.operator.snapshot_reputation() {
         warn!("writing the reputation snapshot: {e:#}");
     }
@@ -313,4 +368,15 @@ async fn wait(
         error!("{e:#}");
     }
     outcome
+}
+
+/// SIGHUP: what `helo-filter reload` does (the operator logs the sections it applied); a
+/// refused file is logged and the running configuration kept.
+async fn reload(operator: &Operator, notifier: &Notifier) {
+    info!("SIGHUP: reloading the configuration");
+    notifier.reloading();
+    if let Err(e) = operator.reload().await {
+        warn!("SIGHUP: {}", e.message);
+    }
+    notifier.ready();
 }

@@ -1,3 +1,4 @@
 //! Small I/O helpers shared by the daemon's sockets.
 pub mod line_reader;
+pub mod notify;
 pub mod unix_socket;

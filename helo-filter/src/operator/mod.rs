@@ -328,7 +328,7 @@ impl Operator {
 
     /// Reads the configuration again and applies its reloadable sections; a file that does
     /// not load is refused and the running configuration kept (and `status` says so).
-    async fn reload(&self) -> Result<Reloaded, ControlError> {
+    pub async fn reload(&self) -> Result<Reloaded, ControlError> {
         let refused = |e: ControlError| {
             self.history().refused = Some(RefusedReload {
                 at: unix_now(),

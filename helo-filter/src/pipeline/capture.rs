@@ -9,6 +9,7 @@ use log::{debug, warn};
 use tokio::sync::mpsc;
 
 pub use super::reassembly::{Finding, HeloCommand, Limits, NoHeloCause, Reassembler, Session};
+use super::{probe::Probe, stage::Queued};
 use crate::{kernel, metrics};
 
 /// Events handled per wake-up before yielding, so a busy ring cannot starve other tasks.
@@ -17,17 +18,25 @@ const DRAIN_BUDGET: usize = 256;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Drains the ring buffer forever, sending each decided session to `sessions`. A full
-/// channel never blocks the reader: the session is passed (not judged) and counted.
+/// channel never blocks the reader: the session is passed (not judged) and counted. The
+/// watchdog's `probes` take the same loop into the same channel (see [`super::probe`]).
 pub async fn run(
     ring: RingBuf<MapData>,
-    sessions: mpsc::Sender<Session>,
+    sessions: mpsc::Sender<Queued>,
+    mut probes: mpsc::Receiver<Probe>,
     limits: Limits,
 ) -> anyhow::Result<()> {
     let mut ring = kernel::readable_fd(ring)?;
     let mut reassembler = Reassembler::new(limits);
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+    let mut probing = true;
     loop {
         tokio::select! {
+            probe = probes.recv(), if probing => match probe {
+                // Full: dropped, unanswered (a session would be passed unjudged).
+                Some(probe) => { let _ = sessions.try_send(Queued::Probe(probe)); }
+                None => probing = false,
+            },
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 let mut drained = 0;
@@ -75,10 +84,13 @@ pub fn decode(record: &[u8]) -> Option<CaptureEvent> {
     Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
 }
 
-fn forward(sessions: &mpsc::Sender<Session>, session: Session) {
-    match sessions.try_send(session) {
+fn forward(sessions: &mpsc::Sender<Queued>, session: Session) {
+    match sessions.try_send(Queued::Session(session)) {
         Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(session)) => {
+        Err(mpsc::error::TrySendError::Full(queued)) => {
+            let Queued::Session(session) = queued else {
+                return;
+            };
             metrics::fail_open(metrics::FailOpenCause::QueueFull);
             warn!(
                 "policy queue full: passing the session of {} unjudged",

@@ -11,7 +11,7 @@
 //! `--monitor` enforces nothing and counts what would have been done. An accept opens the
 //! kernel's gate for its flow: the client's held segments are retransmitted and delivered.
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, MapError};
 use helo_filter_common::{FlowKey, FlowState, phase};
 use log::{debug, warn};
 use parking_lot::Mutex;
@@ -70,6 +70,15 @@ impl Enforcer {
             (Deployment::Gateway, Action::Drop) => self.set_phase(session, phase::CONDEMNED),
         }
         Some(self.action)
+    }
+
+    /// The watchdog's probe: the flow table can be locked and read (a key no flow has).
+    pub fn probe(&self) -> bool {
+        let flows = self.flows.lock();
+        matches!(
+            flows.get(&FlowKey::default(), 0),
+            Ok(_) | Err(MapError::KeyNotFound)
+        )
     }
 
     /// Sets the flow's phase, unless its 4-tuple has since been reused by a new connection.

@@ -2,6 +2,7 @@
 //! the policy stage, enforced, and remembered by reputation.
 pub mod capture;
 pub mod enforce;
+pub mod probe;
 pub mod reassembly;
 pub mod reputation;
 pub mod smtp;

@@ -25,6 +25,7 @@ use crate::{
     pipeline::{
         capture::{Finding, NoHeloCause, Session},
         enforce::Enforcer,
+        probe::Probe,
         reputation::Reputation,
     },
     policy::{HeloInput, PolicyEngine, Verdict},
@@ -75,17 +76,28 @@ pub struct FlowRecord {
     pub action: &'static str,
 }
 
+/// What the policy stage's queue carries: sessions, and now and then the watchdog's probe
+/// (see [`super::probe`]), which takes the sessions' path.
+#[derive(Debug)]
+pub enum Queued {
+    Session(Session),
+    Probe(Probe),
+}
+
 /// Judges every session, many at once (a slow DNS answer for one HELO never holds up the
 /// verdicts of others), and acts on each verdict.
-pub async fn policy_stage(mut sessions: mpsc::Receiver<Session>, stage: Arc<Stage>, tasks: Tasks) {
+pub async fn policy_stage(mut sessions: mpsc::Receiver<Queued>, stage: Arc<Stage>, tasks: Tasks) {
     let in_flight = Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT));
-    while let Some(session) = sessions.recv().await {
+    while let Some(queued) = sessions.recv().await {
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break;
         };
         let stage = Arc::clone(&stage);
         tasks.spawn("policy stage", async move {
-            stage.judge(&session).await;
+            match queued {
+                Queued::Session(session) => stage.judge(&session).await,
+                Queued::Probe(probe) => stage.probe(probe),
+            }
             drop(permit);
         });
     }
@@ -157,6 +169,16 @@ impl Stage {
             self.kernel_lists().undeny(source)?;
         }
         Ok(known)
+    }
+
+    /// The watchdog's probe: takes what a verdict takes (the engine, the kernel lists, the
+    /// enforcer's flow table) and answers if all of it is there.
+    fn probe(&self, probe: Probe) {
+        drop(self.engine.read());
+        drop(self.lists.lock());
+        if self.enforcer.probe() {
+            probe.answer();
+        }
     }
 
     async fn judge(&self, session: &Session) {
