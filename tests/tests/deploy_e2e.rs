@@ -68,11 +68,29 @@ fn the_dashboard_queries_only_series_the_daemon_exports() {
     );
 }
 
+/// `systemd-analyze verify` accepts the unit, which is `Type=notify` (the daemon reports
+/// READY=1 once attached), reloads synchronously through the CLI, and has a watchdog.
 #[test]
 fn systemd_accepts_the_unit() {
     // The unit names the installed binary; verify a copy that names the built one.
     let unit = std::fs::read_to_string(workspace_file("deploy/systemd/helo-filter.service"))
         .expect("the unit");
+    let settings: Vec<&str> = unit
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    for wanted in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "ExecStart=/usr/local/bin/helo-filter run --config /etc/helo-filter/helo-filter.toml",
+        "ExecReload=/usr/local/bin/helo-filter reload",
+        "WatchdogSec=30s",
+        "LimitNOFILE=65536",
+        "Restart=on-failure",
+    ] {
+        assert!(settings.contains(&wanted), "the unit lacks {wanted:?}");
+    }
     let binary = paths::daemon_binary();
     let dir = std::env::temp_dir().join(format!("hf-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
