@@ -1,136 +1,345 @@
-//! `cargo xtask setup`: installs, idempotently and with progress messages, everything
-//! building and testing needs on a fresh Debian 12 machine of the project's kind.
+//! `cargo xtask setup`: checks, by trying each one, every capability the lab, the tests and
+//! the benchmarks rely on, installs what is missing, tries again, and stops with one line
+//! naming what it could not provide. Idempotent, and quick when everything is there (one
+//! short command per capability).
+//!
+//! A package being installed is not what is probed: swaks is installed on a fresh Debian 12
+//! machine without the Perl module it needs for IPv6 (`libio-socket-inet6-perl`, only a
+//! *Recommends*), so the probe is swaks itself, asked for an IPv6 session.
+//!
+//! Not here on purpose: cargo-deb (a later issue packages the daemon; it is not installed
+//! now) and promtool (Debian's `prometheus`, about 100 MB and a service of its own: a later
+//! issue adds it when it needs it).
 
-use std::process::{Command, Stdio};
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, bail};
 
-use crate::process::{output, run_cmd};
-
-/// Debian packages: LLVM 22 to build bpf-linker, the SMTP peers and tools of the lab.
-const DEBIAN_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-    "postfix",
-    "swaks",
-    "dnsmasq-base",
-    "bpftool",
-    "hping3",
-    "nftables",
-    "systemd",
-    "iproute2",
-    "procps",
-];
-
-/// Components of the nightly toolchain: rust-src to build the eBPF crate (`-Z build-std`),
-/// clippy and rustfmt for `cargo xtask lint` (its eBPF clippy pass, the import-grouping
-/// format check).
-const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
+use crate::process::run_cmd;
 
 /// bpf-linker must use the same LLVM major as the nightly that compiles the eBPF crate.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+/// What building bpf-linker against Debian's LLVM 22 needs (installed only to build it).
+const BPF_LINKER_BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 
-fn step(n: usize, total: usize, what: &str) {
-    println!("setup [{n}/{total}] {what}");
+/// How a missing capability is provided.
+enum Provider {
+    /// Debian packages.
+    Debian(&'static [&'static str]),
+    /// A component of the nightly toolchain.
+    Nightly(&'static str),
+    /// `cargo install bpf-linker`, built against Debian's LLVM 22.
+    BpfLinker,
 }
 
-/// Installs what is missing; does nothing (quickly) when all is there.
+struct Capability {
+    what: &'static str,
+    provider: Provider,
+    /// Tries the capability; the error says what failed.
+    probe: fn() -> Result<(), String>,
+}
+
+/// Every capability, in the order probed and installed: swaks over IPv6 first, as its
+/// missing module is what a fresh machine lacks.
+const CAPABILITIES: &[Capability] = &[
+    Capability {
+        what: "swaks over IPv6 (swaks, libio-socket-inet6-perl)",
+        provider: Provider::Debian(&["libio-socket-inet6-perl", "swaks"]),
+        probe: swaks_ipv6,
+    },
+    Capability {
+        what: "Postfix (postconf -d mail_version)",
+        provider: Provider::Debian(&["postfix"]),
+        probe: postfix,
+    },
+    Capability {
+        what: "smtp-sink and smtp-source (postfix)",
+        provider: Provider::Debian(&["postfix"]),
+        probe: smtp_sink_and_source,
+    },
+    Capability {
+        what: "dnsmasq (dnsmasq-base)",
+        provider: Provider::Debian(&["dnsmasq-base"]),
+        probe: || version("dnsmasq", &["--version"], "Dnsmasq version"),
+    },
+    Capability {
+        what: "hping3",
+        provider: Provider::Debian(&["hping3"]),
+        probe: || version("hping3", &["--version"], "hping3 version"),
+    },
+    Capability {
+        what: "nft (nftables)",
+        provider: Provider::Debian(&["nftables"]),
+        probe: || version("nft", &["--version"], "nftables"),
+    },
+    Capability {
+        what: "bpftool",
+        provider: Provider::Debian(&["bpftool"]),
+        probe: || version("bpftool", &["version"], "bpftool"),
+    },
+    Capability {
+        what: "ip and ss (iproute2)",
+        provider: Provider::Debian(&["iproute2"]),
+        probe: || {
+            version("ip", &["-V"], "iproute2")?;
+            version("ss", &["-V"], "iproute2")
+        },
+    },
+    Capability {
+        what: "sysctl (procps)",
+        provider: Provider::Debian(&["procps"]),
+        probe: || version("sysctl", &["--version"], "procps"),
+    },
+    Capability {
+        what: "systemd-analyze (systemd)",
+        provider: Provider::Debian(&["systemd"]),
+        probe: || version("systemd-analyze", &["--version"], "systemd"),
+    },
+    // A later issue runs redis-server instances of its own (about 1 MB with redis-tools,
+    // which holds the binary; the `redis-server` package adds the command's name).
+    Capability {
+        what: "redis-server",
+        provider: Provider::Debian(&["redis-server"]),
+        probe: || version("redis-server", &["--version"], "Redis server"),
+    },
+    Capability {
+        what: "nightly rust-src (builds the eBPF crate with -Z build-std)",
+        provider: Provider::Nightly("rust-src"),
+        probe: nightly_rust_src,
+    },
+    Capability {
+        what: "nightly clippy (cargo xtask lint)",
+        provider: Provider::Nightly("clippy"),
+        probe: || version("cargo", &["+nightly", "clippy", "--version"], "clippy"),
+    },
+    Capability {
+        what: "nightly rustfmt (cargo xtask lint)",
+        provider: Provider::Nightly("rustfmt"),
+        probe: || version("cargo", &["+nightly", "fmt", "--version"], "rustfmt"),
+    },
+    Capability {
+        what: "bpf-linker (LLVM 22)",
+        provider: Provider::BpfLinker,
+        probe: || version("bpf-linker", &["--version"], "bpf-linker"),
+    },
+];
+
+/// Probes everything, installs what is missing, probes that again.
 pub fn run() -> anyhow::Result<()> {
     // SAFETY: geteuid(2) takes no arguments, touches no memory of ours and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("setup installs Debian packages and loads BPF programs: run it as root");
     }
-    step(1, 3, "Debian packages");
-    let missing: Vec<&str> = DEBIAN_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !debian_package_installed(p))
-        .collect();
-    if missing.is_empty() {
-        println!("      all {} present", DEBIAN_PACKAGES.len());
-    } else {
-        println!("      installing: {}", missing.join(" "));
-        install_debian_packages(&missing)?;
+    let total = CAPABILITIES.len();
+    let mut missing = Vec::new();
+    for (n, capability) in CAPABILITIES.iter().enumerate() {
+        match (capability.probe)() {
+            Ok(()) => println!("setup [{}/{total}] {}: ok", n + 1, capability.what),
+            Err(e) => {
+                println!(
+                    "setup [{}/{total}] {}: MISSING ({e})",
+                    n + 1,
+                    capability.what
+                );
+                missing.push(capability);
+            }
+        }
     }
-
-    step(
-        2,
-        3,
-        "nightly toolchain: rust-src (builds the eBPF crate), clippy and rustfmt (lint)",
-    );
-    let components = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .context("rustup has no nightly toolchain")?;
-    // `rust-src`, or a target-qualified name such as `clippy-x86_64-unknown-linux-gnu`.
-    let missing: Vec<&str> = NIGHTLY_COMPONENTS
+    if missing.is_empty() {
+        return Ok(());
+    }
+    install(&missing)?;
+    let failed: Vec<String> = missing
         .iter()
-        .copied()
-        .filter(|c| {
-            !components
-                .lines()
-                .any(|l| l == *c || l.strip_prefix(c).is_some_and(|t| t.starts_with('-')))
+        .filter_map(|c| match (c.probe)() {
+            Ok(()) => {
+                println!("setup: {}: ok now", c.what);
+                None
+            }
+            Err(e) => Some(format!("{}: {e}", c.what)),
         })
         .collect();
-    if missing.is_empty() {
-        println!("      present");
-    } else {
-        println!(
-            "      adding to the nightly toolchain: {}",
-            missing.join(" ")
+    if !failed.is_empty() {
+        bail!(
+            "setup could not provide (still failing after the install) {}",
+            failed.join("; ")
         );
-        run_cmd(
+    }
+    Ok(())
+}
+
+/// Installs what provides the missing capabilities: Debian packages (once), nightly
+/// components, bpf-linker.
+fn install(missing: &[&Capability]) -> anyhow::Result<()> {
+    let mut packages: Vec<&str> = Vec::new();
+    let mut components: Vec<&str> = Vec::new();
+    let mut bpf_linker = false;
+    for capability in missing {
+        match capability.provider {
+            Provider::Debian(names) => packages.extend(names),
+            Provider::Nightly(component) => components.push(component),
+            Provider::BpfLinker => {
+                bpf_linker = true;
+                packages.extend(BPF_LINKER_BUILD_PACKAGES);
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    packages.retain(|p| seen.insert(*p));
+    if !packages.is_empty() {
+        println!("setup: apt-get install {}", packages.join(" "));
+        install_debian_packages(&packages)?;
+    }
+    if !components.is_empty() {
+        println!(
+            "setup: rustup component add {} (nightly)",
+            components.join(" ")
+        );
+        quiet(
             Command::new("rustup")
                 .args(["component", "add"])
-                .args(&missing)
+                .args(&components)
                 .args(["--toolchain", "nightly"]),
         )?;
     }
-
-    step(3, 3, "bpf-linker (built against Debian's LLVM 22)");
-    let installed = Command::new("bpf-linker")
-        .arg("--version")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if installed {
-        println!("      present");
-    } else {
+    if bpf_linker {
         println!(
-            "      cargo install bpf-linker {BPF_LINKER_VERSION} (about 3 minutes on 2 cores)"
+            "setup: cargo install bpf-linker {BPF_LINKER_VERSION} (about 3 minutes on 2 cores)"
         );
         run_cmd(
             Command::new("cargo")
-                .args([
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    BPF_LINKER_VERSION,
-                    "--no-default-features",
-                    "--features",
-                    BPF_LINKER_LLVM_FEATURE,
-                ])
+                .args(["install", "--quiet", "bpf-linker", "--version"])
+                .arg(BPF_LINKER_VERSION)
+                .args(["--no-default-features", "--features"])
+                .arg(BPF_LINKER_LLVM_FEATURE)
                 .env("LLVM_PREFIX", LLVM_PREFIX),
         )?;
     }
     Ok(())
 }
 
-fn debian_package_installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .stderr(Stdio::null())
+/// swaks asked for an IPv6 session to a closed port on ::1: it checks its IPv6
+/// prerequisite (IO::Socket::INET6) before connecting and, without it, prints `*** IPv6 not
+/// available …` and exits 10; with it, it prints `=== Trying ::1:PORT...` and fails to
+/// connect at once (exit 2). The same code path as the lab's sessions, no server needed.
+fn swaks_ipv6() -> Result<(), String> {
+    // A port that was just free: refused, so swaks fails fast.
+    let port = TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .map_or(9, |a| a.port());
+    let out = Command::new("swaks")
+        .args(["--server", "::1", "--port", &port.to_string()])
+        .args(["--quit-after", "connect", "--timeout", "2"])
+        .stdin(Stdio::null())
         .output()
-        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"install ok installed"))
+        .map_err(|e| format!("swaks: {e}"))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if text.contains("=== Trying ::1") {
+        return Ok(());
+    }
+    let error = text
+        .lines()
+        .find_map(|l| l.strip_prefix("***"))
+        .map_or_else(|| format!("exit {}", out.status), |e| e.trim().to_owned());
+    Err(format!("swaks -6: {error}"))
+}
+
+fn postfix() -> Result<(), String> {
+    version("postconf", &["-d", "mail_version"], "mail_version =")?;
+    // The lab's Postfix starts from the package's pristine master.cf.
+    let master = "/usr/share/postfix/master.cf.dist";
+    if !std::path::Path::new(master).exists() {
+        return Err(format!("{master} is missing"));
+    }
+    Ok(())
+}
+
+/// Both print their usage (and exit 1) when run without arguments.
+fn smtp_sink_and_source() -> Result<(), String> {
+    for tool in ["smtp-sink", "smtp-source"] {
+        let out = Command::new(tool)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{tool}: {e}"))?;
+        if !String::from_utf8_lossy(&out.stderr).contains(&format!("usage: {tool}")) {
+            return Err(format!("{tool} did not print its usage"));
+        }
+    }
+    Ok(())
+}
+
+/// The nightly's sysroot has the standard library's source that `-Z build-std=core` builds.
+fn nightly_rust_src() -> Result<(), String> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .map_err(|e| format!("rustc +nightly: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "rustc +nightly: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let core = sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml");
+    if !core.exists() {
+        return Err(format!("{} is missing", core.display()));
+    }
+    Ok(())
+}
+
+/// Runs `program args` and checks it succeeds and its output contains `expect`.
+fn version(program: &str, args: &[&str], expect: &str) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let first = text.lines().next().unwrap_or("").trim();
+        return Err(format!(
+            "{program} {}: {} {first}",
+            args.join(" "),
+            out.status
+        ));
+    }
+    if !text.contains(expect) {
+        return Err(format!(
+            "{program} {} did not say {expect:?}",
+            args.join(" ")
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a command with its output captured, shown (the last lines) only if it fails.
+fn quiet(command: &mut Command) -> anyhow::Result<()> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        bail!("{command:?} failed: {}\n{tail}", out.status);
+    }
+    Ok(())
 }
 
 fn install_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
@@ -148,8 +357,8 @@ fn install_debian_packages(packages: &[&str]) -> anyhow::Result<()> {
         .context("debconf stdin")?
         .write_all(preseed.as_bytes())?;
     debconf.wait()?;
-    run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
-    run_cmd(
+    quiet(Command::new("apt-get").args(["update", "-q"]))?;
+    quiet(
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(packages)
