@@ -49,13 +49,22 @@ pub fn server_of(client: SocketAddr) -> SocketAddr {
     SocketAddr::new(sessions::mx_for(client.ip()), lab::SMTP_PORT)
 }
 
-/// Plays each bogus session with swaks and checks it was cut before its MAIL FROM got a
-/// 250.
+/// Plays each bogus session with swaks and checks it connected and was cut before its
+/// MAIL FROM got a 250. A client that could not run or connect fails the test as that,
+/// with swaks's error (never as a reset).
 pub fn assert_reset_before_mail_from(lab: &Lab, bogus: &[(SocketAddr, Greeting, &str)]) {
     for &(client, greeting, name) in bogus {
-        let (completed, transcript) =
-            sessions::swaks_transcript(lab, client, greeting, name).expect("swaks");
-        assert!(!completed, "{name}: the session completed:\n{transcript}");
+        let run = sessions::swaks_run(lab, client, greeting, name)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let (outcome, transcript) = (&run.outcome, &run.transcript);
+        assert!(
+            outcome.connected(),
+            "{name}: {outcome} (not a reset: the client never connected):\n{transcript}"
+        );
+        assert!(
+            !outcome.completed(),
+            "{name}: the session completed:\n{transcript}"
+        );
         let after_mail = transcript
             .split_once("-> MAIL FROM")
             .map_or("", |(_, rest)| rest);

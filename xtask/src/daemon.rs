@@ -32,7 +32,8 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `helo-filter run` on the lab's filter interface, with the lab's identity
     /// (`helo-policy.md`'s) and DNS server and `extra` arguments, and waits until it reports
-    /// being ready (every interface attached).
+    /// being ready (every interface attached). Without a `--config` in `extra`, the lab's
+    /// empty configuration file is passed ([`Lab::empty_config`]).
     pub fn start(lab: &Lab, extra: &[&str], echo: bool) -> anyhow::Result<Daemon> {
         Daemon::start_with_env(lab, extra, &[], echo)
     }
@@ -88,9 +89,21 @@ impl Daemon {
                 binary.display()
             );
         }
+        // The configuration is always explicit, so that nothing under /etc changes what the
+        // lab sees: the caller's `--config`, or the lab's empty one (the built-in defaults).
+        // `--config` cannot be given twice.
+        let lab_config = match config_given(extra) {
+            true => None,
+            false => Some(lab.empty_config()?),
+        };
         let mut child = lab
             .command_in(&lab.filter_ns, &binary.to_string_lossy())
             .args(command)
+            .args(
+                lab_config
+                    .iter()
+                    .flat_map(|c| [std::ffi::OsStr::new("--config"), c.as_os_str()]),
+            )
             .args(["--metrics-addr", METRICS_ADDR])
             .args(["--dns-server", DNS_SERVER])
             .args(IDENTITY_ARGS)
@@ -201,6 +214,12 @@ impl Drop for Daemon {
     }
 }
 
+/// Whether `args` name a configuration file (`--config FILE` or `--config=FILE`).
+pub fn config_given(args: &[&str]) -> bool {
+    args.iter()
+        .any(|a| *a == "--config" || a.starts_with("--config="))
+}
+
 /// Runs an operator subcommand of `helo-filter` against the lab's daemon (its control
 /// socket), e.g. `["deny", "add", "203.0.113.14"]`.
 pub fn cli(lab: &Lab, args: &[&str]) -> anyhow::Result<std::process::Output> {
@@ -223,4 +242,17 @@ pub fn metric_value(page: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_given;
+
+    #[test]
+    fn a_config_in_the_extra_arguments_is_seen() {
+        assert!(config_given(&["--deny-ttl", "5", "--config", "x.toml"]));
+        assert!(config_given(&["--config=x.toml"]));
+        assert!(!config_given(&["--deny-ttl", "5"]));
+        assert!(!config_given(&["--configs"]));
+    }
 }

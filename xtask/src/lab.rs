@@ -442,6 +442,20 @@ impl Lab {
         daemon_dir(&self.filter_ns)
     }
 
+    /// The lab's configuration file, written empty (every setting at its built-in default)
+    /// in the daemon's directory: the lab's daemons get it when their caller passes no
+    /// `--config`, so that no file under /etc changes what a lab sees.
+    pub fn empty_config(&self) -> anyhow::Result<PathBuf> {
+        let path = self.daemon_dir().join("lab.toml");
+        fs::create_dir_all(self.daemon_dir())?;
+        fs::write(
+            &path,
+            "# The lab's configuration: empty, every setting at its built-in default.\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.daemon_dir().join("state")
     }

@@ -91,14 +91,25 @@ fn build_daemon() -> anyhow::Result<()> {
     ]))
 }
 
+/// `helo-filter run ARGS`, its configuration explicit: the caller's `--config`, or an
+/// empty file (the built-in defaults), never one a later default under /etc would bring.
 fn run_real(daemon_args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     build_daemon()?;
-    run_cmd(
-        Command::new(paths::daemon_binary())
-            .arg("run")
-            .args(daemon_args),
-    )
+    let mut command = Command::new(paths::daemon_binary());
+    command.arg("run");
+    let given: Vec<&str> = daemon_args.iter().map(String::as_str).collect();
+    if !daemon::config_given(&given) {
+        let empty = paths::target_dir().join("xtask-run-empty.toml");
+        std::fs::write(
+            &empty,
+            "# cargo xtask run: no --config given, every setting at its built-in default.\n",
+        )
+        .with_context(|| format!("writing {}", empty.display()))?;
+        println!("no --config given: using the empty {}", empty.display());
+        command.arg("--config").arg(empty);
+    }
+    run_cmd(command.args(daemon_args))
 }
 
 fn test() -> anyhow::Result<()> {
@@ -307,17 +318,23 @@ fn play_script(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {
             "resolvable, not the client's",
         ),
     ];
+    // Clients that could not play their session (swaks failing as a program, or never
+    // connecting): reported as such, never as the filter's doing.
+    let mut client_failures = Vec::new();
     for (client, greeting, name, what) in scripted {
         println!("client {client} says {greeting:?} {name}  ({what})");
-        let (completed, _) = sessions::swaks_transcript(lab, client, greeting, name)?;
-        println!(
-            "  → {}",
-            if completed {
-                "session completed"
-            } else {
-                "session reset by the filter"
+        match sessions::swaks_run(lab, client, greeting, name) {
+            Ok(run) => {
+                println!("  → {}", run.outcome);
+                if !run.outcome.connected() {
+                    client_failures.push(format!("{client}: {}", run.outcome));
+                }
             }
-        );
+            Err(e) => {
+                println!("  → the client failed: {e:#}");
+                client_failures.push(format!("{e:#}"));
+            }
+        }
     }
     println!(
         "client {} writes EHLO a few bytes per segment",
@@ -340,6 +357,13 @@ fn play_script(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {
     print_raw_outcome(outcome);
     // Give the daemon a moment to log the last sessions.
     std::thread::sleep(Duration::from_millis(500));
+    if !client_failures.is_empty() {
+        bail!(
+            "{} of the scripted clients could not play their session (run `cargo xtask setup`): {}",
+            client_failures.len(),
+            client_failures.join("; ")
+        );
+    }
     let reported = daemon
         .lines()
         .iter()

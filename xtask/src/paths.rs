@@ -11,9 +11,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Cargo's target directory of the workspace.
+/// Cargo's target directory of the workspace: `$CARGO_TARGET_DIR` (relative to the
+/// workspace root) when set, as the cargo that xtask runs builds there, or `target`.
 pub fn target_dir() -> PathBuf {
-    workspace_root().join("target")
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
 }
 
 /// The daemon binary the lab runs: `$HELO_FILTER_BIN`, or the workspace's debug build.

@@ -33,23 +33,92 @@ pub fn mx_for(client: IpAddr) -> IpAddr {
 }
 
 /// One complete mail transaction with swaks from `client:port`, greeting with `name`;
-/// an error if it does not complete.
+/// an error if it does not complete (saying whether swaks could not connect, or the
+/// session was refused or cut).
 pub fn swaks(lab: &Lab, client: SocketAddr, greeting: Greeting, name: &str) -> anyhow::Result<()> {
-    let (completed, transcript) = swaks_transcript(lab, client, greeting, name)?;
-    if !completed {
-        bail!("swaks from {client} with {name:?} did not complete:\n{transcript}");
+    let run = swaks_run(lab, client, greeting, name)?;
+    if run.outcome != SwaksOutcome::Completed {
+        bail!(
+            "swaks from {client} with {name:?}: {}:\n{}",
+            run.outcome,
+            run.transcript
+        );
     }
     Ok(())
 }
 
+/// How a swaks session ended, read from its exit status and transcript.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwaksOutcome {
+    /// The mail transaction completed.
+    Completed,
+    /// swaks never got a connection to the server: it could not connect (refused, timed
+    /// out: a SYN dropped, for one). Its `***` error lines.
+    NoConnection(String),
+    /// Connected, then the connection was closed or reset before the transaction completed
+    /// (what the filter's reset looks like): the last command swaks sent, and its error.
+    Cut { after: String, error: String },
+    /// The server answered a command with an error reply (swaks's exit status names the
+    /// command: 21 banner, 22 HELO, 23 MAIL, 24 RCPT, 25/26 DATA).
+    Refused { reply: String },
+}
+
+impl SwaksOutcome {
+    pub fn completed(&self) -> bool {
+        *self == SwaksOutcome::Completed
+    }
+
+    /// Whether swaks connected to the server (whatever happened next).
+    pub fn connected(&self) -> bool {
+        !matches!(self, SwaksOutcome::NoConnection(_))
+    }
+}
+
+impl std::fmt::Display for SwaksOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SwaksOutcome::Completed => write!(f, "session completed"),
+            SwaksOutcome::NoConnection(error) => {
+                write!(f, "the client could not connect: {error}")
+            }
+            SwaksOutcome::Cut { after, error } => {
+                write!(f, "connection cut after {after}: {error}")
+            }
+            SwaksOutcome::Refused { reply } => write!(f, "refused by the server: {reply}"),
+        }
+    }
+}
+
+/// A swaks session: how it ended, its exit status and its transcript.
+#[derive(Clone, Debug)]
+pub struct SwaksRun {
+    pub outcome: SwaksOutcome,
+    pub exit: Option<i32>,
+    /// What was sent (`->`), what came back (`<-`), and swaks's own `***` errors.
+    pub transcript: String,
+}
+
 /// Runs the swaks session and returns whether it completed, and its transcript (what was
-/// sent, `->`, what came back, `<-`, and swaks's own `***` errors).
+/// sent, `->`, what came back, `<-`, and swaks's own `***` errors). An error when swaks
+/// itself could not run the session (a missing Perl module such as IO::Socket::INET6 for
+/// IPv6, a bad option): that is never a session outcome.
 pub fn swaks_transcript(
     lab: &Lab,
     client: SocketAddr,
     greeting: Greeting,
     name: &str,
 ) -> anyhow::Result<(bool, String)> {
+    let run = swaks_run(lab, client, greeting, name)?;
+    Ok((run.outcome.completed(), run.transcript))
+}
+
+/// [`swaks_transcript`] with the outcome classified.
+pub fn swaks_run(
+    lab: &Lab,
+    client: SocketAddr,
+    greeting: Greeting,
+    name: &str,
+) -> anyhow::Result<SwaksRun> {
     let mut command = lab.command_in(&lab.client_ns, "swaks");
     command
         .args(["--server", &mx_for(client.ip()).to_string()])
@@ -70,10 +139,70 @@ pub fn swaks_transcript(
     let out = command
         .stdin(Stdio::null())
         .output()
-        .context("running swaks")?;
+        .context("running swaks (Debian package swaks)")?;
     let mut transcript = String::from_utf8_lossy(&out.stdout).into_owned();
     transcript.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok((out.status.success(), transcript))
+    let exit = out.status.code();
+    let outcome = classify_swaks(exit, &transcript).map_err(|error| {
+        anyhow::anyhow!("swaks from {client} could not run the session (exit {exit:?}): {error}")
+    })?;
+    Ok(SwaksRun {
+        outcome,
+        exit,
+        transcript,
+    })
+}
+
+/// swaks's own error lines (`*** …`), joined; or `fallback` when it printed none.
+fn swaks_errors(transcript: &str, fallback: &str) -> String {
+    let errors: Vec<&str> = transcript
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("***"))
+        .map(str::trim)
+        .collect();
+    if errors.is_empty() {
+        fallback.to_owned()
+    } else {
+        errors.join(" ")
+    }
+}
+
+/// Classifies a swaks run from its exit status (swaks(1), EXIT CODES) and transcript; an
+/// error (its text) when swaks failed as a program rather than as an SMTP client: options
+/// refused (1), a connection type it lacks (3), a missing prerequisite module (10: IPv6
+/// without IO::Socket::INET6), killed by a signal.
+pub fn classify_swaks(exit: Option<i32>, transcript: &str) -> Result<SwaksOutcome, String> {
+    let connected = transcript
+        .lines()
+        .any(|l| l.starts_with("=== Connected to"));
+    let sent: Vec<&str> = transcript
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("->"))
+        .map(str::trim)
+        .collect();
+    let last_reply = transcript
+        .lines()
+        .rev()
+        .find_map(|l| l.trim_start().strip_prefix("<**"))
+        .map(str::trim);
+    match exit {
+        Some(0) => Ok(SwaksOutcome::Completed),
+        Some(1 | 3 | 10) | None => Err(swaks_errors(transcript, "no error text")),
+        _ if !connected => Ok(SwaksOutcome::NoConnection(swaks_errors(
+            transcript,
+            "no error text",
+        ))),
+        Some(21..=26) if last_reply.is_some() => Ok(SwaksOutcome::Refused {
+            reply: last_reply.unwrap_or_default().to_owned(),
+        }),
+        Some(_) => Ok(SwaksOutcome::Cut {
+            after: sent
+                .last()
+                .map_or_else(|| "connecting".to_owned(), |c| (*c).to_owned()),
+            error: swaks_errors(transcript, "no error text"),
+        }),
+    }
 }
 
 /// Connects from `client`, reads the greeting, writes each chunk as its own segment
@@ -126,4 +255,62 @@ pub fn connect_from(client: SocketAddr, server: SocketAddr) -> anyhow::Result<Tc
         .connect_timeout(&server.into(), Duration::from_secs(5))
         .with_context(|| format!("connect {client} -> {server}"))?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SwaksOutcome, classify_swaks};
+
+    // Transcripts as swaks 20240103 prints them (stdout, then stderr).
+    #[test]
+    fn a_missing_ipv6_module_is_an_error_of_swaks_never_an_outcome() {
+        let transcript = "*** IPv6 not available: requires IO::Socket::INET6.  Exiting\n";
+        let error = classify_swaks(Some(10), transcript).expect_err("not an outcome");
+        assert_eq!(
+            error,
+            "IPv6 not available: requires IO::Socket::INET6.  Exiting"
+        );
+    }
+
+    #[test]
+    fn a_refused_connection_is_no_connection() {
+        let transcript = "=== Trying ::1:9...\n*** Error connecting to ::1:9:\n\
+                          *** \tIO::Socket::INET6: connect: Connection refused\n";
+        assert_eq!(
+            classify_swaks(Some(2), transcript),
+            Ok(SwaksOutcome::NoConnection(
+                "Error connecting to ::1:9: IO::Socket::INET6: connect: Connection refused"
+                    .to_owned()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_reset_after_the_greeting_is_a_cut_session() {
+        let transcript = "=== Trying 127.0.0.1:2525...\n=== Connected to 127.0.0.1.\n\
+                          <-  220 x ESMTP\n -> EHLO x.example\n\
+                          *** Remote host closed connection unexpectedly.\n";
+        let outcome = classify_swaks(Some(6), transcript).expect("an outcome");
+        assert_eq!(
+            outcome,
+            SwaksOutcome::Cut {
+                after: "EHLO x.example".to_owned(),
+                error: "Remote host closed connection unexpectedly.".to_owned()
+            }
+        );
+        assert!(outcome.connected() && !outcome.completed());
+    }
+
+    #[test]
+    fn an_error_reply_is_a_refusal() {
+        let transcript = "=== Connected to 198.51.100.25.\n<-  220 mx ESMTP\n\
+                          -> EHLO x.example\n<-  250 mx\n -> MAIL FROM:<a@example.net>\n\
+                          <** 550 5.7.1 no\n -> QUIT\n<-  221 bye\n";
+        assert_eq!(
+            classify_swaks(Some(23), transcript),
+            Ok(SwaksOutcome::Refused {
+                reply: "550 5.7.1 no".to_owned()
+            })
+        );
+    }
 }
