@@ -89,6 +89,11 @@ pub enum Queued {
 pub async fn policy_stage(mut sessions: mpsc::Receiver<Queued>, stage: Arc<Stage>, tasks: Tasks) {
     let in_flight = Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT));
     while let Some(queued) = sessions.recv().await {
+        // A stage that stops taking from its queue: the watchdog's probe never comes back.
+        #[cfg(feature = "fault-injection")]
+        if matches!(queued, Queued::Session(_)) && crate::fault::armed("stage_stall") {
+            std::future::pending::<()>().await;
+        }
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
             break;
         };
