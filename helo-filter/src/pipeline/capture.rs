@@ -8,8 +8,8 @@ use helo_filter_common::CaptureEvent;
 use log::{debug, warn};
 use tokio::sync::mpsc;
 
-pub use super::reassembly::{Finding, HeloCommand, Limits, NoHeloCause, Reassembler, Session};
-use super::{probe::Probe, stage::Queued};
+pub use super::reassembly::{Limits, Reassembler};
+use super::{probe::Probe, session::Session, stage::Queued};
 use crate::{kernel, metrics};
 
 /// Events handled per wake-up before yielding, so a busy ring cannot starve other tasks.

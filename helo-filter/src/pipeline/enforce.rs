@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 
 use crate::{
     config::{Action, Deployment},
-    pipeline::capture::Session,
+    pipeline::session::Session,
     policy::Verdict,
 };
 

@@ -5,6 +5,7 @@ pub mod enforce;
 pub mod probe;
 pub mod reassembly;
 pub mod reputation;
+pub mod session;
 pub mod smtp;
 pub mod sock_destroy;
 pub mod stage;

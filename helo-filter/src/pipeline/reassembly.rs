@@ -1,5 +1,5 @@
 //! Per-flow reassembly of captured segments into the session's first decisive command:
-//! its HELO/EHLO line, or a `no_helo` finding.
+//! its HELO/EHLO line, or the reason there was none (`no_helo`).
 //!
 //! Segments are placed by sequence number (the kernel may deliver them out of order,
 //! and TCP retransmits), NOOP/RSET lines are skipped, and the first other complete line
@@ -16,55 +16,10 @@ use helo_filter_common::{
     CaptureEvent, FAMILY_IPV4, FlowKey, MAX_CAPTURE_BYTES, MAX_CAPTURE_SEGMENTS, flags,
 };
 
-use crate::pipeline::smtp::{Verb, escape_for_log, parse_command, strip_line_end};
-
-/// What one client session's first command lines showed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Session {
-    /// The flow as the kernel keys it, and the sequence number its stream started at.
-    pub flow: FlowKey,
-    pub stream_start_seq: u32,
-    pub client: SocketAddr,
-    pub server: SocketAddr,
-    pub ifindex: u32,
-    /// Kernel boot-time timestamp of the segment that decided the session.
-    pub timestamp_ns: u64,
-    pub finding: Finding,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Finding {
-    Helo(HeloCommand),
-    NoHelo(NoHeloCause),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeloCommand {
-    pub verb: Verb,
-    /// The argument as sent, raw bytes (the policy judges non-ASCII itself).
-    pub argument: Vec<u8>,
-    /// The whole line without its terminator, escaped for logs.
-    pub escaped_line: String,
-    /// The client sent more bytes after the HELO line in the same segment.
-    pub pipelined: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NoHeloCause {
-    /// A command other than HELO/EHLO/NOOP/RSET came first (its line, escaped).
-    OtherCommandFirst { escaped_line: String },
-    /// The capture cap (bytes or segments) was reached without a complete HELO line.
-    CapExceeded,
-}
-
-impl NoHeloCause {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            NoHeloCause::OtherCommandFirst { .. } => "other_command",
-            NoHeloCause::CapExceeded => "cap_exceeded",
-        }
-    }
-}
+use crate::pipeline::{
+    session::{HeloCommand, NoHeloCause, Opening, Session},
+    smtp::{Verb, escape_for_log, parse_command, strip_line_end},
+};
 
 /// Bounds on what the reassembler holds.
 #[derive(Clone, Copy, Debug)]
@@ -157,13 +112,13 @@ impl Reassembler {
                 .or_insert_with(|| event.payload().to_vec());
         }
         flow.absorb_pending();
-        let finding = flow.scan().or_else(|| {
+        let opening = flow.scan().or_else(|| {
             let capped = event.flags & flags::CAPPED != 0
                 || flow.segments >= MAX_CAPTURE_SEGMENTS
                 || flow.stream.len() >= MAX_CAPTURE_BYTES;
-            capped.then_some(Finding::NoHelo(NoHeloCause::CapExceeded))
+            capped.then_some(Opening::NoHelo(NoHeloCause::CapExceeded))
         });
-        let session = finding.map(|finding| {
+        let session = opening.map(|opening| {
             self.flows.remove(&id);
             self.remember_decided(id);
             Session {
@@ -173,7 +128,7 @@ impl Reassembler {
                 server: socket_addr(&event.key, event.key.daddr, event.key.dport),
                 ifindex: event.ifindex,
                 timestamp_ns: event.timestamp_ns,
-                finding,
+                opening,
             }
         });
         (session, evicted)
@@ -238,7 +193,7 @@ impl FlowBuffer {
 
     /// Looks at the complete lines not yet scanned; the first that is not NOOP/RSET
     /// decides the session.
-    fn scan(&mut self) -> Option<Finding> {
+    fn scan(&mut self) -> Option<Opening> {
         while let Some(end) = self.stream[self.scanned..].iter().position(|b| *b == b'\n') {
             let line_end = self.scanned + end + 1;
             let line = strip_line_end(&self.stream[self.scanned..line_end]);
@@ -247,7 +202,7 @@ impl FlowBuffer {
             match command.verb {
                 Verb::Skippable => continue,
                 Verb::Helo | Verb::Ehlo => {
-                    return Some(Finding::Helo(HeloCommand {
+                    return Some(Opening::Helo(HeloCommand {
                         verb: command.verb,
                         argument: command.argument.to_vec(),
                         escaped_line: escape_for_log(line),
@@ -255,7 +210,7 @@ impl FlowBuffer {
                     }));
                 }
                 Verb::Other => {
-                    return Some(Finding::NoHelo(NoHeloCause::OtherCommandFirst {
+                    return Some(Opening::NoHelo(NoHeloCause::OtherCommandFirst {
                         escaped_line: escape_for_log(line),
                     }));
                 }
@@ -317,8 +272,8 @@ mod tests {
     }
 
     fn helo(session: &Session) -> &HeloCommand {
-        match &session.finding {
-            Finding::Helo(h) => h,
+        match &session.opening {
+            Opening::Helo(h) => h,
             other => panic!("expected a HELO, got {other:?}"),
         }
     }
@@ -401,8 +356,8 @@ mod tests {
         let mut r = Reassembler::new(Limits::default());
         let sessions = feed(&mut r, &[event(key(6), 0, b"MAIL FROM:<a@b>\r\n", 0)]);
         assert_eq!(
-            sessions[0].finding,
-            Finding::NoHelo(NoHeloCause::OtherCommandFirst {
+            sessions[0].opening,
+            Opening::NoHelo(NoHeloCause::OtherCommandFirst {
                 escaped_line: "MAIL FROM:<a@b>".into()
             })
         );
@@ -419,8 +374,8 @@ mod tests {
         events = vec![event(k, 31, b"x", flags::CAPPED | flags::FINAL)];
         let sessions = feed(&mut r, &events);
         assert_eq!(
-            sessions[0].finding,
-            Finding::NoHelo(NoHeloCause::CapExceeded)
+            sessions[0].opening,
+            Opening::NoHelo(NoHeloCause::CapExceeded)
         );
         assert!(feed(&mut r, &[event(k, 32, b"\r\n", 0)]).is_empty());
     }

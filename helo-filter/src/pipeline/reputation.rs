@@ -387,6 +387,7 @@ mod tests {
             reasons: Vec::new(),
             notes: Vec::new(),
             score,
+            dns_error: None,
         }
     }
 

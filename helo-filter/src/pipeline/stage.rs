@@ -23,10 +23,10 @@ use crate::{
     kernel::lists::KernelLists,
     metrics,
     pipeline::{
-        capture::{Finding, NoHeloCause, Session},
         enforce::Enforcer,
         probe::Probe,
         reputation::Reputation,
+        session::{NoHeloCause, Opening, Session},
     },
     policy::{HeloInput, PolicyEngine, Verdict},
     tasks::Tasks,
@@ -192,8 +192,8 @@ impl Stage {
             panic!("fault injected: stage_panic");
         }
         let client = session.client.ip();
-        let input = match &session.finding {
-            Finding::Helo(helo) => {
+        let input = match &session.opening {
+            Opening::Helo(helo) => {
                 metrics::helo_event();
                 HeloInput {
                     helo: Some(helo.argument.clone()),
@@ -203,7 +203,7 @@ impl Stage {
                     reverse_name: None,
                 }
             }
-            Finding::NoHelo(_) => HeloInput::without_helo(client),
+            Opening::NoHelo(_) => HeloInput::without_helo(client),
         };
         let started = Instant::now();
         let verdict = current(&self.engine).evaluate(&input).await;
@@ -218,12 +218,12 @@ impl Stage {
     }
 
     fn keep_recent(&self, session: &Session, verdict: &Verdict, action: Option<Action>) {
-        let (verb, line) = match &session.finding {
-            Finding::Helo(helo) => (helo.verb.as_str(), helo.escaped_line.clone()),
-            Finding::NoHelo(NoHeloCause::OtherCommandFirst { escaped_line }) => {
+        let (verb, line) = match &session.opening {
+            Opening::Helo(helo) => (helo.verb.as_str(), helo.escaped_line.clone()),
+            Opening::NoHelo(NoHeloCause::OtherCommandFirst { escaped_line }) => {
                 ("none", escaped_line.clone())
             }
-            Finding::NoHelo(NoHeloCause::CapExceeded) => ("none", String::new()),
+            Opening::NoHelo(NoHeloCause::CapExceeded) => ("none", String::new()),
         };
         let record = FlowRecord {
             at: crate::clock::unix_now(),
@@ -293,8 +293,8 @@ impl Stage {
 
 /// One log line per session: who, what they said (escaped), the verdict and the action.
 fn report(session: &Session, verdict: &Verdict, action: Option<Action>) {
-    let what = match &session.finding {
-        Finding::Helo(helo) => format!(
+    let what = match &session.opening {
+        Opening::Helo(helo) => format!(
             "helo client={} server={} verb={} pipelined={} line=\"{}\"",
             session.client,
             session.server,
@@ -302,7 +302,7 @@ fn report(session: &Session, verdict: &Verdict, action: Option<Action>) {
             helo.pipelined,
             helo.escaped_line
         ),
-        Finding::NoHelo(cause) => {
+        Opening::NoHelo(cause) => {
             let line = match cause {
                 NoHeloCause::OtherCommandFirst { escaped_line } => escaped_line.as_str(),
                 NoHeloCause::CapExceeded => "",
