@@ -1,0 +1,58 @@
+//! A client session as the pipeline passes it on: its flow, and what its first decisive
+//! line showed (the HELO/EHLO command, or why there was none). Made by the reassembly,
+//! judged by the stage, acted on by the enforcer.
+
+use std::net::SocketAddr;
+
+use helo_filter_common::FlowKey;
+
+use crate::pipeline::smtp::Verb;
+
+/// What one client session's first command lines showed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The flow as the kernel keys it, and the sequence number its stream started at.
+    pub flow: FlowKey,
+    pub stream_start_seq: u32,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub ifindex: u32,
+    /// Kernel boot-time timestamp of the segment that decided the session.
+    pub timestamp_ns: u64,
+    pub opening: Opening,
+}
+
+/// What the session's first decisive line was: its HELO/EHLO, or the reason there was none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opening {
+    Helo(HeloCommand),
+    NoHelo(NoHeloCause),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeloCommand {
+    pub verb: Verb,
+    /// The argument as sent, raw bytes (the policy judges non-ASCII itself).
+    pub argument: Vec<u8>,
+    /// The whole line without its terminator, escaped for logs.
+    pub escaped_line: String,
+    /// The client sent more bytes after the HELO line in the same segment.
+    pub pipelined: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoHeloCause {
+    /// A command other than HELO/EHLO/NOOP/RSET came first (its line, escaped).
+    OtherCommandFirst { escaped_line: String },
+    /// The capture cap (bytes or segments) was reached without a complete HELO line.
+    CapExceeded,
+}
+
+impl NoHeloCause {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NoHeloCause::OtherCommandFirst { .. } => "other_command",
+            NoHeloCause::CapExceeded => "cap_exceeded",
+        }
+    }
+}
