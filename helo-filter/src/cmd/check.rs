@@ -39,23 +39,44 @@ pub const EXIT_REJECT: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 /// Runs the command, printing to stdout (errors to stderr); returns the exit status.
+///
+/// The verdict is reached first and only then are stdout and stderr locked: the resolver's
+/// tasks log to stderr from the runtime's worker threads while the lookups run, and a lock
+/// held across the await would block them (and so the lookups, and `check`) for ever.
 pub async fn run(args: CheckArgs) -> i32 {
+    let judged = judge(&args).await;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
-    run_with(&args, &mut out, &mut err).await
+    print(&args, judged, &mut out, &mut err)
 }
 
 /// Runs the command with the given outputs; returns the exit status.
 pub async fn run_with(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
-    let engine = match build_engine(args) {
-        Ok(e) => e,
+    let judged = judge(args).await;
+    print(args, judged, out, err)
+}
+
+/// The verdict, or a usage or configuration error. Touches neither stdout nor stderr.
+async fn judge(args: &CheckArgs) -> Result<Verdict, String> {
+    let engine = build_engine(args)?;
+    let input = HeloInput::new(args.helo.as_bytes(), args.ip);
+    Ok(engine.evaluate(&input).await)
+}
+
+/// Writes the verdict (or the error) and gives the exit status.
+fn print(
+    args: &CheckArgs,
+    judged: Result<Verdict, String>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let verdict = match judged {
+        Ok(v) => v,
         Err(msg) => {
             let _ = writeln!(err, "helo-filter check: {msg}");
             return EXIT_USAGE;
         }
     };
-    let input = HeloInput::new(args.helo.as_bytes(), args.ip);
-    let verdict = engine.evaluate(&input).await;
     let written = if args.json {
         writeln!(out, "{}", json_line(&args.helo, args.ip, &verdict))
     } else {
@@ -106,7 +127,8 @@ pub fn json_line(helo: &str, ip: IpAddr, v: &Verdict) -> String {
     serde_json::to_string(&j).expect("a verdict always serializes")
 }
 
-/// The human-readable form: a headline, then one line per failed check, then the notes.
+/// The human-readable form: a headline, then one line per failed check, then the notes and,
+/// when a temporary DNS failure marked the verdict, `dns_error=SERVER:KIND`.
 pub fn human(helo: &str, ip: IpAddr, v: &Verdict) -> String {
     let mut s = match v.primary() {
         Some(p) => format!("reject {helo:?} from {ip}: {}\n", p.summary()),
@@ -122,14 +144,21 @@ pub fn human(helo: &str, ip: IpAddr, v: &Verdict) -> String {
         let notes: Vec<&str> = v.notes.iter().map(|n| n.as_str()).collect();
         s.push_str(&format!("  notes: {}\n", notes.join(", ")));
     }
+    if let Some(e) = &v.dns_error {
+        s.push_str(&format!("  dns_error={e}\n"));
+    }
     s
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use clap::Parser;
+    use xtask::dns_fixture::Dnsmasq;
 
     use super::*;
+    use crate::dns::test_server::{BadServer, Misbehaviour};
 
     #[derive(clap::Parser, Debug)]
     #[command(name = "helo-filter")]
@@ -299,6 +328,192 @@ mod tests {
             let (code, _, err) = exec(argv).await;
             assert_eq!(code, 2, "{argv:?}: {err}");
         }
+    }
+
+    /// A config file with a 500 ms DNS deadline (and `fail_closed` when asked).
+    fn dns_config(tag: &str, fail_closed: bool) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "helo-filter-check-dns-{}-{tag}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("dns.toml");
+        std::fs::write(
+            &f,
+            format!("[dns]\ndeadline_ms = 500\nfail_closed = {fail_closed}\n"),
+        )
+        .unwrap();
+        f
+    }
+
+    const DEADLINE: Duration = Duration::from_millis(500);
+    const GRACE: Duration = Duration::from_millis(500);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_ends_within_the_deadline_whatever_the_server_sends() {
+        let config = dns_config("bad", false);
+        for (how, kind) in [
+            (Misbehaviour::WrongId, "timeout"),
+            (Misbehaviour::Garbage, "timeout"),
+            (Misbehaviour::GarbageWithId, "malformed"),
+            (Misbehaviour::CutShort, "malformed"),
+            (Misbehaviour::TcBit, "malformed"),
+            (Misbehaviour::Silent, "timeout"),
+            (Misbehaviour::Rcode(2), "servfail"),
+            (Misbehaviour::Rcode(5), "refused"),
+        ] {
+            let server = BadServer::start(how);
+            let addr = server.addr.to_string();
+            let t = Instant::now();
+            let (code, out, err) = exec(&[
+                "--config",
+                config.to_str().unwrap(),
+                "--dns-server",
+                &addr,
+                "--ip",
+                "203.0.113.10",
+                "mail.example.net",
+            ])
+            .await;
+            let elapsed = t.elapsed();
+            eprintln!("{how:?}: {elapsed:?}");
+            assert!(elapsed < DEADLINE + GRACE, "{how:?}: {elapsed:?}");
+            assert_eq!(code, 0, "{how:?}: {out}{err}");
+            assert!(out.contains("  notes: dns_tempfail\n"), "{how:?}: {out}");
+            assert!(
+                out.ends_with(&format!("  dns_error={addr}:{kind}\n")),
+                "{how:?}: {out}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(config.parent().unwrap());
+    }
+
+    #[test]
+    fn the_human_output_names_the_dns_error() {
+        let v = Verdict {
+            decision: crate::policy::Decision::Accept,
+            reasons: Vec::new(),
+            notes: vec![crate::policy::Note::DnsTempfail],
+            score: 0,
+            dns_error: Some(crate::dns::DnsFailure {
+                server: "[2001:db8::53]:53".into(),
+                kind: crate::dns::DnsErrorKind::Servfail,
+            }),
+        };
+        let ip = "203.0.113.10".parse().unwrap();
+        assert_eq!(
+            human("mail.example.net", ip, &v),
+            "accept \"mail.example.net\" from 203.0.113.10\n  notes: dns_tempfail\n  \
+             dns_error=[2001:db8::53]:53:servfail\n"
+        );
+        // The JSON shape stays as the spec fixes it.
+        assert!(!json_line("mail.example.net", ip, &v).contains("dns_error"));
+    }
+
+    /// `run` itself, with the real stdout and stderr, while the runtime's worker threads log at
+    /// debug level to stderr (as `RUST_LOG=debug` makes them): it must end by the deadline,
+    /// not wait for ever on the stderr lock.
+    #[test]
+    fn run_with_debug_logging_on_the_worker_threads_ends_by_the_deadline() {
+        let config = dns_config("debug", false);
+        for how in [
+            Misbehaviour::WrongId,
+            Misbehaviour::Garbage,
+            Misbehaviour::Silent,
+        ] {
+            let server = BadServer::start(how);
+            let args = parse(&[
+                "--config",
+                config.to_str().unwrap(),
+                "--dns-server",
+                &server.addr.to_string(),
+                "--ip",
+                "203.0.113.10",
+                "mail.example.net",
+            ])
+            .unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t = Instant::now();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .on_thread_start(|| {
+                        let subscriber = tracing_subscriber::fmt()
+                            .with_max_level(tracing::Level::DEBUG)
+                            .with_writer(std::io::stderr)
+                            .finish();
+                        // For the thread's whole life.
+                        std::mem::forget(tracing::subscriber::set_default(subscriber));
+                    })
+                    .build()
+                    .unwrap();
+                let code = runtime.block_on(run(args));
+                let _ = tx.send(code);
+                // A stuck worker would stall the shutdown: do not wait for it here.
+                runtime.shutdown_background();
+            });
+            let code = rx.recv_timeout(DEADLINE + GRACE);
+            let elapsed = t.elapsed();
+            if code.is_err() {
+                // The stuck `run` holds the stdout and stderr locks, so the test harness could
+                // not even report a failed assertion: say it on a fresh handle and end here.
+                if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
+                    let _ = writeln!(
+                        tty,
+                        "FAILED {how:?}: `check` did not end within {:?} (it holds the output \
+                         locks across the lookups)",
+                        DEADLINE + GRACE
+                    );
+                }
+                std::process::exit(101);
+            }
+            assert_eq!(code, Ok(0), "{how:?}: ({elapsed:?})");
+            assert!(elapsed < DEADLINE + GRACE, "{how:?}: {elapsed:?}");
+        }
+        let _ = std::fs::remove_dir_all(config.parent().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_underscore_name_is_looked_up_even_fail_closed() {
+        let d = Dnsmasq::start(
+            None,
+            &["--host-record=my_host.example.net,203.0.113.77".into()],
+        );
+        let config = dns_config("underscore", true);
+        let (code, out, err) = exec(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--dns-server",
+            &d.addr.to_string(),
+            "--json",
+            "--ip",
+            "203.0.113.77",
+            "my_host.example.net",
+        ])
+        .await;
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains("\"notes\":[]"), "{out}");
+        assert!(!out.contains("dns_tempfail"), "{out}");
+        assert_eq!(d.queries("A", "my_host.example.net"), 1);
+        assert_eq!(d.queries("MX", "my_host.example.net"), 1);
+        let (code, out, _) = exec(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--dns-server",
+            &d.addr.to_string(),
+            "--ip",
+            "203.0.113.10",
+            "no_such_host.example.net",
+        ])
+        .await;
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("  no_dns: "), "{out}");
+        assert!(
+            !out.contains("dns_tempfail") && !out.contains("dns_error"),
+            "{out}"
+        );
+        let _ = std::fs::remove_dir_all(config.parent().unwrap());
     }
 
     #[tokio::test]

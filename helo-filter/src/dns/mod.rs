@@ -29,7 +29,7 @@ use hickory_resolver::{
     net::{DnsError, NetError, runtime::TokioRuntimeProvider},
     proto::{
         op::ResponseCode,
-        rr::{RData, RecordType},
+        rr::{Name, RData, RecordType},
     },
 };
 use parking_lot::Mutex;
@@ -39,6 +39,8 @@ use crate::addr;
 
 mod answer;
 mod cache;
+#[cfg(test)]
+pub(crate) mod test_server;
 #[cfg(test)]
 mod tests;
 
@@ -102,11 +104,59 @@ pub enum TempFailKind {
     /// No answer before the deadline.
     Timeout,
     /// The server answered with an error code (SERVFAIL, REFUSED, …).
-    ResponseCode(String),
+    ResponseCode(ResponseCode),
     /// No query slot became free before the deadline.
     Busy,
-    /// Anything else (network errors, malformed answers).
-    Other(String),
+    /// The answer could not be decoded, or did not fit the question.
+    Malformed(String),
+    /// A network or local error (connection refused, no connection left, a lookup task that
+    /// ended without an answer).
+    Io(String),
+}
+
+impl TempFailKind {
+    /// The coarse kind that `dns_error=SERVER:KIND` names.
+    pub fn error_kind(&self) -> DnsErrorKind {
+        match self {
+            TempFailKind::Timeout | TempFailKind::Busy => DnsErrorKind::Timeout,
+            TempFailKind::ResponseCode(ResponseCode::ServFail) => DnsErrorKind::Servfail,
+            TempFailKind::ResponseCode(ResponseCode::FormErr) => DnsErrorKind::Malformed,
+            // REFUSED, NOTIMP and the rarer codes: the server declines to answer.
+            TempFailKind::ResponseCode(_) => DnsErrorKind::Refused,
+            TempFailKind::Malformed(_) => DnsErrorKind::Malformed,
+            TempFailKind::Io(_) => DnsErrorKind::Io,
+        }
+    }
+
+    /// Classifies one of hickory's errors (other than "no records", which is an answer).
+    fn from_net_error(e: &NetError) -> TempFailKind {
+        match e {
+            NetError::Timeout => TempFailKind::Timeout,
+            NetError::Dns(DnsError::ResponseCode(code)) => TempFailKind::ResponseCode(*code),
+            NetError::Io(_) | NetError::NoConnections | NetError::Busy => {
+                TempFailKind::Io(e.to_string())
+            }
+            NetError::Msg(_) | NetError::Message(_) if is_io_text(&e.to_string()) => {
+                TempFailKind::Io(e.to_string())
+            }
+            _ => TempFailKind::Malformed(e.to_string()),
+        }
+    }
+}
+
+/// Whether a free-text hickory error is about the network rather than the message.
+fn is_io_text(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "connection",
+        "socket",
+        "bytes of message sent",
+        "io error",
+        "refused",
+        "reset",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
 }
 
 impl fmt::Display for TempFailKind {
@@ -115,9 +165,104 @@ impl fmt::Display for TempFailKind {
             TempFailKind::Timeout => f.write_str("timeout"),
             TempFailKind::ResponseCode(c) => write!(f, "response code {c}"),
             TempFailKind::Busy => f.write_str("too many lookups in flight"),
-            TempFailKind::Other(m) => f.write_str(m),
+            TempFailKind::Malformed(m) | TempFailKind::Io(m) => f.write_str(m),
         }
     }
+}
+
+/// The kind of a temporary DNS failure, as logs and `check` name it (`dns_error=SERVER:KIND`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DnsErrorKind {
+    /// No answer before the deadline (or no query slot before it).
+    Timeout,
+    /// The server answered SERVFAIL.
+    Servfail,
+    /// The server answered REFUSED (or another error code that declines the query).
+    Refused,
+    /// The answer could not be decoded or did not fit the question (or FORMERR).
+    Malformed,
+    /// A network error: connection refused or reset, no usable connection.
+    Io,
+}
+
+impl DnsErrorKind {
+    /// `timeout`, `servfail`, `refused`, `malformed` or `io`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DnsErrorKind::Timeout => "timeout",
+            DnsErrorKind::Servfail => "servfail",
+            DnsErrorKind::Refused => "refused",
+            DnsErrorKind::Malformed => "malformed",
+            DnsErrorKind::Io => "io",
+        }
+    }
+}
+
+impl fmt::Display for DnsErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which server failed and how: `SERVER:KIND` (`SERVER` is `address:port`, or `system` when it
+/// is not known which of several servers failed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsFailure {
+    /// `address:port` (IPv6 in brackets) or `system`.
+    pub server: String,
+    /// What went wrong.
+    pub kind: DnsErrorKind,
+}
+
+impl fmt::Display for DnsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.server, self.kind)
+    }
+}
+
+/// Why a name cannot be sent as a DNS question.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} cannot be encoded as a DNS question: {why}")]
+pub struct Unqueryable {
+    /// The name as given.
+    pub name: String,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// The question name for `name` (made fully qualified, case kept as given): every label is
+/// 1–63 octets of letters, digits, `-` or `_` (underscores are common in real host names and
+/// DNS carries any octet), and the whole name fits the 255-octet wire limit. Built label by
+/// label from the raw octets: hickory's text parsers run IDNA, which refuses `_` inside a
+/// label.
+pub fn query_name(name: &str) -> Result<Name, Unqueryable> {
+    let fail = |why: String| Unqueryable {
+        name: name.to_string(),
+        why,
+    };
+    let trimmed = name.trim();
+    let bare = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    if bare.is_empty() {
+        return Err(fail("the name is empty".into()));
+    }
+    for label in bare.split('.') {
+        if label.is_empty() {
+            return Err(fail("an empty label".into()));
+        }
+        if label.len() > 63 {
+            return Err(fail(format!(
+                "label of {} octets (at most 63)",
+                label.len()
+            )));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(fail(format!("character {c:?} in label {label:?}")));
+        }
+    }
+    Name::from_labels(bare.split('.').map(str::as_bytes)).map_err(|e| fail(e.to_string()))
 }
 
 /// The outcome of one lookup.
@@ -132,6 +277,8 @@ pub enum DnsAnswer {
     },
     /// Not evidence either way.
     TempFail(TempFailKind),
+    /// The name cannot be sent as a DNS question (see [`query_name`]); nothing was sent.
+    Unqueryable(Unqueryable),
 }
 
 impl DnsAnswer {
@@ -163,12 +310,21 @@ impl DnsAnswer {
             }
             DnsAnswer::NoRecords { .. } => Answer::NoRecords,
             DnsAnswer::TempFail(_) => Answer::TempFail,
+            DnsAnswer::Unqueryable(_) => Answer::NotAsked,
         }
     }
 
     /// Whether this is a temporary failure.
     pub fn is_tempfail(&self) -> bool {
         matches!(self, DnsAnswer::TempFail(_))
+    }
+
+    /// The temporary failure, if this is one.
+    pub fn tempfail(&self) -> Option<&TempFailKind> {
+        match self {
+            DnsAnswer::TempFail(k) => Some(k),
+            _ => None,
+        }
     }
 }
 
@@ -253,6 +409,8 @@ type Key = (RecordKind, String);
 struct Inner {
     resolver: TokioResolver,
     settings: DnsSettings,
+    /// `address:port` of the only server, or `system` when there are several.
+    server_label: String,
     cache: Mutex<TtlCache<Key, DnsAnswer>>,
     inflight: Mutex<HashMap<Key, watch::Receiver<Option<DnsAnswer>>>>,
     slots: Semaphore,
@@ -312,7 +470,7 @@ impl DnsClient {
         settings: DnsSettings,
         observer: Option<Arc<dyn DnsObserver>>,
     ) -> Result<DnsClient, DnsBuildError> {
-        let (config, mut opts) = if settings.servers.is_empty() {
+        let (config, mut opts, server_label) = if settings.servers.is_empty() {
             let (system, opts) = hickory_resolver::system_conf::read_system_conf()
                 .map_err(|e| DnsBuildError::SystemConfig(e.to_string()))?;
             if system.name_servers().is_empty() {
@@ -321,7 +479,12 @@ impl DnsClient {
             // Keep the servers only: no domain, no search list.
             let config =
                 ResolverConfig::from_parts(None, Vec::new(), system.name_servers().to_vec());
-            (config, opts)
+            let label = server_label(system.name_servers().iter().flat_map(|ns| {
+                ns.connections
+                    .iter()
+                    .map(move |c| SocketAddr::new(ns.ip, c.port))
+            }));
+            (config, opts, label)
         } else {
             let servers = settings
                 .servers
@@ -337,6 +500,7 @@ impl DnsClient {
             (
                 ResolverConfig::from_name_servers(servers),
                 ResolverOpts::default(),
+                server_label(settings.servers.iter().copied()),
             )
         };
         opts.cache_size = 0;
@@ -358,6 +522,7 @@ impl DnsClient {
                 counters: Counters::default(),
                 observer,
                 settings,
+                server_label,
             }),
         })
     }
@@ -365,6 +530,20 @@ impl DnsClient {
     /// The settings in force.
     pub fn settings(&self) -> &DnsSettings {
         &self.inner.settings
+    }
+
+    /// The `SERVER` part of `dns_error=SERVER:KIND`: the only server's `address:port`, or
+    /// `system` when several are configured (hickory does not say which one failed).
+    pub fn server_label(&self) -> &str {
+        &self.inner.server_label
+    }
+
+    /// The `dns_error` of a temporary failure seen by this client.
+    pub fn failure(&self, kind: &TempFailKind) -> DnsFailure {
+        DnsFailure {
+            server: self.inner.server_label.clone(),
+            kind: kind.error_kind(),
+        }
     }
 
     /// Counters since the client was built.
@@ -386,7 +565,14 @@ impl DnsClient {
 
     /// Looks up one name (made fully qualified) and type: from the cache, by joining a query in
     /// flight, or with a new query.
+    ///
+    /// A name that cannot be sent as a question ([`query_name`]) gives
+    /// [`DnsAnswer::Unqueryable`] at once, never a temporary failure. The caller waits at most
+    /// the deadline plus a small grace for the query task, whatever happens to that task.
     pub async fn lookup(&self, kind: RecordKind, name: &str) -> DnsAnswer {
+        if let Err(e) = query_name(name) {
+            return DnsAnswer::Unqueryable(e);
+        }
         let key: Key = (kind, normalize(name));
         if let Some(hit) = self.cached(&key) {
             return self.hit(hit);
@@ -421,7 +607,11 @@ impl DnsClient {
         if let Some(o) = &self.inner.observer {
             o.cache_lookup(false);
         }
-        let answer = wait(rx).await;
+        // The query task ends by its own deadline; this bound only guards against a task that
+        // cannot run (a worker thread blocked elsewhere) so that no caller ever hangs.
+        let answer = tokio::time::timeout(self.inner.settings.deadline + WAIT_GRACE, wait(rx))
+            .await
+            .unwrap_or(DnsAnswer::TempFail(TempFailKind::Timeout));
         if answer.is_tempfail() {
             self.inner
                 .counters
@@ -480,11 +670,11 @@ impl DnsClient {
         };
         inner.counters.wire_queries.fetch_add(1, Ordering::Relaxed);
         let (kind, name) = key;
-        match inner
-            .resolver
-            .lookup(name.as_str(), kind.record_type())
-            .await
-        {
+        let qname = match query_name(name) {
+            Ok(q) => q,
+            Err(e) => return (DnsAnswer::Unqueryable(e), None),
+        };
+        match inner.resolver.lookup(qname, kind.record_type()).await {
             Ok(lookup) => {
                 let mut ttl = u32::MAX;
                 let mut records = Vec::new();
@@ -523,16 +713,20 @@ impl DnsClient {
                     Some(ttl),
                 )
             }
-            Err(NetError::Dns(DnsError::ResponseCode(code))) => (
-                DnsAnswer::TempFail(TempFailKind::ResponseCode(code.to_string())),
-                None,
-            ),
-            Err(NetError::Timeout) => (DnsAnswer::TempFail(TempFailKind::Timeout), None),
-            Err(e) => (
-                DnsAnswer::TempFail(TempFailKind::Other(e.to_string())),
-                None,
-            ),
+            Err(e) => (DnsAnswer::TempFail(TempFailKind::from_net_error(&e)), None),
         }
+    }
+}
+
+/// How long past the deadline a caller waits for a query task that did not report.
+const WAIT_GRACE: Duration = Duration::from_millis(200);
+
+/// `address:port` when every address is one and the same, `system` otherwise.
+fn server_label(addrs: impl IntoIterator<Item = SocketAddr>) -> String {
+    let mut addrs = addrs.into_iter();
+    match addrs.next() {
+        Some(first) if addrs.all(|a| a == first) => first.to_string(),
+        _ => "system".to_string(),
     }
 }
 
@@ -542,9 +736,9 @@ fn name_text(n: &hickory_resolver::proto::rr::Name) -> String {
 
 async fn wait(mut rx: watch::Receiver<Option<DnsAnswer>>) -> DnsAnswer {
     match rx.wait_for(Option::is_some).await {
-        Ok(v) => v.clone().unwrap_or(DnsAnswer::TempFail(TempFailKind::Other(
+        Ok(v) => v.clone().unwrap_or(DnsAnswer::TempFail(TempFailKind::Io(
             "lookup ended without an answer".into(),
         ))),
-        Err(_) => DnsAnswer::TempFail(TempFailKind::Other("lookup task ended".into())),
+        Err(_) => DnsAnswer::TempFail(TempFailKind::Io("lookup task ended".into())),
     }
 }

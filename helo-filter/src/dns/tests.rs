@@ -314,3 +314,157 @@ async fn the_observer_sees_cache_and_wire_events() {
     assert_eq!(rec.misses.load(Ordering::Relaxed), 1);
     assert_eq!(*rec.wire.lock(), [RecordKind::Mx]);
 }
+
+// Servers that answer badly: every lookup ends by its deadline (plus a little) with a
+// temporary failure of the right kind, never a hang.
+
+use super::test_server::{BadServer, Misbehaviour};
+
+const BAD_DEADLINE: Duration = Duration::from_millis(500);
+
+async fn timed_lookup(how: Misbehaviour) -> (DnsAnswer, Duration, BadServer) {
+    let server = BadServer::start(how);
+    let c = client(server.addr, |s| s.deadline = BAD_DEADLINE);
+    let t = Instant::now();
+    let a = c.lookup(RecordKind::A, "mail.example.net").await;
+    let elapsed = t.elapsed();
+    assert!(
+        elapsed < BAD_DEADLINE + Duration::from_millis(500),
+        "{how:?}: {elapsed:?}"
+    );
+    (a, elapsed, server)
+}
+
+fn kind_of(a: &DnsAnswer) -> DnsErrorKind {
+    a.tempfail()
+        .unwrap_or_else(|| panic!("not a tempfail: {a:?}"))
+        .error_kind()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_servers_give_a_classified_tempfail_within_the_deadline() {
+    for (how, want) in [
+        (Misbehaviour::WrongId, DnsErrorKind::Timeout),
+        (Misbehaviour::Garbage, DnsErrorKind::Timeout),
+        (Misbehaviour::GarbageWithId, DnsErrorKind::Malformed),
+        (Misbehaviour::CutShort, DnsErrorKind::Malformed),
+        // hickory gives up on a truncated answer it cannot complete: no usable answer.
+        (Misbehaviour::TcBit, DnsErrorKind::Malformed),
+        (Misbehaviour::Silent, DnsErrorKind::Timeout),
+        (Misbehaviour::Rcode(2), DnsErrorKind::Servfail),
+        (Misbehaviour::Rcode(5), DnsErrorKind::Refused),
+    ] {
+        let (a, elapsed, server) = timed_lookup(how).await;
+        eprintln!("{how:?}: {a:?} after {elapsed:?}");
+        assert_eq!(kind_of(&a), want, "{how:?}: {a:?}");
+        assert!(server.queries.load(Ordering::Relaxed) >= 1, "{how:?}");
+    }
+}
+
+#[test]
+fn tempfail_kinds_map_to_dns_error_kinds() {
+    use DnsErrorKind as K;
+    for (t, k) in [
+        (TempFailKind::Timeout, K::Timeout),
+        (TempFailKind::Busy, K::Timeout),
+        (
+            TempFailKind::ResponseCode(ResponseCode::ServFail),
+            K::Servfail,
+        ),
+        (
+            TempFailKind::ResponseCode(ResponseCode::Refused),
+            K::Refused,
+        ),
+        (TempFailKind::ResponseCode(ResponseCode::NotImp), K::Refused),
+        (
+            TempFailKind::ResponseCode(ResponseCode::FormErr),
+            K::Malformed,
+        ),
+        (TempFailKind::Malformed("x".into()), K::Malformed),
+        (TempFailKind::Io("x".into()), K::Io),
+    ] {
+        assert_eq!(t.error_kind(), k, "{t:?}");
+    }
+    let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(
+        TempFailKind::from_net_error(&NetError::from(io)).error_kind(),
+        K::Io
+    );
+    assert_eq!(
+        TempFailKind::from_net_error(&NetError::Timeout),
+        TempFailKind::Timeout
+    );
+    assert_eq!(
+        TempFailKind::from_net_error(&NetError::Dns(DnsError::ResponseCode(
+            ResponseCode::ServFail
+        ))),
+        TempFailKind::ResponseCode(ResponseCode::ServFail)
+    );
+    assert_eq!(
+        [K::Timeout, K::Servfail, K::Refused, K::Malformed, K::Io].map(K::as_str),
+        ["timeout", "servfail", "refused", "malformed", "io"]
+    );
+}
+
+#[test]
+fn the_server_label_is_the_only_server_or_system() {
+    let one: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+    let v6: SocketAddr = "[::1]:53".parse().unwrap();
+    assert_eq!(server_label([one]), "127.0.0.1:5353");
+    assert_eq!(server_label([one, one]), "127.0.0.1:5353");
+    assert_eq!(server_label([v6]), "[::1]:53");
+    assert_eq!(server_label([one, v6]), "system");
+    assert_eq!(server_label([]), "system");
+    let c = client(one, |_| {});
+    let f = c.failure(&TempFailKind::ResponseCode(ResponseCode::Refused));
+    assert_eq!(f.to_string(), "127.0.0.1:5353:refused");
+}
+
+#[test]
+fn underscores_make_a_valid_question_and_bad_names_do_not() {
+    for ok in [
+        "my_host.example.net",
+        "my_host.example.net.",
+        "_dmarc.example.net",
+        "host_.example.net",
+        "MY_HOST.Example.NET",
+    ] {
+        let n = query_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert!(n.is_fqdn(), "{ok}");
+        assert_eq!(
+            n.to_ascii().to_ascii_lowercase(),
+            format!("{}.", ok.trim_end_matches('.').to_ascii_lowercase())
+        );
+    }
+    let long_label = format!("{}.example.net", "a".repeat(64));
+    let long_name = format!("{}.net", vec!["a".repeat(63); 4].join("."));
+    for bad in [
+        "",
+        ".",
+        "a..example.net",
+        "a b.example.net",
+        "caf\u{e9}.example.net",
+        "a\\.b.example.net",
+        long_label.as_str(),
+        long_name.as_str(),
+    ] {
+        assert!(query_name(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_underscore_name_is_looked_up_and_an_unqueryable_one_is_not() {
+    let d = Dnsmasq::start(
+        None,
+        &["--host-record=my_host.example.net,203.0.113.77".into()],
+    );
+    let c = client(d.addr, |_| {});
+    let a = c.lookup(RecordKind::A, "my_host.example.net").await;
+    assert_eq!(addrs(&a), ["203.0.113.77".parse::<IpAddr>().unwrap()]);
+    assert_eq!(d.queries("A", "my_host.example.net"), 1);
+    let bad = c.lookup(RecordKind::A, "a b.example.net").await;
+    assert!(matches!(bad, DnsAnswer::Unqueryable(_)), "{bad:?}");
+    assert!(!bad.is_tempfail());
+    assert_eq!(c.stats().tempfails, 0);
+    assert_eq!(c.stats().wire_queries, 1, "nothing sent for the bad name");
+}

@@ -318,11 +318,12 @@ fn report(session: &Session, verdict: &Verdict, action: Option<Action>) {
     let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
     let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
     info!(
-        "{what} verdict={} reasons={} score={} notes={} action={}",
+        "{what} verdict={} reasons={} score={} notes={}{} action={}",
         verdict.decision.as_str(),
         reasons.join(","),
         verdict.score,
         notes.join(","),
+        verdict.dns_error_field(),
         action.map_or("none", Action::as_str)
     );
 }

@@ -20,6 +20,8 @@ pub mod rfc5321;
 
 #[cfg(test)]
 pub(crate) mod corpus_tests;
+#[cfg(test)]
+mod dns_error_tests;
 
 pub use bundle::{Bundle, CheckMode, CheckTable};
 pub use checks::Identity;
@@ -27,7 +29,7 @@ use checks::{Answer, DnsFacts, DnsOutcome, Subject};
 pub use deny::{DenyList, DenyPattern};
 pub use reason::{Note, Reason};
 
-use crate::dns::{DnsClient, RecordKind};
+use crate::dns::{DnsAnswer, DnsClient, DnsFailure, RecordKind};
 
 /// One HELO to judge.
 #[derive(Clone, Debug)]
@@ -118,6 +120,9 @@ pub struct Verdict {
     pub notes: Vec<Note>,
     /// Sum of the weights of the failed scoring checks.
     pub score: u32,
+    /// Which server failed and how, when a temporary DNS failure left its mark on the verdict
+    /// (the note or the reason `dns_tempfail`); logged as `dns_error=SERVER:KIND`.
+    pub dns_error: Option<DnsFailure>,
 }
 
 impl Verdict {
@@ -129,6 +134,7 @@ impl Verdict {
             reasons: Vec::new(),
             notes: vec![note],
             score: 0,
+            dns_error: None,
         }
     }
 
@@ -160,6 +166,23 @@ impl Verdict {
     pub fn has_note(&self, note: Note) -> bool {
         self.notes.contains(&note)
     }
+
+    /// ` dns_error=SERVER:KIND` when a DNS failure marked the verdict, else empty: the suffix
+    /// of the daemon's verdict log line and of `check`'s human output.
+    pub fn dns_error_field(&self) -> String {
+        self.dns_error
+            .as_ref()
+            .map_or_else(String::new, |e| format!(" dns_error={e}"))
+    }
+}
+
+/// What the DNS lookups of one evaluation gave.
+struct Gathered {
+    facts: DnsFacts,
+    /// The HELO name cannot be sent as a question: the DNS checks are skipped.
+    unqueryable: bool,
+    /// The first temporary failure among the lookups.
+    failure: Option<DnsFailure>,
 }
 
 /// Everything the engine needs besides DNS.
@@ -256,14 +279,37 @@ impl PolicyEngine {
             return Verdict::unjudged(Note::Trusted);
         }
         let parsed = input.helo.as_deref().map(rfc5321::parse);
-        let s = self.subject(input, parsed.as_ref());
+        self.evaluate_parsed(input, parsed.as_ref()).await
+    }
+
+    async fn evaluate_parsed(
+        &self,
+        input: &HeloInput,
+        parsed: Option<&rfc5321::Parsed>,
+    ) -> Verdict {
+        let s = self.subject(input, parsed);
         let mut findings = self.offline_findings(&s);
         let mut notes = Vec::new();
         match &self.inner.dns {
             None => notes.push(Note::Offline),
             Some(dns) => {
-                let facts = self.gather(dns, &s, input.reverse_name.as_deref()).await;
-                self.dns_findings(&s, &facts, &mut findings, &mut notes);
+                let gathered = self.gather(dns, &s, input.reverse_name.as_deref()).await;
+                if gathered.unqueryable {
+                    notes.push(Note::DnsUnqueryable);
+                } else {
+                    let failed = self.dns_findings(
+                        &s,
+                        &gathered.facts,
+                        gathered.failure.as_ref(),
+                        &mut findings,
+                        &mut notes,
+                    );
+                    if failed {
+                        let mut v = self.finish(findings, notes);
+                        v.dns_error = gathered.failure;
+                        return v;
+                    }
+                }
             }
         }
         self.finish(findings, notes)
@@ -315,12 +361,22 @@ impl PolicyEngine {
         dns: &DnsClient,
         s: &Subject<'_>,
         known_reverse_name: Option<&str>,
-    ) -> DnsFacts {
+    ) -> Gathered {
         let table = &self.inner.settings.table;
-        let mut facts = DnsFacts::default();
-        let Some(name) = s.resolvable_domain() else {
-            return facts;
+        let mut g = Gathered {
+            facts: DnsFacts::default(),
+            unqueryable: false,
+            failure: None,
         };
+        let Some(name) = s.resolvable_domain() else {
+            return g;
+        };
+        let fqdn = name.fqdn();
+        if crate::dns::query_name(&fqdn).is_err() {
+            g.unqueryable = true;
+            return g;
+        }
+        let facts = &mut g.facts;
         let forward = table.enabled(Reason::NoDns) || table.enabled(Reason::DnsMismatch);
         let reverse = table.enabled(Reason::RdnsMismatch);
         if reverse && let Some(known) = known_reverse_name {
@@ -328,7 +384,6 @@ impl PolicyEngine {
             facts.ptr = Answer::Records(vec![name]);
         }
         let ask_reverse = reverse && known_reverse_name.is_none();
-        let fqdn = name.fqdn();
         let ask = |wanted: bool, kind: RecordKind, name: String| async move {
             if wanted {
                 Some(dns.lookup(kind, &name).await)
@@ -346,28 +401,34 @@ impl PolicyEngine {
                 crate::dns::reverse_name(s.client)
             ),
         );
-        if let Some(a) = a {
+        if let Some(a) = &a {
             facts.a = a.addresses();
         }
-        if let Some(aaaa) = aaaa {
+        if let Some(aaaa) = &aaaa {
             facts.aaaa = aaaa.addresses();
         }
-        if let Some(mx) = mx {
+        if let Some(mx) = &mx {
             facts.mx = mx.names();
         }
-        if let Some(ptr) = ptr {
+        if let Some(ptr) = &ptr {
             facts.ptr = ptr.names();
         }
-        facts
+        g.failure = [a, aaaa, mx, ptr]
+            .iter()
+            .flatten()
+            .find_map(DnsAnswer::tempfail)
+            .map(|k| dns.failure(k));
+        g
     }
 
     fn dns_findings(
         &self,
         s: &Subject<'_>,
         facts: &DnsFacts,
+        failure: Option<&DnsFailure>,
         findings: &mut Vec<Finding>,
         notes: &mut Vec<Note>,
-    ) {
+    ) -> bool {
         let table = &self.inner.settings.table;
         let mut tempfail = false;
         for &(reason, check) in checks::DNS.iter() {
@@ -387,14 +448,22 @@ impl PolicyEngine {
             if self.inner.settings.dns_fail_closed {
                 findings.push(Finding {
                     reason: Reason::DnsTempfail,
-                    explanation: "a DNS lookup timed out or failed (SERVFAIL); the policy is \
-                                  fail-closed"
-                        .to_string(),
+                    explanation: match failure {
+                        Some(f) => format!(
+                            "a DNS lookup failed temporarily ({} from {}); the policy is \
+                             fail-closed",
+                            f.kind, f.server
+                        ),
+                        None => {
+                            "a DNS lookup failed temporarily; the policy is fail-closed".to_string()
+                        }
+                    },
                 });
             } else {
                 notes.push(Note::DnsTempfail);
             }
         }
+        tempfail
     }
 
     fn finish(&self, mut findings: Vec<Finding>, mut notes: Vec<Note>) -> Verdict {
@@ -428,6 +497,7 @@ impl PolicyEngine {
             reasons: findings,
             notes,
             score,
+            dns_error: None,
         }
     }
 }

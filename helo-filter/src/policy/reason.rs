@@ -168,15 +168,18 @@ pub enum Note {
     Offline,
     /// The score reached the configured threshold (the verdict is a reject).
     ScoreThreshold,
+    /// The HELO name cannot be encoded as a DNS question; the DNS checks were skipped.
+    DnsUnqueryable,
 }
 
 impl Note {
     /// Every note, for metric label sets.
-    pub const ALL: [Note; 4] = [
+    pub const ALL: [Note; 5] = [
         Note::Trusted,
         Note::DnsTempfail,
         Note::Offline,
         Note::ScoreThreshold,
+        Note::DnsUnqueryable,
     ];
 
     /// The note as it appears in JSON and logs.
@@ -186,6 +189,7 @@ impl Note {
             Note::DnsTempfail => "dns_tempfail",
             Note::Offline => "offline",
             Note::ScoreThreshold => "score_threshold",
+            Note::DnsUnqueryable => "dns_unqueryable",
         }
     }
 }

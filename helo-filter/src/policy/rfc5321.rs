@@ -45,6 +45,13 @@ impl DomainName {
     pub fn fqdn(&self) -> String {
         format!("{}.", self.name)
     }
+    /// A name taken as is, without the syntax checks: for tests of what happens after them.
+    #[cfg(test)]
+    pub(crate) fn unchecked(name: &str) -> DomainName {
+        DomainName {
+            name: name.to_string(),
+        }
+    }
 }
 
 /// How an address literal was written.
