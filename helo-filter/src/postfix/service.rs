@@ -169,13 +169,14 @@ fn report(client: IpAddr, helo: &[u8], instance: &str, verdict: &Verdict, action
     let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
     let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
     info!(
-        "policy client={client} instance={} line=\"{}\" verdict={} reasons={} score={} notes={} action=\"{action}\"",
+        "policy client={client} instance={} line=\"{}\" verdict={} reasons={} score={} notes={}{} action=\"{action}\"",
         escape_for_log(instance.as_bytes()),
         escape_for_log(helo),
         verdict.decision.as_str(),
         reasons.join(","),
         verdict.score,
         notes.join(","),
+        verdict.dns_error_field(),
     );
 }
 
