@@ -458,7 +458,7 @@ mod tests {
             if code.is_err() {
                 // The stuck `run` holds the stdout and stderr locks, so the test harness could
                 // not even report a failed assertion: say it on a fresh handle and end here.
-                if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/stderr") {
+                if let Ok(mut tty) = std::fs::OpenOptions::new().append(true).open("/dev/stderr") {
                     let _ = writeln!(
                         tty,
                         "FAILED {how:?}: `check` did not end within {:?} (it holds the output \
@@ -466,6 +466,7 @@ mod tests {
                         DEADLINE + GRACE
                     );
                 }
+                let _ = std::fs::remove_dir_all(config.parent().unwrap());
                 std::process::exit(101);
             }
             assert_eq!(code, Ok(0), "{how:?}: ({elapsed:?})");
