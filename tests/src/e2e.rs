@@ -193,3 +193,44 @@ pub fn wait_for_metric(daemon: &Daemon, series: &str, holds: impl Fn(f64) -> boo
     assert!(reached.is_ok(), "{series} never got there:\n{page}");
     page
 }
+
+/// A raw good session from `client` (`HELO mail.example.net`, then MAIL FROM): how long
+/// the MAIL FROM waited for its reply, which must be a 250 (the gate holds MAIL FROM, never
+/// the greeting or the HELO). Every read has a 20 s timeout.
+pub fn mail_from_wait(lab: &Lab, client: SocketAddr) -> Duration {
+    use std::io::{BufRead as _, BufReader, Write as _};
+
+    let server = server_of(client);
+    let waited = netns::in_netns(&lab.client_ns, move || -> anyhow::Result<Duration> {
+        let stream = sessions::connect_from(client, server)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut writer = stream;
+        let mut reply = |what: &str| -> anyhow::Result<String> {
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .map_err(|e| anyhow::anyhow!("reading the reply to {what}: {e}"))?;
+            Ok(line.trim_end().to_owned())
+        };
+        let greeting = reply("the connect")?;
+        anyhow::ensure!(greeting.starts_with("220"), "greeting: {greeting:?}");
+        writer.write_all(b"HELO mail.example.net\r\n")?;
+        let helo = reply("HELO")?;
+        anyhow::ensure!(helo.starts_with("250"), "HELO reply: {helo:?}");
+        let sent = std::time::Instant::now();
+        writer.write_all(b"MAIL FROM:<alice@example.net>\r\n")?;
+        let mail = reply("MAIL FROM")?;
+        let waited = sent.elapsed();
+        anyhow::ensure!(mail.starts_with("250"), "MAIL FROM reply: {mail:?}");
+        writer.write_all(b"QUIT\r\n")?;
+        Ok(waited)
+    });
+    waited.unwrap_or_else(|e| panic!("raw session from {client}: {e:#}"))
+}
+
+/// Daemon arguments that put reputation out of the way, for tests that are not about it:
+/// every IPv6 lab client shares one /64, and a few rejects in one test would otherwise deny
+/// a source the next check needs.
+pub const NO_REPUTATION: [&str; 2] = ["--reputation-threshold", "1000"];

@@ -17,7 +17,7 @@ use xtask::{
 #[test]
 fn bogus_sessions_are_reset_before_mail_from_is_answered() {
     let lab = lab("d");
-    let daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let daemon = Daemon::start(&lab, &NO_REPUTATION, false).expect("starting the daemon");
     let bogus = [
         (v4(1, 44001), Greeting::Helo, "127.0.0.1"),
         (v6(1, 44002), Greeting::Ehlo, "[192.168.1.1]"),
@@ -52,7 +52,7 @@ fn bogus_sessions_are_reset_before_mail_from_is_answered() {
 #[test]
 fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
     let lab = postfix_lab("e");
-    let daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let daemon = Daemon::start(&lab, &NO_REPUTATION, false).expect("starting the daemon");
     let bogus = [
         (v4(1, 45001), Greeting::Helo, "127.0.0.1"),
         (v4(2, 45002), Greeting::Ehlo, "[192.168.1.1]"),
@@ -95,7 +95,7 @@ fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
 #[test]
 fn the_gate_lets_fast_good_clients_through_and_cuts_pipelining_bots() {
     let lab = postfix_lab("f");
-    let mut daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    let mut daemon = Daemon::start(&lab, &NO_REPUTATION, false).expect("starting the daemon");
     let with_filter: Vec<Duration> = (0..10)
         .map(|i| timed_good_session(&lab, v4(0, 46000 + i)))
         .collect();
@@ -146,46 +146,90 @@ fn the_gate_lets_fast_good_clients_through_and_cuts_pipelining_bots() {
 }
 
 /// A frozen daemon: the gate opens by itself after its deadline (counted), and once the
-/// heartbeat is stale it holds nothing at all (counted).
+/// heartbeat is stale it holds nothing at all (counted). A killed daemon leaves its program
+/// attached: the gate still holds while the heartbeat is fresh and nothing once it is stale.
+/// Raw clients time the MAIL FROM reply alone (what the gate holds), and the margins are
+/// seconds wide: a held MAIL FROM waits at least the 2 s deadline, a free one under 1 s, and
+/// every "stale" session starts 3 s after the 8 s heartbeat timeout.
 #[test]
 fn a_frozen_daemon_fails_open() {
+    use std::time::Instant;
+
+    const DEADLINE: Duration = Duration::from_millis(2000);
+    const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(8000);
+    // The gate's deadline runs from the HELO; the MAIL FROM leaves one round trip later.
+    const HELD: Duration = DEADLINE.saturating_sub(Duration::from_millis(500));
+    const FREE: Duration = Duration::from_millis(1000);
+    let stale = HEARTBEAT_TIMEOUT + Duration::from_secs(3);
+
     let lab = lab("g");
+    // Enforcing (not in monitor mode, which is to hold nothing), every client good.
+    let (deadline_ms, heartbeat_ms) = (
+        DEADLINE.as_millis().to_string(),
+        HEARTBEAT_TIMEOUT.as_millis().to_string(),
+    );
     let args = [
-        "--monitor",
         "--gate-deadline-ms",
-        "1000",
+        &deadline_ms,
         "--heartbeat-timeout-ms",
-        "4000",
+        &heartbeat_ms,
+        NO_REPUTATION[0],
+        NO_REPUTATION[1],
     ];
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    let gate_deadline = "helo_filter_fail_open_total{cause=\"gate_deadline\"}";
+    let absent = "helo_filter_fail_open_total{cause=\"daemon_absent\"}";
+
+    // The heartbeat is fresh (the daemon just beat): the gate holds MAIL FROM until its
+    // deadline, as no verdict comes.
     daemon.signal(libc::SIGSTOP);
-    // The heartbeat is still fresh: the gate holds MAIL FROM until its deadline.
-    let held = timed_good_session(&lab, v4(0, 47001));
+    let stopped = Instant::now();
+    let held = mail_from_wait(&lab, v4(0, 47001));
+    let held_within = stopped.elapsed();
     assert!(
-        held >= Duration::from_millis(1000),
-        "MAIL FROM was not held: {held:?}"
+        held >= HELD,
+        "MAIL FROM was not held by the gate deadline: answered in {held:?}"
+    );
+    assert!(
+        held_within < HEARTBEAT_TIMEOUT,
+        "the held session outlived the heartbeat ({held_within:?}): the test is too slow to tell"
     );
     // Past the heartbeat timeout the gate is off.
-    std::thread::sleep(Duration::from_secs(4));
-    let free = timed_good_session(&lab, v4(0, 47002));
+    std::thread::sleep(stale.saturating_sub(stopped.elapsed()));
+    let free = mail_from_wait(&lab, v4(0, 47002));
+    assert!(
+        free < FREE,
+        "MAIL FROM waited {free:?} with the heartbeat stale (the gate must be off)"
+    );
     daemon.signal(libc::SIGCONT);
-    let absent = "helo_filter_fail_open_total{cause=\"daemon_absent\"}";
     let page = wait_for_metric(&daemon, absent, |v| v >= 1.0);
-    assert_eq!(
-        metric_value(
-            &page,
-            "helo_filter_fail_open_total{cause=\"gate_deadline\"}"
-        ),
-        Some(1.0),
-        "{page}"
+    assert_eq!(metric_value(&page, gate_deadline), Some(1.0), "{page}");
+    eprintln!(
+        "frozen daemon: MAIL FROM held {held:?} by the gate deadline, {free:?} once the heartbeat was stale"
+    );
+
+    // A killed daemon: the heartbeat is fresh for a while (the thawed daemon beats again), so
+    // the gate, still attached, holds until its deadline; once stale, nothing is held.
+    // It answered the scrape above, so it runs; a second is two heartbeats.
+    std::thread::sleep(Duration::from_secs(1));
+    daemon.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let held_after_kill = mail_from_wait(&lab, v4(0, 47003));
+    assert!(
+        held_after_kill >= HELD && killed.elapsed() < HEARTBEAT_TIMEOUT,
+        "after kill -9, MAIL FROM answered in {held_after_kill:?} ({:?} after the kill): the \
+         program must stay attached and the gate hold while the heartbeat is fresh",
+        killed.elapsed()
+    );
+    std::thread::sleep(stale.saturating_sub(killed.elapsed()));
+    let after_kill = mail_from_wait(&lab, v4(0, 47004));
+    assert!(
+        after_kill < FREE,
+        "after kill -9 and a stale heartbeat, MAIL FROM waited {after_kill:?}"
     );
     eprintln!(
-        "frozen daemon: session held {held:?} by the gate deadline, {free:?} once the heartbeat was stale"
+        "killed daemon: MAIL FROM held {held_after_kill:?} while the heartbeat was fresh, {after_kill:?} once stale"
     );
-    // A killed daemon leaves its program pinned, its heartbeat stale: sessions flow.
-    daemon.signal(libc::SIGKILL);
-    let after_kill = timed_good_session(&lab, v4(0, 47003));
-    eprintln!("killed daemon: session took {after_kill:?}");
 }
 
 /// Action `drop` on an MX: after a bogus HELO the client's next command gets no answer and
@@ -198,7 +242,12 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
     // Through the configuration file's `[enforce]` section, this time.
     let config = std::env::temp_dir().join(format!("hf-drop-{}.toml", std::process::id()));
     std::fs::write(&config, "[enforce]\naction = \"drop\"\n").expect("config");
-    let args = ["--config", config.to_str().expect("utf-8 path")];
+    let args = [
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        NO_REPUTATION[0],
+        NO_REPUTATION[1],
+    ];
     let mut daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let _ = std::fs::remove_file(&config);
     let client = v4(1, 51001);
@@ -249,7 +298,14 @@ fn gateway_mode_answers_bogus_clients_with_a_rst() {
     let mut lab = Lab::create_with_gateway(&name).expect("creating the gateway lab");
     lab.start_smtp_sink().expect("starting smtp-sink");
     lab.start_dns().expect("starting dnsmasq");
-    let args = ["--deployment", "gateway", "--xdp-mode", "generic"];
+    let args = [
+        "--deployment",
+        "gateway",
+        "--xdp-mode",
+        "generic",
+        NO_REPUTATION[0],
+        NO_REPUTATION[1],
+    ];
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let bogus = [
         (v4(1, 52001), Greeting::Helo, "localhost"),
@@ -272,7 +328,12 @@ fn dns_fail_closed_turns_a_dns_failure_into_a_reset() {
     let mut lab = lab("j");
     let config = std::env::temp_dir().join(format!("hf-failclosed-{}.toml", std::process::id()));
     std::fs::write(&config, "[dns]\nfail_closed = true\ndeadline_ms = 300\n").expect("config");
-    let args = ["--config", config.to_str().expect("utf-8 path")];
+    let args = [
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        NO_REPUTATION[0],
+        NO_REPUTATION[1],
+    ];
     let mut daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let _ = std::fs::remove_file(&config);
     // The fixture DNS server goes away: every lookup fails.

@@ -79,7 +79,8 @@ fn config_file(lab: &Lab, text: &str) -> String {
 fn every_cli_subcommand_acts_on_the_running_daemon() {
     let lab = lab("o");
     let config = config_file(&lab, "[policy]\nbundle = \"standard\"\n");
-    let daemon = Daemon::start(&lab, &["--config", &config], false).expect("starting the daemon");
+    let args = ["--config", &config, NO_REPUTATION[0], NO_REPUTATION[1]];
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
 
     // deny add: the source's SYNs are dropped.
     ok(
@@ -87,24 +88,34 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
         &["deny", "add", "203.0.113.14", "--comment", "spam run"],
     );
     assert!(!connects(&lab, v4(4, 53001)), "a denied source connected");
-    // deny add --ttl: dropped, then let go when the time is up.
-    ok(&lab, &["deny", "add", "203.0.113.13/32", "--ttl", "2"]);
+    // deny add --ttl: dropped, then let go when the time is up. Expiry counts whole
+    // seconds, so a TTL of 10 s is in force for at least 9: room for the checks below.
+    let added = std::time::Instant::now();
+    ok(&lab, &["deny", "add", "203.0.113.13/32", "--ttl", "10"]);
     assert!(!connects(&lab, v4(3, 53002)), "a denied source connected");
     // allow add --ttl: left alone, then judged again.
-    ok(&lab, &["allow", "add", "2001:db8:1::13", "--ttl", "2"]);
+    ok(&lab, &["allow", "add", "2001:db8:1::13", "--ttl", "10"]);
     assert!(
         completes(&lab, v6(3, 53005), "localhost"),
         "an allow-listed source was cut"
     );
-    std::thread::sleep(Duration::from_millis(3500));
     assert!(
-        connects(&lab, v4(3, 53003)),
-        "the --ttl entry did not expire"
+        added.elapsed() < Duration::from_secs(9),
+        "the in-force checks outlasted the TTL ({:?}): the test is too slow to tell",
+        added.elapsed()
     );
-    assert!(
-        !completes(&lab, v6(3, 53006), "localhost"),
-        "allow --ttl did not expire"
-    );
+    // Both lapse within a few seconds of their end (polled, never a fixed sleep).
+    let lapse = Duration::from_secs(10 + 5);
+    let lapsed = process::wait_until(lapse.saturating_sub(added.elapsed()), || {
+        connects(&lab, v4(3, 53003))
+    });
+    assert!(lapsed.is_ok(), "the --ttl deny entry did not expire");
+    let mut port = 53006;
+    let lapsed = process::wait_until(lapse.saturating_sub(added.elapsed()), || {
+        port += 1;
+        !completes(&lab, v6(3, port), "localhost")
+    });
+    assert!(lapsed.is_ok(), "allow --ttl did not expire");
     assert!(nets(&json(&lab, &["allow", "list"])).is_empty());
     let denied = nets(&json(&lab, &["deny", "list"]));
     assert!(

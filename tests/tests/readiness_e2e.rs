@@ -272,9 +272,10 @@ fn sighup_reloads_the_daemon() {
     let notify = NotifySocket::bind(&lab.daemon_dir().join("notify"));
     let socket = notify.path();
     let config = write_config(&lab, "[policy]\nbundle = \"standard\"\n");
+    // Reputation out of the way: the rejects below must come from the deny pattern alone.
     let mut daemon = Daemon::start_with_env(
         &lab,
-        &["--config", &config],
+        &["--config", &config, NO_REPUTATION[0], NO_REPUTATION[1]],
         &[("NOTIFY_SOCKET", &socket)],
         false,
     )
