@@ -24,6 +24,18 @@ fn addrs(a: &DnsAnswer) -> Vec<IpAddr> {
     a.addresses().records().to_vec()
 }
 
+/// Polls (every 10 ms) until `ready` holds; false after `timeout`.
+async fn eventually(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_records_and_negative_answers() {
     let d = Dnsmasq::start(None, &[]);
@@ -105,7 +117,10 @@ async fn ttl_zero_is_not_cached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negative_answers_are_cached_for_the_default_negative_ttl() {
     let d = Dnsmasq::start(None, &[]);
-    let c = client(d.addr, |s| s.negative_ttl = Duration::from_millis(600));
+    // Seconds of margin: the lookups below all fall within the TTL even on a loaded machine.
+    const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+    let c = client(d.addr, |s| s.negative_ttl = NEGATIVE_TTL);
+    let first = Instant::now();
     for _ in 0..3 {
         assert_eq!(
             c.lookup(RecordKind::A, "nothing.example.net").await,
@@ -118,12 +133,23 @@ async fn negative_answers_are_cached_for_the_default_negative_ttl() {
     }
     assert_eq!(d.queries("A", "nothing.example.net"), 1, "NXDOMAIN cached");
     assert_eq!(d.queries("A", "txtonly.example.net"), 1, "NODATA cached");
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    c.lookup(RecordKind::A, "nothing.example.net").await;
-    assert_eq!(
-        d.queries("A", "nothing.example.net"),
-        2,
-        "expired after the negative TTL"
+    // Polled: the entry lapses after the negative TTL, never before it.
+    loop {
+        c.lookup(RecordKind::A, "nothing.example.net").await;
+        if d.queries("A", "nothing.example.net") == 2 {
+            break;
+        }
+        assert!(
+            first.elapsed() < NEGATIVE_TTL + Duration::from_secs(5),
+            "not expired {:?} after the first lookup",
+            first.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        first.elapsed() >= NEGATIVE_TTL,
+        "expired after {:?}, before the {NEGATIVE_TTL:?} negative TTL",
+        first.elapsed()
     );
 }
 
@@ -231,7 +257,9 @@ async fn a_slow_name_does_not_delay_a_fast_one() {
             hole.port()
         )],
     );
-    let c = client(d.addr, |s| s.deadline = Duration::from_millis(1500));
+    // A deadline of seconds: the fast lookup must end long before it, even under load.
+    const DEADLINE: Duration = Duration::from_secs(3);
+    let c = client(d.addr, |s| s.deadline = DEADLINE);
     let slow = {
         let c = c.clone();
         tokio::spawn(async move {
@@ -242,26 +270,30 @@ async fn a_slow_name_does_not_delay_a_fast_one() {
             )
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The slow query is on the wire before the fast one starts.
+    assert!(
+        eventually(Duration::from_secs(1), || c.stats().wire_queries >= 1).await,
+        "the slow lookup never reached the wire"
+    );
     let t = Instant::now();
     let fast = c.lookup(RecordKind::A, "mail.example.net").await;
     let fast_time = t.elapsed();
     assert_eq!(addrs(&fast), ["203.0.113.10".parse::<IpAddr>().unwrap()]);
-    assert!(
-        fast_time < Duration::from_millis(500),
-        "fast lookup took {fast_time:?}"
-    );
+    assert!(fast_time < DEADLINE / 2, "fast lookup took {fast_time:?}");
     assert!(!slow.is_finished(), "the slow lookup is still waiting");
     let (slow_answer, slow_time) = slow.await.unwrap();
     assert!(slow_answer.is_tempfail());
-    assert!(slow_time >= Duration::from_millis(1400), "{slow_time:?}");
+    assert!(
+        slow_time >= DEADLINE - Duration::from_millis(100),
+        "{slow_time:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_flight_bound_makes_lookups_wait_for_a_slot() {
     let (_sock, hole) = black_hole();
     let c = client(hole, |s| {
-        s.deadline = Duration::from_millis(400);
+        s.deadline = Duration::from_secs(3);
         s.max_in_flight = 1;
     });
     let spawn = |name: &'static str| {
@@ -269,7 +301,13 @@ async fn the_in_flight_bound_makes_lookups_wait_for_a_slot() {
         tokio::spawn(async move { c.lookup(RecordKind::A, name).await })
     };
     let (a, b) = (spawn("one.example.net"), spawn("two.example.net"));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Polled until one is on the wire; then time for a second one to get there too if the
+    // bound did not hold it (the first's deadline is seconds away).
+    assert!(
+        eventually(Duration::from_secs(1), || c.stats().wire_queries >= 1).await,
+        "no lookup reached the wire"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         c.stats().wire_queries,
         1,
@@ -329,7 +367,7 @@ async fn timed_lookup(how: Misbehaviour) -> (DnsAnswer, Duration, BadServer) {
     let a = c.lookup(RecordKind::A, "mail.example.net").await;
     let elapsed = t.elapsed();
     assert!(
-        elapsed < BAD_DEADLINE + Duration::from_millis(500),
+        elapsed < BAD_DEADLINE + Duration::from_secs(1),
         "{how:?}: {elapsed:?}"
     );
     (a, elapsed, server)
