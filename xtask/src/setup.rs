@@ -240,7 +240,16 @@ fn swaks_ipv6() -> Result<(), String> {
         .map_or(9, |a| a.port());
     let out = Command::new("swaks")
         .args(["--server", "::1", "--port", &port.to_string()])
-        .args(["--quit-after", "connect", "--timeout", "2"])
+        // With a recipient given swaks never prompts (it loops on an empty stdin when it
+        // must ask for one).
+        .args([
+            "--to",
+            "probe@example.net",
+            "--quit-after",
+            "connect",
+            "--timeout",
+            "2",
+        ])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("swaks: {e}"))?;
