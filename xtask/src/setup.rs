@@ -275,12 +275,22 @@ fn postfix() -> Result<(), String> {
     Ok(())
 }
 
-/// Both print their usage (and exit 1) when run without arguments.
+/// Both print their usage (and exit 1) when run without arguments; Postfix's fatal exit
+/// takes a second, so the two run side by side.
 fn smtp_sink_and_source() -> Result<(), String> {
+    let mut running = Vec::new();
     for tool in ["smtp-sink", "smtp-source"] {
-        let out = Command::new(tool)
+        let child = Command::new(tool)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{tool}: {e}"))?;
+        running.push((tool, child));
+    }
+    for (tool, child) in running {
+        let out = child
+            .wait_with_output()
             .map_err(|e| format!("{tool}: {e}"))?;
         if !String::from_utf8_lossy(&out.stderr).contains(&format!("usage: {tool}")) {
             return Err(format!("{tool} did not print its usage"));
