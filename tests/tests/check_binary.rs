@@ -19,6 +19,14 @@ use xtask::{
     paths::daemon_binary,
 };
 
+/// An empty configuration file, passed explicitly so that no file on this machine changes
+/// what `check` sees.
+fn empty_config() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("hf-check-empty-{}.toml", std::process::id()));
+    std::fs::write(&path, "").expect("writing an empty configuration");
+    path
+}
+
 #[test]
 fn every_corpus_row_through_the_check_binary() {
     let binary = daemon_binary();
@@ -31,10 +39,13 @@ fn every_corpus_row_through_the_check_binary() {
     let rows = corpus();
     assert!(rows.len() >= 50, "the corpus has {} rows", rows.len());
     let mut failures = Vec::new();
+    let config = empty_config();
     for row in &rows {
         let mut command = Command::new(&binary);
         command
             .args(["check", "--json", "--ip", &row.client.to_string()])
+            .arg("--config")
+            .arg(&config)
             .args(IDENTITY_ARGS);
         if row.dns {
             command.args(["--dns-server", &dns.addr.to_string()]);
@@ -103,14 +114,9 @@ fn usage_errors_exit_2() {
         "a missing --ip is a usage error"
     );
     let status = Command::new(daemon_binary())
-        .args([
-            "check",
-            "--ip",
-            "203.0.113.10",
-            "--offline",
-            "--",
-            "-mail.example.net",
-        ])
+        .args(["check", "--ip", "203.0.113.10", "--offline", "--config"])
+        .arg(empty_config())
+        .args(["--", "-mail.example.net"])
         .output()
         .expect("running check");
     assert_eq!(
