@@ -1,6 +1,7 @@
 //! The whole corpus through the `helo-filter check --json` binary: its verdict, its exit
-//! status, one JSON object on one line, and for rejects a primary reason the row allows.
-//! DNS rows resolve through the fixture dnsmasq.
+//! status, one JSON object on one line, for rejects a primary reason the row allows, and for
+//! every row the soft reasons and the score the row expects. DNS rows resolve through the
+//! fixture dnsmasq.
 
 use std::{
     fs::File,
@@ -18,6 +19,14 @@ use xtask::{
     dns_fixture::Dnsmasq,
     paths::daemon_binary,
 };
+
+/// The soft reasons of `helo-policy.md` (its "Soft checks" table).
+const SOFT: [&str; 4] = [
+    "literal_mismatch",
+    "dynamic",
+    "dns_mismatch",
+    "rdns_mismatch",
+];
 
 /// An empty configuration file, passed explicitly so that no file on this machine changes
 /// what `check` sees.
@@ -86,6 +95,18 @@ fn every_corpus_row_through_the_check_binary() {
             failures.push(format!(
                 "{what}: primary {reasons:?} not among {:?}",
                 row.reasons
+            ));
+        }
+        let soft: Vec<&str> = reasons
+            .iter()
+            .copied()
+            .filter(|r| SOFT.contains(r))
+            .collect();
+        let score = json["score"].as_u64();
+        if soft != row.soft || score != Some(u64::from(row.score)) {
+            failures.push(format!(
+                "{what}: soft {soft:?} score {}, want soft {:?} score {} (all: {reasons:?})",
+                json["score"], row.soft, row.score
             ));
         }
         assert_eq!(json["helo"], row.helo.as_str(), "{what}");

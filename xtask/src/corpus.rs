@@ -1,5 +1,6 @@
-//! The shared HELO corpus (`helo-filter/tests-data/helo-public.tsv`, a copy of
-//! `shared/corpus/helo-public.tsv`): one test vector a line, read by the policy engine's
+//! The HELO corpus (`helo-filter/tests-data/helo-public.tsv`, the shared
+//! `shared/corpus/helo-public.tsv` plus two project-only columns, `soft` and `score`: see
+//! `helo-filter/tests-data/README.md`): one test vector a line, read by the policy engine's
 //! tests and by the `check` binary's test.
 
 use std::net::IpAddr;
@@ -30,6 +31,10 @@ pub struct CorpusRow {
     pub reasons: Vec<String>,
     /// The row needs the fixture DNS server.
     pub dns: bool,
+    /// Every soft reason the verdict must list (accept or reject), in reason order.
+    pub soft: Vec<String>,
+    /// The verdict's score: the sum of the soft weights.
+    pub score: u32,
 }
 
 /// Reads every row; a malformed line is a test failure naming it.
@@ -45,8 +50,8 @@ pub fn corpus() -> Vec<CorpusRow> {
         }
         let f: Vec<&str> = line.split('\t').collect();
         assert!(
-            f.len() >= 5,
-            "corpus line {number}: expected 5+ columns: {line:?}"
+            f.len() == 8,
+            "corpus line {number}: expected 8 columns (the shared six, soft, score): {line:?}"
         );
         rows.push(CorpusRow {
             line: number,
@@ -68,6 +73,13 @@ pub fn corpus() -> Vec<CorpusRow> {
                 "offline" => false,
                 m => panic!("corpus line {number}: mode {m:?}"),
             },
+            soft: match f[6] {
+                "-" => Vec::new(),
+                list => list.split(',').map(|c| c.trim().to_owned()).collect(),
+            },
+            score: f[7]
+                .parse()
+                .unwrap_or_else(|e| panic!("corpus line {number}: score {:?}: {e}", f[7])),
         });
     }
     rows

@@ -17,26 +17,41 @@ pub(crate) struct Row {
     pub reject: bool,
     pub reasons: Vec<Reason>,
     pub dns: bool,
+    /// Every soft reason the verdict lists, in reason order.
+    pub soft: Vec<Reason>,
+    pub score: u32,
 }
 
 /// Reads the corpus.
 pub(crate) fn corpus() -> Vec<Row> {
     xtask::corpus::corpus()
         .into_iter()
-        .map(|row| Row {
-            reasons: row
-                .reasons
-                .iter()
-                .map(|c| {
-                    Reason::from_code(c)
-                        .unwrap_or_else(|| panic!("line {}: unknown reason {c:?}", row.line))
-                })
-                .collect(),
-            line: row.line,
-            helo: row.helo,
-            client: row.client,
-            reject: row.reject,
-            dns: row.dns,
+        .map(|row| {
+            let line = row.line;
+            let codes = |list: &[String]| -> Vec<Reason> {
+                list.iter()
+                    .map(|c| {
+                        Reason::from_code(c)
+                            .unwrap_or_else(|| panic!("line {line}: unknown reason {c:?}"))
+                    })
+                    .collect()
+            };
+            let soft = codes(&row.soft);
+            assert!(
+                soft.iter().all(|r| r.is_soft()),
+                "line {line}: a hard reason in the soft column: {:?}",
+                row.soft
+            );
+            Row {
+                reasons: codes(&row.reasons),
+                soft,
+                score: row.score,
+                line,
+                helo: row.helo,
+                client: row.client,
+                reject: row.reject,
+                dns: row.dns,
+            }
         })
         .collect()
 }
@@ -86,6 +101,13 @@ pub(crate) fn mismatch(row: &Row, v: &Verdict) -> Option<String> {
         return Some(format!(
             "line {} {:?}: accept with a hard reason {codes:?}",
             row.line, row.helo
+        ));
+    }
+    let soft: Vec<Reason> = v.reason_codes().filter(|r| r.is_soft()).collect();
+    if soft != row.soft || v.score != row.score {
+        return Some(format!(
+            "line {} {:?} from {}: soft {soft:?} score {}, want soft {:?} score {} (all: {codes:?})",
+            row.line, row.helo, row.client, v.score, row.soft, row.score
         ));
     }
     None
