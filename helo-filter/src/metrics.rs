@@ -15,6 +15,7 @@ use crate::{
     config::Action,
     dns::{DnsAnswer, DnsObserver, RecordKind},
     kernel::{AttachedMode, CounterReader},
+    pipeline::sock_destroy::DestroyOutcome,
     policy::{Decision, Note, Reason, Verdict},
 };
 
@@ -29,6 +30,7 @@ pub const VALIDATION_DURATION: &str = "helo_filter_validation_duration_seconds";
 pub const DNS_LOOKUP_DURATION: &str = "helo_filter_dns_lookup_duration_seconds";
 pub const DNS_CACHE: &str = "helo_filter_dns_cache_total";
 pub const ACTIONS: &str = "helo_filter_actions_total";
+pub const SOCK_DESTROY: &str = "helo_filter_sock_destroy_total";
 pub const HELO_TO_ACTION: &str = "helo_filter_helo_to_action_seconds";
 pub const GATE_HELD: &str = "helo_filter_gate_held_total";
 pub const SYN_DROPPED: &str = "helo_filter_syn_dropped_total";
@@ -133,6 +135,9 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     }
     for action in Action::ALL {
         counter!(ACTIONS, "action" => action.as_str()).absolute(0);
+    }
+    for outcome in DestroyOutcome::ALL {
+        counter!(SOCK_DESTROY, "outcome" => outcome.as_str()).absolute(0);
     }
     counter!(VERDICTS, "verdict" => Decision::Accept.as_str(), "reason" => "none").absolute(0);
     for reason in Reason::ALL {
@@ -239,6 +244,11 @@ pub fn action(action: Action, helo_timestamp_ns: u64) {
     counter!(ACTIONS, "action" => action.as_str()).increment(1);
     let elapsed = boot_time_ns().saturating_sub(helo_timestamp_ns);
     histogram!(HELO_TO_ACTION).record(elapsed as f64 / 1e9);
+}
+
+/// One attempt to destroy the MTA's socket of a rejected session (deployment `mx`).
+pub fn sock_destroy(outcome: DestroyOutcome) {
+    counter!(SOCK_DESTROY, "outcome" => outcome.as_str()).increment(1);
 }
 
 /// Sizes of the allow list and of the operator's deny entries (set at start).

@@ -2,7 +2,8 @@
 //! several tests share.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, SocketAddr, TcpStream},
     time::Duration,
 };
 
@@ -49,21 +50,37 @@ pub fn server_of(client: SocketAddr) -> SocketAddr {
     SocketAddr::new(sessions::mx_for(client.ip()), lab::SMTP_PORT)
 }
 
-/// Plays each bogus session with swaks and checks it connected and was cut before its
-/// MAIL FROM got a 250. A client that could not run or connect fails the test as that,
-/// with swaks's error (never as a reset).
+/// Plays each bogus session with swaks and checks what the client saw: it connected,
+/// sent its HELO/EHLO, then the server side went away (a reset, or a close: swaks reports
+/// both as "Remote host closed connection unexpectedly") while swaks waited for the reply to
+/// that HELO or to its MAIL FROM, which never got a 250. A dropped SYN, a refused connect,
+/// an error reply or a timeout fails the test as that, with swaks's transcript.
 pub fn assert_reset_before_mail_from(lab: &Lab, bogus: &[(SocketAddr, Greeting, &str)]) {
     for &(client, greeting, name) in bogus {
         let run = sessions::swaks_run(lab, client, greeting, name)
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let (outcome, transcript) = (&run.outcome, &run.transcript);
+        let verb = match greeting {
+            Greeting::Helo => "HELO",
+            Greeting::Ehlo => "EHLO",
+        };
+        let helo = format!("{verb} {name}");
+        let sessions::SwaksOutcome::Cut { after, error } = outcome else {
+            panic!("{name} from {client}: {outcome}, not a reset after the {verb}:\n{transcript}");
+        };
         assert!(
-            outcome.connected(),
-            "{name}: {outcome} (not a reset: the client never connected):\n{transcript}"
+            transcript
+                .lines()
+                .any(|l| l.trim_start().strip_prefix("->").map(str::trim) == Some(helo.as_str())),
+            "{name} from {client}: its {verb} was never sent:\n{transcript}"
         );
         assert!(
-            !outcome.completed(),
-            "{name}: the session completed:\n{transcript}"
+            *after == helo || after.starts_with("MAIL FROM"),
+            "{name} from {client}: cut after {after:?}, not after its {verb} or MAIL FROM:\n{transcript}"
+        );
+        assert!(
+            error.contains("Remote host closed connection unexpectedly"),
+            "{name} from {client}: {error:?} is not a reset or close by the server:\n{transcript}"
         );
         let after_mail = transcript
             .split_once("-> MAIL FROM")
@@ -88,6 +105,37 @@ pub fn assert_resets_logged(daemon: &Daemon, n: usize) {
     };
     let _ = process::wait_until(Duration::from_secs(10), || resets() >= n);
     assert_eq!(resets(), n, "{}", daemon.lines().join("\n"));
+}
+
+/// On an MX: each client's verdict line says its MTA socket was destroyed before the
+/// `action` (`rst` or `drop`), and `helo_filter_sock_destroy_total` counts exactly those
+/// destroys, none failed or not found.
+pub fn assert_sockets_destroyed(daemon: &Daemon, clients: &[SocketAddr], action: &str) {
+    let wanted = format!(" destroyed=true action={action}");
+    for client in clients {
+        let prefix = format!("client={client} ");
+        let find = || {
+            daemon
+                .lines()
+                .into_iter()
+                .find(|l| l.contains(&prefix) && l.contains(" verdict="))
+        };
+        let _ = process::wait_until(Duration::from_secs(10), || find().is_some());
+        let line = find()
+            .unwrap_or_else(|| panic!("{client}: no verdict line:\n{}", daemon.lines().join("\n")));
+        assert!(line.ends_with(&wanted), "{client}: {line}");
+    }
+    let destroyed = "helo_filter_sock_destroy_total{outcome=\"destroyed\"}";
+    let page = wait_for_metric(daemon, destroyed, |v| v >= clients.len() as f64);
+    assert_eq!(
+        metric_value(&page, destroyed),
+        Some(clients.len() as f64),
+        "{page}"
+    );
+    for outcome in ["not_found", "failed"] {
+        let series = format!("helo_filter_sock_destroy_total{{outcome=\"{outcome}\"}}");
+        assert_eq!(metric_value(&page, &series), Some(0.0), "{page}");
+    }
 }
 
 /// The upper bound of the histogram bucket holding quantile `q` (what the closing notes
@@ -234,3 +282,62 @@ pub fn mail_from_wait(lab: &Lab, client: SocketAddr) -> Duration {
 /// every IPv6 lab client shares one /64, and a few rejects in one test would otherwise deny
 /// a source the next check needs.
 pub const NO_REPUTATION: [&str; 2] = ["--reputation-threshold", "1000"];
+
+/// A raw client's connection from `client` to its MX, the greeting read (3 s read timeout).
+/// The socket works from any thread once connected.
+pub fn raw_connect(lab: &Lab, client: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let server = server_of(client);
+    netns::in_netns(&lab.client_ns, move || -> anyhow::Result<_> {
+        let stream = sessions::connect_from(client, server)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting)?;
+        anyhow::ensure!(greeting.starts_with("220"), "greeting: {greeting:?}");
+        Ok((stream, reader))
+    })
+    .unwrap_or_else(|e| panic!("raw client {client}: {e:#}"))
+}
+
+/// Segments the socket has sent so far, retransmissions and bare ACKs included
+/// (`tcpi_segs_out`).
+pub fn segments_sent(stream: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd as _;
+
+    // SAFETY: tcp_info is plain data, zeroed, and the kernel writes at most `len` bytes.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of the size given.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_segs_out
+}
+
+/// The MX's TCP sockets (any state) connected to `client`, as `ss` lists them in the MX's
+/// namespace (empty: none). Fails the test if `ss` fails.
+pub fn mta_sockets(lab: &Lab, client: SocketAddr) -> String {
+    let peer = match client {
+        SocketAddr::V4(_) => client.to_string(),
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+    };
+    let out = lab
+        .command_in(&lab.mx_ns, "ss")
+        .args(["-Htan", "dst", &peer])
+        .output()
+        .expect("running ss");
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}

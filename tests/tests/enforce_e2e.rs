@@ -2,7 +2,7 @@
 //! against smtp-sink and a real Postfix, on an MX and behind a gateway; the verdict gate
 //! with fast clients, pipelining bots and a frozen or killed daemon; fail-closed DNS.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use helo_filter_tests::{e2e::*, require_root};
 use xtask::{
@@ -34,6 +34,8 @@ fn bogus_sessions_are_reset_before_mail_from_is_answered() {
     }
     // The action is counted before its log line is written: wait for the lines first.
     assert_resets_logged(&daemon, 5);
+    let clients: Vec<_> = bogus.iter().map(|&(client, _, _)| client).collect();
+    assert_sockets_destroyed(&daemon, &clients, "rst");
     let page = daemon.scrape().expect("scraping");
     let actions = metric_value(&page, "helo_filter_actions_total{action=\"rst\"}");
     assert_eq!(actions, Some(5.0), "{page}");
@@ -73,12 +75,16 @@ fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
         delivered.is_ok(),
         "the good message was not delivered:\n{log}"
     );
-    for (client, _, name) in bogus {
+    for (client, greeting, name) in bogus {
+        // Nothing after the HELO reached Postfix: the last command it saw was the HELO.
         let ip = format!("[{}]", client.ip());
+        let lost = match greeting {
+            Greeting::Helo => "lost connection after HELO from ",
+            Greeting::Ehlo => "lost connection after EHLO from ",
+        };
         assert!(
-            log.lines()
-                .any(|l| l.contains("lost connection") && l.contains(&ip)),
-            "{name}: Postfix did not log the lost connection of {ip}:\n{log}"
+            log.lines().any(|l| l.contains(lost) && l.contains(&ip)),
+            "{name}: Postfix did not log \"{lost}…{ip}\":\n{log}"
         );
         assert!(
             !log.lines()
@@ -87,6 +93,8 @@ fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
         );
     }
     assert_resets_logged(&daemon, 5);
+    let clients: Vec<_> = bogus.iter().map(|&(client, _, _)| client).collect();
+    assert_sockets_destroyed(&daemon, &clients, "rst");
 }
 
 /// The gate in real sessions: swaks sends MAIL FROM the instant the EHLO reply arrives and
@@ -102,10 +110,18 @@ fn the_gate_lets_fast_good_clients_through_and_cuts_pipelining_bots() {
 
     let client = v4(1, 46100);
     let bot: [&[u8]; 1] = [b"EHLO mail.example.net\r\nMAIL FROM:<bot@example.net>\r\nRCPT TO:<postmaster@example.org>\r\n"];
+    // Its first reply read (after the pipelined EHLO went out) meets the reset: not a
+    // reply, a close or a read timeout.
     let outcome = sessions::raw_session(&lab, client, &bot, Duration::ZERO);
+    let error = outcome.expect_err("the pipelining bot got a reply");
+    let io_kind = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
     assert!(
-        outcome.is_err(),
-        "the pipelining bot got a reply: {outcome:?}"
+        error.to_string() == "reading the reply"
+            && io_kind == Some(std::io::ErrorKind::ConnectionReset),
+        "the pipelining bot was not reset after its EHLO: {error:#}"
     );
     let postfix = lab.postfix().expect("Postfix runs");
     let ip = format!("[{}]", client.ip());
@@ -132,6 +148,7 @@ fn the_gate_lets_fast_good_clients_through_and_cuts_pipelining_bots() {
         line.contains("pipelined=true") && line.contains("reasons=pipelining"),
         "{line}"
     );
+    assert_sockets_destroyed(&daemon, &[client], "rst");
 
     let status = daemon.stop().expect("stopping the daemon");
     assert!(status.success());
@@ -233,10 +250,12 @@ fn a_frozen_daemon_fails_open() {
 }
 
 /// Action `drop` on an MX: after a bogus HELO the client's next command gets no answer and
-/// no RST, while the MTA's socket is gone at once.
+/// no RST, while the MTA's socket is gone at once (silence alone is also what a held gate
+/// or a dead MTA gives), and the MTA's packets to the client (the RST of the destroy above
+/// all) were dropped at TC egress.
 #[test]
 fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
-    use std::io::ErrorKind;
+    use std::io::{BufRead as _, ErrorKind, Write as _};
 
     let lab = lab("k");
     // Through the configuration file's `[enforce]` section, this time.
@@ -248,44 +267,73 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
         NO_REPUTATION[0],
         NO_REPUTATION[1],
     ];
-    let mut daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let _ = std::fs::remove_file(&config);
     let client = v4(1, 51001);
-    let outcome = next_command_after_bogus_helo(&lab, client);
-    let kind = outcome.expect("the session");
+    let (mut stream, mut reader) = raw_connect(&lab, client);
+    // The check sees the MTA's socket while there is one.
+    let before = mta_sockets(&lab, client);
     assert!(
-        matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut),
-        "the client got {kind:?} instead of silence"
+        before.starts_with("ESTAB"),
+        "no MTA socket for {client} before the HELO: {before:?}"
     );
-    let line = daemon
-        .wait_for(Duration::from_secs(5), |l| {
-            l.contains("client=203.0.113.11:51001")
-        })
-        .expect("the session is reported");
-    assert!(line.ends_with("action=drop"), "{line}");
-    let sockets = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.mx_ns,
-            "ss",
-            "-Htn",
-            "state",
-            "established",
-        ])
-        .args(["( dport = :51001 )"])
-        .output()
-        .expect("ss");
-    let sockets = String::from_utf8_lossy(&sockets.stdout);
+    let sent_before_helo = segments_sent(&stream);
+    stream.write_all(b"HELO localhost\r\n").expect("HELO");
+    assert_sockets_destroyed(&daemon, &[client], "drop");
+    // The verdict line is written after the destroy.
+    let after = mta_sockets(&lab, client);
     assert!(
-        sockets.trim().is_empty(),
-        "the MTA's socket is still there: {sockets}"
+        after.is_empty(),
+        "the MTA's socket is still there after the verdict: {after}"
     );
-    let page = wait_for_metric(&daemon, "helo_filter_condemned_dropped_total", |v| v >= 1.0);
+
+    // The condemned-flow counter adds the client's packets XDP dropped to the MTA's that TC
+    // egress dropped. Before the client writes again, the XDP share is at most what it sent
+    // after its HELO went out (an ACK of the reply, a retransmitted HELO): a count above that
+    // is a packet TC dropped, the RST of the destroy above all.
+    let series = "helo_filter_condemned_dropped_total";
+    let mut seen = (0.0, 0);
+    let tc_dropped = process::wait_until(Duration::from_secs(10), || {
+        let page = daemon.scrape().unwrap_or_default();
+        let dropped = metric_value(&page, series).unwrap_or(0.0);
+        let client_sent = segments_sent(&stream) - sent_before_helo - 1;
+        seen = (dropped, client_sent);
+        dropped > f64::from(client_sent)
+    });
+    assert!(
+        tc_dropped.is_ok(),
+        "{series} = {}, no more than the {} segments the client sent after its HELO: TC \
+         egress dropped nothing",
+        seen.0,
+        seen.1
+    );
+    eprintln!(
+        "drop mode: {} condemned-flow packets dropped, {} client segments after the HELO",
+        seen.0, seen.1
+    );
+    // The reply to the HELO may have beaten the verdict; nothing else comes, not even a RST.
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 && line.starts_with("250") => {}
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+        other => panic!("after the HELO the client got {other:?} {line:?} instead of silence"),
+    }
+    stream
+        .write_all(b"MAIL FROM:<bot@example.net>\r\n")
+        .expect("MAIL FROM is written (nothing came back to refuse it)");
+    line.clear();
+    let next = reader.read_line(&mut line);
+    assert!(
+        matches!(&next, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "after MAIL FROM the client got {next:?} {line:?} instead of silence"
+    );
+
+    let page = daemon.scrape().expect("scraping");
     assert_eq!(
         metric_value(&page, "helo_filter_actions_total{action=\"drop\"}"),
         Some(1.0)
     );
+    drop((stream, reader));
 }
 
 /// Deployment `gateway` (three namespaces: client, gateway running the filter, MX): a bogus
@@ -348,7 +396,7 @@ fn dns_fail_closed_turns_a_dns_failure_into_a_reset() {
         })
         .expect("the session is reported");
     assert!(
-        line.contains("reasons=dns_tempfail") && line.ends_with("action=rst"),
+        line.contains("reasons=dns_tempfail") && line.ends_with(" destroyed=true action=rst"),
         "{line}"
     );
 }

@@ -18,9 +18,18 @@ use parking_lot::Mutex;
 
 use crate::{
     config::{Action, Deployment},
-    pipeline::session::Session,
+    metrics,
+    pipeline::{session::Session, sock_destroy::DestroyOutcome},
     policy::Verdict,
 };
+
+/// What was done on a reject: the action, and on an MX enforcing `rst` or `drop` whether
+/// the MTA's socket was destroyed (the verdict line's `destroyed=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enforcement {
+    pub action: Action,
+    pub destroyed: Option<bool>,
+}
 
 /// Turns verdicts into action in the kernel and on the MTA's sockets.
 pub struct Enforcer {
@@ -48,28 +57,32 @@ impl Enforcer {
         self.action == Action::Monitor
     }
 
-    /// Acts on one verdict; returns the action taken on a reject. Nothing the client sent
+    /// Acts on one verdict; returns what was done on a reject. Nothing the client sent
     /// after its HELO reaches the MTA: the socket is destroyed before the gate opens, and a
     /// flow to silence is condemned before its socket is destroyed.
-    pub fn apply(&self, session: &Session, verdict: &Verdict) -> Option<Action> {
+    pub fn apply(&self, session: &Session, verdict: &Verdict) -> Option<Enforcement> {
         if !verdict.is_reject() {
             self.set_phase(session, phase::DONE);
             return None;
         }
+        let mut destroyed = None;
         match (self.deployment, self.action) {
             (_, Action::Monitor) => self.set_phase(session, phase::DONE),
             (Deployment::Mx, Action::Rst) => {
-                destroy(session);
+                destroyed = Some(destroy(session));
                 self.set_phase(session, phase::DONE);
             }
             (Deployment::Mx, Action::Drop) => {
                 self.set_phase(session, phase::CONDEMNED);
-                destroy(session);
+                destroyed = Some(destroy(session));
             }
             (Deployment::Gateway, Action::Rst) => self.set_phase(session, phase::CONDEMNED_RST),
             (Deployment::Gateway, Action::Drop) => self.set_phase(session, phase::CONDEMNED),
         }
-        Some(self.action)
+        Some(Enforcement {
+            action: self.action,
+            destroyed,
+        })
     }
 
     /// The watchdog's probe: the flow table can be locked and read (a key no flow has).
@@ -99,11 +112,20 @@ impl Enforcer {
     }
 }
 
-/// Destroys the MTA's socket of the session.
-fn destroy(session: &Session) {
-    match super::sock_destroy::destroy_tcp_socket(session.server, session.client) {
-        Ok(true) => {}
-        Ok(false) => debug!("{}: the session had already ended", session.client),
-        Err(e) => warn!("{}: cannot destroy the MTA's socket: {e}", session.client),
-    }
+/// Destroys the MTA's socket of the session, counts the outcome, and says whether the
+/// socket was destroyed.
+fn destroy(session: &Session) -> bool {
+    let outcome = match super::sock_destroy::destroy_tcp_socket(session.server, session.client) {
+        Ok(true) => DestroyOutcome::Destroyed,
+        Ok(false) => {
+            debug!("{}: the session had already ended", session.client);
+            DestroyOutcome::NotFound
+        }
+        Err(e) => {
+            warn!("{}: cannot destroy the MTA's socket: {e}", session.client);
+            DestroyOutcome::Failed
+        }
+    };
+    metrics::sock_destroy(outcome);
+    outcome == DestroyOutcome::Destroyed
 }

@@ -23,7 +23,7 @@ use crate::{
     kernel::lists::KernelLists,
     metrics,
     pipeline::{
-        enforce::Enforcer,
+        enforce::{Enforcement, Enforcer},
         probe::Probe,
         reputation::Reputation,
         session::{NoHeloCause, Opening, Session},
@@ -208,11 +208,12 @@ impl Stage {
         let started = Instant::now();
         let verdict = current(&self.engine).evaluate(&input).await;
         metrics::verdict(&verdict, started.elapsed());
-        let action = self.enforcer.apply(session, &verdict);
+        let enforcement = self.enforcer.apply(session, &verdict);
+        let action = enforcement.map(|done| done.action);
         if let Some(action) = action {
             metrics::action(action, session.timestamp_ns);
         }
-        report(session, &verdict, action);
+        report(session, &verdict, enforcement);
         self.keep_recent(session, &verdict, action);
         self.remember(client, &verdict);
     }
@@ -291,8 +292,9 @@ impl Stage {
     }
 }
 
-/// One log line per session: who, what they said (escaped), the verdict and the action.
-fn report(session: &Session, verdict: &Verdict, action: Option<Action>) {
+/// One log line per session: who, what they said (escaped), the verdict and the action
+/// (after `destroyed=true|false` where the MTA's socket was to be destroyed).
+fn report(session: &Session, verdict: &Verdict, enforcement: Option<Enforcement>) {
     let what = match &session.opening {
         Opening::Helo(helo) => format!(
             "helo client={} server={} verb={} pipelined={} line=\"{}\"",
@@ -317,13 +319,16 @@ fn report(session: &Session, verdict: &Verdict, action: Option<Action>) {
     };
     let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
     let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
+    let destroyed = enforcement
+        .and_then(|done| done.destroyed)
+        .map_or_else(String::new, |d| format!(" destroyed={d}"));
     info!(
-        "{what} verdict={} reasons={} score={} notes={}{} action={}",
+        "{what} verdict={} reasons={} score={} notes={}{}{destroyed} action={}",
         verdict.decision.as_str(),
         reasons.join(","),
         verdict.score,
         notes.join(","),
         verdict.dns_error_field(),
-        action.map_or("none", Action::as_str)
+        enforcement.map_or("none", |done| done.action.as_str())
     );
 }
