@@ -67,6 +67,57 @@ fn completes(lab: &Lab, client: std::net::SocketAddr, helo: &str) -> bool {
         .0
 }
 
+/// Plays a session that the filter must reset for `reason`: what the client saw (connected,
+/// then cut before its MAIL FROM was answered: never a refusal, a lost connect or a whole
+/// session) and the daemon's log line for that client (a reject for `reason`, acted on with a
+/// reset).
+fn assert_reset_for(
+    daemon: &Daemon,
+    lab: &Lab,
+    client: std::net::SocketAddr,
+    helo: &str,
+    reason: &str,
+) {
+    let run = sessions::swaks_run(lab, client, Greeting::Ehlo, helo)
+        .unwrap_or_else(|e| panic!("{client} {helo}: {e:#}"));
+    let transcript = &run.transcript;
+    assert!(
+        matches!(run.outcome, sessions::SwaksOutcome::Cut { .. }),
+        "{client} {helo}: {} (not a reset):\n{transcript}",
+        run.outcome
+    );
+    let after_mail = transcript
+        .split_once("-> MAIL FROM")
+        .map_or("", |(_, rest)| rest);
+    assert!(
+        !after_mail
+            .lines()
+            .any(|l| l.trim_start().starts_with("<-  250")),
+        "{client} {helo}: MAIL FROM was answered:\n{transcript}"
+    );
+    let tag = format!("client={client} ");
+    let mut line = None;
+    let _ = process::wait_until(Duration::from_secs(5), || {
+        line = daemon.lines().into_iter().find(|l| l.contains(&tag));
+        line.is_some()
+    });
+    let line =
+        line.unwrap_or_else(|| panic!("no log line for {client}:\n{}", daemon.lines().join("\n")));
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        line.contains(&format!("line=\"EHLO {helo}\""))
+            && field("verdict=") == "reject"
+            && field("reasons=").split(',').any(|r| r == reason)
+            && field("action=") == "rst",
+        "{client} {helo}: not logged as a reset for {reason}: {line}"
+    );
+}
+
 fn config_file(lab: &Lab, text: &str) -> String {
     std::fs::create_dir_all(lab.daemon_dir()).expect("daemon dir");
     let path = lab.daemon_dir().join("helo-filter.toml");
@@ -151,17 +202,17 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     let allowed = json(&lab, &["allow", "list"]);
     assert_eq!(allowed["entries"][0]["comment"], "partner", "{allowed}");
     ok(&lab, &["allow", "del", "203.0.113.12"]);
-    assert!(
-        !completes(&lab, v4(2, 53011), "localhost"),
-        "allow del left the source alone"
-    );
+    assert_reset_for(&daemon, &lab, v4(2, 53011), "localhost", "localhost");
 
     // deny add --helo: a good name matching the pattern is now bogus.
     assert!(completes(&lab, v4(0, 53020), "mail.example.net"));
     ok(&lab, &["deny", "add", "--helo", "*.example.net"]);
-    assert!(
-        !completes(&lab, v4(0, 53021), "mail.example.net"),
-        "--helo pattern ignored"
+    assert_reset_for(
+        &daemon,
+        &lab,
+        v4(0, 53021),
+        "mail.example.net",
+        "denylisted",
     );
     let helo = json(&lab, &["deny", "list"])["helo"].clone();
     assert_eq!(helo[0]["pattern"], "*.example.net", "{helo}");
@@ -209,9 +260,12 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     // running configuration kept.
     config_file(&lab, "[policy]\ndeny = [\"mail.example.net\"]\n");
     ok(&lab, &["reload"]);
-    assert!(
-        !completes(&lab, v4(0, 53030), "mail.example.net"),
-        "reload changed nothing"
+    assert_reset_for(
+        &daemon,
+        &lab,
+        v4(0, 53030),
+        "mail.example.net",
+        "denylisted",
     );
     config_file(&lab, "[policy]\nbundle = \"paranoid\"\n");
     let refusal = refused(&lab, &["reload"]);
@@ -219,9 +273,12 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
         refusal.contains("reload refused") && refusal.contains(":2:"),
         "{refusal}"
     );
-    assert!(
-        !completes(&lab, v4(0, 53031), "mail.example.net"),
-        "the bad reload took effect"
+    assert_reset_for(
+        &daemon,
+        &lab,
+        v4(0, 53031),
+        "mail.example.net",
+        "denylisted",
     );
 
     // config check, offline.
@@ -357,12 +414,21 @@ fn status_tells_what_is_enforced_across_reloads() {
 /// every list entry and reputation.
 #[test]
 fn protection_outlives_the_daemon() {
+    // The gate holds a MAIL FROM for 3 s while the heartbeat is fresh; it goes stale 2 s
+    // after the daemon's last beat, and every "stale" session starts 2 s after that: a free
+    // MAIL FROM is answered within 1 s, a held one after 2.5 s at least.
+    const HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(2000);
+    const FREE: Duration = Duration::from_millis(1000);
+    let stale = HEARTBEAT_TIMEOUT + Duration::from_secs(2);
     let lab = lab("r");
+    let heartbeat_ms = HEARTBEAT_TIMEOUT.as_millis().to_string();
     let args = [
         "--reputation-threshold",
         "3",
         "--heartbeat-timeout-ms",
-        "1000",
+        &heartbeat_ms,
+        "--gate-deadline-ms",
+        "3000",
     ];
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     ok(&lab, &["deny", "add", "203.0.113.14", "--comment", "kept"]);
@@ -392,7 +458,7 @@ fn protection_outlives_the_daemon() {
         let score = json(&lab, &["reputation", "show", "203.0.113.11"])["score"].as_f64();
         assert!(score.unwrap_or(0.0) >= 3.0, "{when}: score {score:?}");
     };
-    let expect_protected = |when: &str, port: u16| {
+    let expect_protected = |when: &str, port: u16, gone: std::time::Instant| {
         assert!(
             !connects(&lab, v4(4, port)),
             "{when}: the operator's denial lapsed"
@@ -401,15 +467,22 @@ fn protection_outlives_the_daemon() {
             !connects(&lab, v4(1, port)),
             "{when}: the reputation denial lapsed"
         );
-        // The heartbeat is stale: the gate is off and a good session flows.
-        std::thread::sleep(Duration::from_millis(1500));
-        sessions::swaks(&lab, v4(0, port), Greeting::Ehlo, "mail.example.net")
+        // The heartbeat is stale: the gate is off, a good session's MAIL FROM is not held,
+        // and the session flows.
+        std::thread::sleep(stale.saturating_sub(gone.elapsed()));
+        let waited = mail_from_wait(&lab, v4(0, port));
+        assert!(
+            waited < FREE,
+            "{when}: MAIL FROM waited {waited:?} with the heartbeat stale (the gate must be off)"
+        );
+        sessions::swaks(&lab, v4(0, port + 1), Greeting::Ehlo, "mail.example.net")
             .unwrap_or_else(|e| panic!("{when}: a good session failed: {e}"));
     };
 
     let status = daemon.stop().expect("SIGTERM");
+    let gone = std::time::Instant::now();
     assert!(status.success(), "{status:?}");
-    expect_protected("after SIGTERM", 54010);
+    expect_protected("after SIGTERM", 54010, gone);
     let mut daemon = Daemon::start(&lab, &args, false).expect("restarting");
     daemon
         .wait_for(Duration::from_secs(5), |l| l.contains("adopted=true"))
@@ -417,8 +490,9 @@ fn protection_outlives_the_daemon() {
     expect_kept("after SIGTERM and a restart");
 
     daemon.signal(libc::SIGKILL);
+    let gone = std::time::Instant::now();
     drop(daemon);
-    expect_protected("after kill -9", 54020);
+    expect_protected("after kill -9", 54020, gone);
     let _daemon = Daemon::start(&lab, &args, false).expect("restarting after kill -9");
     expect_kept("after kill -9 and a restart");
 }
@@ -501,6 +575,9 @@ fn the_control_socket_answers_malformed_requests_and_refuses_others() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
     let stream = UnixStream::connect(&socket).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
     let mut reader = BufReader::new(stream.try_clone().expect("clone"));
     let mut writer = stream;
     let mut ask = |line: &[u8]| -> Value {

@@ -12,7 +12,7 @@ use std::{
 
 use helo_filter_tests::{e2e::*, policy_client::*, require_root};
 use xtask::{
-    daemon::{Daemon, metric_value},
+    daemon::{Daemon, cli, metric_value},
     lab::{self, Lab},
     netns, paths, process,
     sessions::{self, Greeting},
@@ -314,8 +314,32 @@ fn the_daemons_policy_listener_feeds_reputation_once_per_session() {
             }
         })
     };
+    // The source's score, read from the daemon (`reputation show --json`); it decays
+    // slowly, so a session's 2 reads as a little under 2.
+    let score = || -> f64 {
+        let out = cli(&lab, &["reputation", "show", "203.0.113.11", "--json"]).expect("the CLI");
+        assert!(
+            out.status.success(),
+            "reputation show: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shown: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("reputation show: {e}"));
+        shown["score"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no score: {shown}"))
+    };
+    let once = |sessions: f64| move |s: f64| (2.0 * sessions - 0.1..=2.0 * sessions).contains(&s);
     ask_three_recipients("session-one");
-    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = 0.0;
+    let _ = process::wait_until(Duration::from_secs(5), || {
+        seen = score();
+        seen > 0.0
+    });
+    assert!(
+        once(1.0)(seen),
+        "one session (three recipients) scored {seen}, not one reject's 2"
+    );
     assert!(
         connects(&lab, v4(1, 49001)),
         "denied after one session (three recipients)"
@@ -323,6 +347,11 @@ fn the_daemons_policy_listener_feeds_reputation_once_per_session() {
     ask_three_recipients("session-two");
     let denied = process::wait_until(Duration::from_secs(5), || !connects(&lab, v4(1, 49002)));
     assert!(denied.is_ok(), "not denied after two sessions");
+    let seen = score();
+    assert!(
+        once(2.0)(seen),
+        "two sessions (six recipients) scored {seen}, not two rejects' 4"
+    );
     let page = wait_for_metric(&daemon, "helo_filter_syn_dropped_total", |v| v >= 1.0);
     assert_eq!(requests_total(&page, "reject"), Some(6.0), "{page}");
     let logged = daemon

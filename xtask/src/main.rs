@@ -132,8 +132,10 @@ fn test() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
-    // Echo the output and add up libtest's `test result:` lines for one closing total.
-    let (mut passed, mut failed) = (0u64, 0u64);
+    // Echo the output and add up libtest's `test result:` lines for one closing total:
+    // `N passed, M failed, K skipped`, K counting ignored tests.
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut ignored_names = Vec::new();
     let stdout = child.stdout.take().context("cargo test stdout")?;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
@@ -141,14 +143,39 @@ fn test() -> anyhow::Result<()> {
         if let Some(result) = line.strip_prefix("test result: ") {
             passed += count_before(result, " passed");
             failed += count_before(result, " failed");
+            ignored += count_before(result, " ignored");
+        } else if let Some(name) = ignored_test(&line) {
+            ignored_names.push(name.to_owned());
         }
     }
     let status = child.wait()?;
-    println!("{passed} passed, {failed} failed");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    println!("{}", closing_line(passed, failed, ignored, ci));
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
+    if ci && ignored > 0 {
+        bail!(
+            "{ignored} ignored test(s), a failure in CI (no test may skip itself): {}",
+            ignored_names.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// `N passed, M failed, K skipped`, K the ignored tests; in CI (`ci`) no test may skip
+/// itself, so each ignored one is also counted failed.
+fn closing_line(passed: u64, failed: u64, ignored: u64, ci: bool) -> String {
+    let failed = if ci { failed + ignored } else { failed };
+    format!("{passed} passed, {failed} failed, {ignored} skipped")
+}
+
+/// The name of an ignored test in libtest's `test NAME ... ignored` line (with or without
+/// a reason after `ignored, `).
+fn ignored_test(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("test ")?;
+    let (name, outcome) = rest.split_once(" ... ")?;
+    (outcome == "ignored" || outcome.starts_with("ignored, ")).then_some(name)
 }
 
 /// `cargo +nightly fmt --all --check`: rustfmt.toml's import options are nightly-only.
@@ -398,6 +425,41 @@ fn print_counters(page: &str) {
         println!(
             "  {series} {}",
             metric_value(page, series).unwrap_or(f64::NAN)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{closing_line, count_before, ignored_test};
+
+    #[test]
+    fn the_closing_count_reads_ignored_tests() {
+        let summary = "ok. 12 passed; 1 failed; 3 ignored; 0 measured; 0 filtered out";
+        assert_eq!(count_before(summary, " passed"), 12);
+        assert_eq!(count_before(summary, " failed"), 1);
+        assert_eq!(count_before(summary, " ignored"), 3);
+        assert_eq!(
+            ignored_test("test lab::tests::a ... ignored"),
+            Some("lab::tests::a")
+        );
+        assert_eq!(ignored_test("test b ... ignored, needs a lab"), Some("b"));
+        assert_eq!(ignored_test("test c ... ok"), None);
+    }
+
+    #[test]
+    fn in_ci_an_ignored_test_is_a_failure() {
+        assert_eq!(
+            closing_line(12, 1, 3, false),
+            "12 passed, 1 failed, 3 skipped"
+        );
+        assert_eq!(
+            closing_line(12, 1, 3, true),
+            "12 passed, 4 failed, 3 skipped"
+        );
+        assert_eq!(
+            closing_line(12, 0, 0, true),
+            "12 passed, 0 failed, 0 skipped"
         );
     }
 }

@@ -3,9 +3,9 @@
 //! segment, a command other than HELO first).
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
-    process::Stdio,
+    process::{Command, Output, Stdio},
     thread,
     time::Duration,
 };
@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::{
     lab::{Lab, MX_V4, MX_V6, SMTP_PORT},
     netns::in_netns,
+    process::wait_until,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,10 +137,9 @@ pub fn swaks_run(
     if greeting == Greeting::Helo {
         command.args(["--protocol", "SMTP"]);
     }
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .context("running swaks (Debian package swaks)")?;
+    command.stdin(Stdio::null());
+    let out =
+        output_within(&mut command, SWAKS_LIMIT).context("running swaks (Debian package swaks)")?;
     let mut transcript = String::from_utf8_lossy(&out.stdout).into_owned();
     transcript.push_str(&String::from_utf8_lossy(&out.stderr));
     let exit = out.status.code();
@@ -150,6 +150,52 @@ pub fn swaks_run(
         outcome,
         exit,
         transcript,
+    })
+}
+
+/// The longest a swaks session may take: its `--timeout 10` bounds each step, a whole
+/// session has six; past this it is killed and the session is an error.
+const SWAKS_LIMIT: Duration = Duration::from_secs(90);
+
+/// `command.output()`, but a child still running after `limit` is killed and reported as an
+/// error (its pipes are read by threads, so no read blocks past the child's end).
+fn output_within(command: &mut Command, limit: Duration) -> anyhow::Result<Output> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let ended = wait_until(limit, || child.try_wait().ok().flatten().is_some());
+    if ended.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("still running after {limit:?}: killed");
+    }
+    let status = child.wait()?;
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
     })
 }
 
@@ -259,7 +305,24 @@ pub fn connect_from(client: SocketAddr, server: SocketAddr) -> anyhow::Result<Tc
 
 #[cfg(test)]
 mod tests {
-    use super::{SwaksOutcome, classify_swaks};
+    use std::{
+        process::Command,
+        time::{Duration, Instant},
+    };
+
+    use super::{SwaksOutcome, classify_swaks, output_within};
+
+    #[test]
+    fn a_child_past_its_limit_is_killed_and_an_error() {
+        let started = Instant::now();
+        let error = output_within(Command::new("sleep").arg("30"), Duration::from_millis(500))
+            .expect_err("still running");
+        assert!(error.to_string().contains("killed"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let out =
+            output_within(Command::new("echo").arg("hi"), Duration::from_secs(10)).expect("echo");
+        assert_eq!(out.stdout, b"hi\n");
+    }
 
     // Transcripts as swaks 20240103 prints them (stdout, then stderr).
     #[test]

@@ -317,6 +317,20 @@ fn histogram_quantile(before: &str, after: &str, histogram: &str, q: f64) -> Opt
     None
 }
 
+/// Good sessions/s of a good load: an error unless every session was delivered (a figure
+/// whose good sessions were refused or cut, or that ran none, is no number at all).
+fn good_rate(what: &str, good: &super::load::Outcomes, expected: usize) -> anyhow::Result<f64> {
+    if expected == 0 || good.delivered != expected {
+        bail!(
+            "{what}: {} of {expected} good sessions delivered ({} refused, {} cut): no figure",
+            good.delivered,
+            good.refused,
+            good.cut
+        );
+    }
+    Ok(good.delivered as f64 / good.elapsed.as_secs_f64())
+}
+
 /// The same bogus flood and good sessions against Postfix, measured while the flood runs.
 struct PeerRun {
     cpu_per_1000_bogus: f64,
@@ -352,7 +366,18 @@ fn peer_run(suffix: &str, main_cf: &str, filter: bool, sizes: &Sizes) -> anyhow:
     // CPU over the whole flood (the good sessions ran inside it).
     Ok(PeerRun {
         cpu_per_1000_bogus: cpu.as_secs_f64() / bogus.total() as f64 * 1000.0,
-        good_per_s: good.delivered as f64 / good.elapsed.as_secs_f64(),
+        good_per_s: good_rate(
+            &format!(
+                "Postfix{} under a bogus flood",
+                if filter {
+                    " behind the filter"
+                } else {
+                    " alone"
+                }
+            ),
+            &good,
+            sizes.peer_good,
+        )?,
         bogus,
     })
 }
@@ -461,7 +486,11 @@ fn under_flood(
     // The daemon copies kernel counters once a second.
     std::thread::sleep(Duration::from_millis(1200));
     Ok(UnderFlood {
-        good_per_s: good.delivered as f64 / good.elapsed.as_secs_f64(),
+        good_per_s: good_rate(
+            &format!("under a SYN flood ({interval_us:?} µs between SYNs)"),
+            &good,
+            sizes.flood_good,
+        )?,
         cpu: cpu.as_secs_f64() / good.elapsed.as_secs_f64(),
         syn_per_s: (dropped()? - dropped_before) / flooded.as_secs_f64(),
     })
@@ -583,4 +612,30 @@ pub fn syn_flood(sizes: &Sizes) -> anyhow::Result<Vec<Figure>> {
         );
     }
     Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::good_rate;
+    use crate::bench::load::Outcomes;
+
+    #[test]
+    fn a_good_load_not_wholly_delivered_is_no_figure() {
+        let run = |delivered, refused, cut| Outcomes {
+            delivered,
+            refused,
+            cut,
+            elapsed: Duration::from_secs(2),
+        };
+        assert_eq!(good_rate("x", &run(10, 0, 0), 10).ok(), Some(5.0));
+        let none = good_rate("Postfix alone", &run(0, 0, 10), 10).expect_err("0 delivered");
+        assert_eq!(
+            none.to_string(),
+            "Postfix alone: 0 of 10 good sessions delivered (0 refused, 10 cut): no figure"
+        );
+        assert!(good_rate("x", &run(9, 1, 0), 10).is_err());
+        assert!(good_rate("x", &run(0, 0, 0), 0).is_err());
+    }
 }
