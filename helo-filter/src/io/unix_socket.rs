@@ -85,4 +85,106 @@ mod tests {
         assert!(ours.exists());
         std::fs::remove_dir_all(&base).expect("cleaning up");
     }
+
+    /// A directory of its own for one test, removed at the end.
+    fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hf-socket-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a test directory");
+        dir
+    }
+
+    /// Regression test for 5f9528f: a stale socket (a crashed daemon's) is replaced and
+    /// serves; the file is removed when its owner is dropped.
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_the_file_removed_on_drop() {
+        let dir = test_dir("stale");
+        let path = dir.join("control.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("a stale socket"));
+        assert!(path.exists(), "std leaves the socket file behind");
+        assert!(
+            std::os::unix::net::UnixStream::connect(&path).is_err(),
+            "nobody listens on a stale socket"
+        );
+
+        let (listener, file) = bind(&path, 0o600, None, "control socket").expect("replaced");
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.expect("the new listener accepts");
+        connected.expect("a client connects");
+
+        drop(file);
+        assert!(!path.exists(), "the socket file outlived its owner");
+        drop(listener);
+        std::fs::remove_dir_all(&dir).expect("cleaning up");
+    }
+
+    /// Regression test for 5f9528f: anything at the path that is not a socket is refused and
+    /// left as it was.
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_refused_and_kept() {
+        let dir = test_dir("not-socket");
+        let path = dir.join("policy.sock");
+        std::fs::write(&path, "precious").expect("a regular file");
+        let error = bind(&path, 0o660, None, "policy service")
+            .err()
+            .expect("a regular file is refused")
+            .to_string();
+        assert!(error.contains("is not a socket"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).expect("kept"), "precious");
+        std::fs::remove_dir_all(&dir).expect("cleaning up");
+    }
+
+    /// Regression test for 5f9528f: the socket is created with its final mode, never
+    /// chmod-ed after the bind. A watcher thread stats the path as fast as it can while the
+    /// socket is bound and dropped again and again; any mode other than the final one it
+    /// sees is a moment in which others could have connected. (The mode a bind gives without
+    /// the umask, under the usual 022, is 0755: wider than both modes.)
+    #[tokio::test]
+    async fn the_socket_never_has_another_mode_than_its_final_one() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        };
+        for mode in [0o600, 0o660] {
+            let dir = test_dir(&format!("mode-{mode:o}"));
+            let path = dir.join("s.sock");
+            let stop = Arc::new(AtomicBool::new(false));
+            let watcher = {
+                let (path, stop) = (path.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut seen = std::collections::BTreeSet::new();
+                    let mut looks = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+                            seen.insert(meta.permissions().mode() & 0o777);
+                            looks += 1;
+                        }
+                    }
+                    (seen, looks)
+                })
+            };
+            for _ in 0..200 {
+                let (listener, file) = bind(&path, mode, None, "test socket").expect("bound");
+                assert_eq!(
+                    std::fs::symlink_metadata(&path)
+                        .expect("bound")
+                        .permissions()
+                        .mode()
+                        & 0o777,
+                    mode
+                );
+                drop((listener, file));
+            }
+            stop.store(true, Ordering::Relaxed);
+            let (seen, looks) = watcher.join().expect("the watcher");
+            assert!(looks > 0, "the watcher never saw the socket");
+            assert_eq!(
+                seen,
+                [mode].into(),
+                "modes seen over {looks} looks (want only {mode:o})"
+            );
+            std::fs::remove_dir_all(&dir).expect("cleaning up");
+        }
+    }
 }

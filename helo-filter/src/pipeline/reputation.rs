@@ -545,4 +545,78 @@ mod tests {
         assert_eq!(released.expired.len(), 2);
         assert_eq!(r.denied(), 0);
     }
+
+    /// Regression test for 6d34295: a snapshot's scores are decayed for its age by the same
+    /// formula as live scores, once. A source restored from a snapshot taken `age` ago has
+    /// the score the live source has `age` later, and keeps decaying at the same rate; a
+    /// denial comes back with the time it has left, one that ran out does not.
+    #[test]
+    fn a_restored_snapshot_decays_like_a_live_score_once() {
+        let live = Reputation::new(settings());
+        let now = Instant::now();
+        let unix = 1_700_000_000;
+        let (a, b): (IpAddr, IpAddr) = (
+            "203.0.113.21".parse().unwrap(),
+            "2001:db8:1::21".parse().unwrap(),
+        );
+        live.record(a, &verdict(true, 6), now); // 8: denied for 30 s
+        live.record(b, &verdict(true, 1), now); // 3
+        let snapshot = live.snapshot(now, unix);
+        assert_eq!(snapshot.taken_at, unix);
+
+        for age in [0u64, 10, 60, 90, 600] {
+            let restored = Reputation::new(settings());
+            let later = now + Duration::from_secs(age);
+            restored.restore_snapshot(&snapshot, later, unix + age);
+            for ip in [a, b] {
+                let (want, got) = (
+                    live.score(source_of(ip), later),
+                    restored.score(source_of(ip), later),
+                );
+                assert!(
+                    (got - want).abs() < 1e-9,
+                    "{ip} after {age} s: restored {got}, live {want}"
+                );
+            }
+            // After another half-life both have halved again.
+            let then = later + Duration::from_secs(60);
+            let got = restored.score(source_of(a), then);
+            assert!(
+                (got - live.score(source_of(a), then)).abs() < 1e-9,
+                "{age} s + one half-life: {got}"
+            );
+            // Numbers from the formula itself: 8 halves every 60 s.
+            let expected = 8.0 * 0.5f64.powf((age + 60) as f64 / 60.0);
+            assert!(
+                (got - expected).abs() < 1e-9,
+                "{age} s + one half-life: {got}, want {expected}"
+            );
+            let denied: Vec<_> = restored
+                .list(later)
+                .into_iter()
+                .filter_map(|s| Some((s.source, s.denied_for?)))
+                .collect();
+            if age < 30 {
+                assert_eq!(
+                    denied,
+                    [(source_of(a), Duration::from_secs(30 - age))],
+                    "{age} s"
+                );
+            } else {
+                assert!(
+                    denied.is_empty(),
+                    "a denial that ran out {age} s later came back: {denied:?}"
+                );
+            }
+        }
+
+        // A denial adopted from the kernel is at the threshold now, not decayed.
+        let adopted = Reputation::new(settings());
+        adopted.adopt_denial(source_of(a), Duration::from_secs(7), now);
+        assert_eq!(adopted.score(source_of(a), now), 5.0);
+        assert_eq!(
+            adopted.list(now)[0].denied_for,
+            Some(Duration::from_secs(7))
+        );
+    }
 }
