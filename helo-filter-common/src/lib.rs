@@ -111,7 +111,8 @@ pub struct KernelConfig {
     pub ports: [u16; MAX_SMTP_PORTS],
     pub port_count: u32,
     /// How long the gate holds a flow's segments waiting for its verdict before it opens
-    /// by itself (fail-open).
+    /// by itself (fail-open). [`KernelConfig::NO_GATE`] (0, which the configuration never
+    /// allows as a deadline) turns the gate off: monitor mode, where nothing is held.
     pub gate_deadline_ms: u32,
     /// A daemon heartbeat older than this means the daemon is gone: the gate stays open.
     pub heartbeat_timeout_ms: u32,
@@ -122,6 +123,16 @@ pub struct KernelConfig {
 impl KernelConfig {
     pub const DEFAULT_GATE_DEADLINE_MS: u32 = 5_000;
     pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: u32 = 3_000;
+    /// `gate_deadline_ms` of a kernel that holds nothing (monitor mode): flows are still
+    /// captured, but no segment waits for a verdict. A gate that may hold for 0 ms holds
+    /// nothing, so the field keeps its meaning and the map's layout stays as it was.
+    pub const NO_GATE: u32 = 0;
+
+    /// Whether the kernel holds a flow's further segments until its verdict.
+    #[inline(always)]
+    pub fn gate_on(&self) -> bool {
+        self.gate_deadline_ms != Self::NO_GATE
+    }
 }
 
 impl Default for KernelConfig {

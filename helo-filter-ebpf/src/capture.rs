@@ -8,7 +8,8 @@
 //! The gate drops the client's further payload-bearing segments (pure ACKs, FIN and RST
 //! pass) so that nothing following a bogus HELO reaches the MTA before the verdict; TCP
 //! retransmits them once the daemon has written an accept. It fails open: after the gate
-//! deadline, and whenever the daemon's heartbeat is stale.
+//! deadline, and whenever the daemon's heartbeat is stale. In monitor mode
+//! (`KernelConfig::NO_GATE`) there is no gate: flows are captured, and nothing is held.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -97,6 +98,12 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
 /// the deadline has not passed.
 #[inline(always)]
 fn gate(state: &mut FlowState, config: &KernelConfig, now: u64) -> u32 {
+    if !config.gate_on() {
+        // Gated by an enforcing predecessor (the flow table is pinned); this daemon holds
+        // nothing.
+        state.phase = phase::DONE;
+        return xdp_action::XDP_PASS;
+    }
     if !daemon_alive(config, now) {
         count(Counter::DaemonAbsent);
         return xdp_action::XDP_PASS;
@@ -206,13 +213,18 @@ fn capture_segment(
     }
     let mut action = xdp_action::XDP_PASS;
     if event_flags & flags::FINAL != 0 {
-        state.phase = phase::GATED;
-        state.gated_since_ns = now;
-        // Commands sent with the HELO before our reply (RFC 2920 forbids it) are held
-        // with it: the verdict decides whether TCP may deliver them.
-        if event_flags & flags::PIPELINED != 0 && daemon_alive(config, now) {
-            count(Counter::GateHeld);
-            action = xdp_action::XDP_DROP;
+        if config.gate_on() {
+            state.phase = phase::GATED;
+            state.gated_since_ns = now;
+            // Commands sent with the HELO before our reply (RFC 2920 forbids it) are held
+            // with it: the verdict decides whether TCP may deliver them.
+            if event_flags & flags::PIPELINED != 0 && daemon_alive(config, now) {
+                count(Counter::GateHeld);
+                action = xdp_action::XDP_DROP;
+            }
+        } else {
+            // Monitor mode: the capture ends here, and the flow goes on untouched.
+            state.phase = phase::DONE;
         }
     }
 

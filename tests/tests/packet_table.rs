@@ -612,6 +612,60 @@ fn the_gate_holds_payload_until_the_verdict() {
     assert_eq!(program.counter(Counter::GateHeld), 2);
 }
 
+/// Monitor mode (`KernelConfig::NO_GATE`): the same frames as under the gate, a segment after
+/// the decisive line and a HELO with a command pipelined behind it, pass, and are still
+/// captured; under the gate both are dropped.
+#[test]
+fn without_the_gate_nothing_is_held() {
+    let monitor = KernelConfig {
+        gate_deadline_ms: KernelConfig::NO_GATE,
+        ..KernelConfig::default()
+    };
+    for (gate, config, held) in [
+        ("gate on", KernelConfig::default(), XDP_DROP),
+        ("gate off", monitor, XDP_PASS),
+    ] {
+        let mut program = CaptureProgram::load(&config);
+        program.heartbeat(0);
+        let flow = Flow::v4(47_000);
+        assert_eq!(step(&mut program, flow.syn()), (XDP_PASS, 0), "{gate}");
+        let helo = flow.data(0, b"EHLO a.example\r\n");
+        assert_eq!(
+            program.run(&helo.bytes(), 1).return_value,
+            XDP_PASS,
+            "{gate}"
+        );
+        let events = program.drain();
+        assert_eq!(events.len(), 1, "{gate}: the HELO is captured");
+        assert_eq!(events[0].flags, HELO_DONE, "{gate}");
+        let mail = flow.data(16, b"MAIL FROM:<a@example.net>\r\n");
+        assert_eq!(
+            step(&mut program, mail),
+            (held, 0),
+            "{gate}: the segment after the HELO line"
+        );
+
+        let flow = Flow::v4(47_001);
+        step(&mut program, flow.syn());
+        let pipelined = flow.data(0, b"EHLO a.example\r\nMAIL FROM:<>\r\n");
+        assert_eq!(
+            program.run(&pipelined.bytes(), 1).return_value,
+            held,
+            "{gate}: a pipelined HELO segment"
+        );
+        let events = program.drain();
+        assert_eq!(events.len(), 1, "{gate}: the pipelined HELO is captured");
+        assert_eq!(
+            events[0].flags,
+            HELO_DONE | flags::PIPELINED,
+            "{gate}: and flagged"
+        );
+        let dropped = if held == XDP_DROP { 2 } else { 0 };
+        assert_eq!(program.counter(Counter::GateHeld), dropped, "{gate}");
+        assert_eq!(program.counter(Counter::HeloEvents), 2, "{gate}");
+    }
+}
+
 /// The deadline is a second wide, so that a loaded machine still holds the first retry;
 /// then the gate is polled until it opens, and it must not open before the deadline.
 #[test]

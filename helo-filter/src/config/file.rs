@@ -142,13 +142,17 @@ impl PolicyFile {
     }
 
     /// The kernel's run-time configuration: the SMTP ports and the `[enforce]` timings (the
-    /// ports were checked by [`Loaded::validate`]: at most `MAX_SMTP_PORTS`).
+    /// ports were checked by [`Loaded::validate`]: at most `MAX_SMTP_PORTS`). Monitor mode
+    /// turns the gate off ([`KernelConfig::NO_GATE`]): nothing is held for a verdict.
     pub fn kernel_config(&self) -> KernelConfig {
         let (ports, enforce) = (&self.kernel.smtp_ports, &self.enforce);
         let mut config = KernelConfig {
             ports: [0; MAX_SMTP_PORTS],
             port_count: ports.len() as u32,
-            gate_deadline_ms: enforce.gate_deadline_ms,
+            gate_deadline_ms: match enforce.monitor {
+                true => KernelConfig::NO_GATE,
+                false => enforce.gate_deadline_ms,
+            },
             heartbeat_timeout_ms: enforce.heartbeat_timeout_ms,
             deny_with_rst: u32::from(enforce.deny_answer == Action::Rst),
         };
