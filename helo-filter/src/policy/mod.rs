@@ -22,6 +22,8 @@ pub mod rfc5321;
 pub(crate) mod corpus_tests;
 #[cfg(test)]
 mod dns_error_tests;
+#[cfg(test)]
+mod own_identity_tests;
 
 pub use bundle::{Bundle, CheckMode, CheckTable};
 pub use checks::Identity;
