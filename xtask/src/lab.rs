@@ -148,7 +148,9 @@ impl Lab {
             dns: None,
             postfix: None,
         };
+        remove_stale_labs();
         remove(name);
+        mark_owner(name)?;
         Ok(lab)
     }
 
@@ -515,6 +517,7 @@ pub fn remove(name: &str) {
     for ns in &namespaces {
         remove_daemon_files(ns);
     }
+    let _ = fs::remove_file(owner_file(name));
 }
 
 impl Drop for Lab {
@@ -526,9 +529,98 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         self.remove_namespaces();
+        if let Some(name) = self.mx_ns.strip_suffix("-mx") {
+            let _ = fs::remove_file(owner_file(name));
+        }
+    }
+}
+
+/// Where each lab's owner is recorded: one file per lab, named after it, holding the pid
+/// and start time of the process that created it.
+const LAB_OWNERS: &str = "/run/helo-filter-lab/owners";
+
+fn owner_file(name: &str) -> PathBuf {
+    PathBuf::from(LAB_OWNERS).join(name)
+}
+
+/// A process's start time (clock ticks after boot, field 22 of `/proc/PID/stat`): with the
+/// pid, it names one process even after the pid is reused. None when no such process runs.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The owner record of a lab created by `pid` started at `started`.
+fn owner_record(pid: u32, started: u64) -> String {
+    format!("{pid} {started}\n")
+}
+
+/// Whether the owner record `record` names a process that still runs (an unreadable
+/// record counts as alive: nothing is removed on a guess).
+fn owner_alive(record: &str) -> bool {
+    let mut fields = record.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(started))) = (fields.next(), fields.next()) else {
+        return true;
+    };
+    u32::try_from(pid).map_or(true, |pid| start_time(pid) == Some(started))
+}
+
+/// Records this process as the owner of lab `name`.
+fn mark_owner(name: &str) -> anyhow::Result<()> {
+    let pid = std::process::id();
+    let started = start_time(pid).context("reading this process's start time")?;
+    fs::create_dir_all(LAB_OWNERS)?;
+    fs::write(owner_file(name), owner_record(pid, started))
+        .with_context(|| format!("recording the owner of lab {name}"))
+}
+
+/// Removes every lab whose creating process no longer runs (a run killed before its labs
+/// were dropped): its namespaces (and so its veth pairs), the daemon's files and pins, and
+/// a Postfix instance's directories. Labs of live processes, and namespaces with no owner
+/// record (made by another version), are never touched.
+pub fn remove_stale_labs() {
+    let Ok(entries) = fs::read_dir(LAB_OWNERS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let record = fs::read_to_string(entry.path()).unwrap_or_default();
+        if owner_alive(&record) {
+            continue;
+        }
+        eprintln!(
+            "removing lab {name}, left by a run that is gone ({})",
+            record.trim()
+        );
+        remove(&name);
+        let mx = format!("{name}-mx");
+        let _ = fs::remove_dir_all(std::env::temp_dir().join(format!("helo-filter-postfix-{mx}")));
+        let _ = fs::remove_dir_all(format!("/etc/netns/{mx}"));
     }
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
     output(command).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{owner_alive, owner_record, start_time};
+
+    #[test]
+    fn a_lab_owner_is_alive_only_while_its_process_runs() {
+        let me = std::process::id();
+        let started = start_time(me).expect("our own start time");
+        assert!(owner_alive(&owner_record(me, started)));
+        // The same pid started at another time: a reused pid, not the owner.
+        assert!(!owner_alive(&owner_record(me, started + 1)));
+        // A pid above any pid_max (2^22) never runs.
+        assert!(!owner_alive(&owner_record(u32::MAX, started)));
+        // A record that cannot be read leaves the lab alone.
+        assert!(owner_alive("garbage"));
+    }
 }
