@@ -341,3 +341,46 @@ pub fn mta_sockets(lab: &Lab, client: SocketAddr) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
+
+/// An nftables counter at the MX interface's ingress hook (after XDP) of the packets from
+/// `client` (IPv4): what XDP let through of that flow. Count it with
+/// [`passed_xdp`]; the lab's namespace goes with the table.
+pub fn count_passed_xdp(lab: &Lab, client: SocketAddr) {
+    let IpAddr::V4(ip) = client.ip() else {
+        panic!("an IPv4 client, not {client}")
+    };
+    let chain = format!(
+        "{{ type filter hook ingress device \"{}\" priority 0; }}",
+        lab.mx_iface
+    );
+    let rule = format!("ip saddr {ip} tcp sport {} counter", client.port());
+    for args in [
+        "add table netdev hf_passed".to_owned(),
+        format!("add chain netdev hf_passed in {chain}"),
+        format!("add rule netdev hf_passed in {rule}"),
+    ] {
+        let out = lab
+            .command_in(&lab.mx_ns, "nft")
+            .arg(&args)
+            .output()
+            .expect("running nft");
+        assert!(
+            out.status.success(),
+            "nft {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The packets [`count_passed_xdp`]'s counter saw.
+pub fn passed_xdp(lab: &Lab) -> u64 {
+    let out = lab
+        .command_in(&lab.mx_ns, "nft")
+        .args(["list", "table", "netdev", "hf_passed"])
+        .output()
+        .expect("running nft");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_once("counter packets ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in nft's table: {text}"))
+}

@@ -270,6 +270,7 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let _ = std::fs::remove_file(&config);
     let client = v4(1, 51001);
+    count_passed_xdp(&lab, client);
     let (mut stream, mut reader) = raw_connect(&lab, client);
     // The check sees the MTA's socket while there is one.
     let before = mta_sockets(&lab, client);
@@ -277,7 +278,6 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
         before.starts_with("ESTAB"),
         "no MTA socket for {client} before the HELO: {before:?}"
     );
-    let sent_before_helo = segments_sent(&stream);
     stream.write_all(b"HELO localhost\r\n").expect("HELO");
     assert_sockets_destroyed(&daemon, &[client], "drop");
     // The verdict line is written after the destroy.
@@ -288,27 +288,29 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
     );
 
     // The condemned-flow counter adds the client's packets XDP dropped to the MTA's that TC
-    // egress dropped. Before the client writes again, the XDP share is at most what it sent
-    // after its HELO went out (an ACK of the reply, a retransmitted HELO): a count above that
-    // is a packet TC dropped, the RST of the destroy above all.
+    // egress dropped. Before the client writes again, the XDP share is what the client sent
+    // less what reached the MX's ingress hook (after XDP): a count above that is a packet TC
+    // dropped, the RST of the destroy above all.
     let series = "helo_filter_condemned_dropped_total";
     let mut seen = (0.0, 0);
     let tc_dropped = process::wait_until(Duration::from_secs(10), || {
         let page = daemon.scrape().unwrap_or_default();
         let dropped = metric_value(&page, series).unwrap_or(0.0);
-        let client_sent = segments_sent(&stream) - sent_before_helo - 1;
-        seen = (dropped, client_sent);
-        dropped > f64::from(client_sent)
+        // Read after the page: what the client sent since is counted against TC.
+        let passed = passed_xdp(&lab);
+        let xdp_dropped = u64::from(segments_sent(&stream)).saturating_sub(passed);
+        seen = (dropped, xdp_dropped);
+        dropped > xdp_dropped as f64
     });
     assert!(
         tc_dropped.is_ok(),
-        "{series} = {}, no more than the {} segments the client sent after its HELO: TC \
-         egress dropped nothing",
+        "{series} = {}, no more than the {} client packets XDP dropped: TC egress dropped \
+         nothing",
         seen.0,
         seen.1
     );
     eprintln!(
-        "drop mode: {} condemned-flow packets dropped, {} client segments after the HELO",
+        "drop mode: {} condemned-flow packets dropped, {} of them the client's",
         seen.0, seen.1
     );
     // The reply to the HELO may have beaten the verdict; nothing else comes, not even a RST.
