@@ -75,7 +75,11 @@ impl Service {
 
     fn scrape(&self) -> String {
         use std::io::{Read as _, Write as _};
-        let mut stream = TcpStream::connect(self.metrics).expect("metrics endpoint");
+        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(5))
+            .expect("metrics endpoint");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("a read timeout");
         stream
             .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
             .expect("request");
