@@ -82,13 +82,8 @@ pub fn assert_reset_before_mail_from(lab: &Lab, bogus: &[(SocketAddr, Greeting, 
             error.contains("Remote host closed connection unexpectedly"),
             "{name} from {client}: {error:?} is not a reset or close by the server:\n{transcript}"
         );
-        let after_mail = transcript
-            .split_once("-> MAIL FROM")
-            .map_or("", |(_, rest)| rest);
         assert!(
-            !after_mail
-                .lines()
-                .any(|l| l.trim_start().starts_with("<-  250")),
+            !mail_from_answered(transcript),
             "{name}: MAIL FROM was answered:\n{transcript}"
         );
     }
@@ -383,4 +378,11 @@ pub fn passed_xdp(lab: &Lab) -> u64 {
     text.split_once("counter packets ")
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no counter in nft's table: {text}"))
+}
+
+/// Whether a swaks transcript shows a 250 to its MAIL FROM.
+pub fn mail_from_answered(transcript: &str) -> bool {
+    transcript
+        .split_once("-> MAIL FROM")
+        .is_some_and(|(_, after)| after.lines().any(|l| l.trim_start().starts_with("<-  250")))
 }

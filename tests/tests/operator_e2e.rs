@@ -86,13 +86,8 @@ fn assert_reset_for(
         "{client} {helo}: {} (not a reset):\n{transcript}",
         run.outcome
     );
-    let after_mail = transcript
-        .split_once("-> MAIL FROM")
-        .map_or("", |(_, rest)| rest);
     assert!(
-        !after_mail
-            .lines()
-            .any(|l| l.trim_start().starts_with("<-  250")),
+        !mail_from_answered(transcript),
         "{client} {helo}: MAIL FROM was answered:\n{transcript}"
     );
     let tag = format!("client={client} ");
