@@ -15,7 +15,6 @@ use crate::{
     config::Action,
     dns::{DnsAnswer, DnsObserver, RecordKind},
     kernel::{AttachedMode, CounterReader},
-    pipeline::sock_destroy::DestroyOutcome,
     policy::{Decision, Note, Reason, Verdict},
 };
 
@@ -97,6 +96,34 @@ impl Outcome {
             Outcome::Reject => "reject",
             Outcome::Defer => "defer",
             Outcome::Error => "error",
+        }
+    }
+}
+
+/// How destroying a session's socket went: the label of
+/// `helo_filter_sock_destroy_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestroyOutcome {
+    /// The socket was destroyed (the MTA sees the connection aborted, the peer a RST).
+    Destroyed,
+    /// No such socket: the session had already ended.
+    NotFound,
+    /// The kernel refused (no CAP_NET_ADMIN, no CONFIG_INET_DIAG_DESTROY) or netlink failed.
+    Failed,
+}
+
+impl DestroyOutcome {
+    pub const ALL: [DestroyOutcome; 3] = [
+        DestroyOutcome::Destroyed,
+        DestroyOutcome::NotFound,
+        DestroyOutcome::Failed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DestroyOutcome::Destroyed => "destroyed",
+            DestroyOutcome::NotFound => "not_found",
+            DestroyOutcome::Failed => "failed",
         }
     }
 }

@@ -19,7 +19,8 @@ use parking_lot::Mutex;
 use crate::{
     config::{Action, Deployment},
     metrics,
-    pipeline::{session::Session, sock_destroy::DestroyOutcome},
+    metrics::DestroyOutcome,
+    pipeline::session::Session,
     policy::Verdict,
 };
 

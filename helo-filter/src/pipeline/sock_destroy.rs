@@ -4,34 +4,6 @@
 
 use std::{io, net::SocketAddr};
 
-/// How destroying a session's socket went: the label of
-/// `helo_filter_sock_destroy_total{outcome}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DestroyOutcome {
-    /// The socket was destroyed (the MTA sees the connection aborted, the peer a RST).
-    Destroyed,
-    /// No such socket: the session had already ended.
-    NotFound,
-    /// The kernel refused (no CAP_NET_ADMIN, no CONFIG_INET_DIAG_DESTROY) or netlink failed.
-    Failed,
-}
-
-impl DestroyOutcome {
-    pub const ALL: [DestroyOutcome; 3] = [
-        DestroyOutcome::Destroyed,
-        DestroyOutcome::NotFound,
-        DestroyOutcome::Failed,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DestroyOutcome::Destroyed => "destroyed",
-            DestroyOutcome::NotFound => "not_found",
-            DestroyOutcome::Failed => "failed",
-        }
-    }
-}
-
 /// `SOCK_DESTROY` from linux/sock_diag.h.
 const SOCK_DESTROY: u16 = 21;
 /// linux/inet_diag.h: match any cookie.
