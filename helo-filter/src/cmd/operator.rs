@@ -348,14 +348,17 @@ fn show<T: DeserializeOwned>(
 
 fn entry_rows(entries: &[Entry]) {
     for e in entries {
-        println!(
-            "{}  {}  {}  {}",
-            e.net,
-            e.source.as_str(),
-            or_dash(&e.expires_in_secs),
-            or_dash(&e.comment)
-        );
+        list_row(&e.net, e.source.as_str(), &e.expires_in_secs, &e.comment);
     }
+}
+
+/// One line of `allow list` or `deny list`: what, where it comes from, its expiry, its comment.
+fn list_row(what: &dyn Display, source: &str, expiry: &Option<u64>, comment: &Option<String>) {
+    println!(
+        "{what}  {source}  {}  {}",
+        or_dash(expiry),
+        or_dash(comment)
+    );
 }
 
 fn entry_fields(e: &Entry) {
@@ -439,13 +442,7 @@ fn print(common: &Common, request: &Command, result: &Value) -> Result<(), Contr
         Command::DenyList => show(common, result, |l: DenyList| {
             entry_rows(&l.entries);
             for h in &l.helo {
-                println!(
-                    "{}  {}  {}  {}",
-                    h.pattern,
-                    h.source.as_str(),
-                    or_dash(&h.expires_at),
-                    or_dash(&h.comment)
-                );
+                list_row(&h.pattern, h.source.as_str(), &h.expires_at, &h.comment);
             }
         }),
         Command::ReputationList { .. } => show(common, result, |l: ReputationList| {
