@@ -386,3 +386,25 @@ pub fn mail_from_answered(transcript: &str) -> bool {
         .split_once("-> MAIL FROM")
         .is_some_and(|(_, after)| after.lines().any(|l| l.trim_start().starts_with("<-  250")))
 }
+
+/// `helo-filter policy` alone, offline, on the Unix socket `socket`, with the configuration
+/// `config` and its metrics on a free local port (returned): the standalone policy service
+/// the tests start outside any lab.
+pub fn policy_service_command(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+) -> (std::process::Command, SocketAddr) {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let mut command = std::process::Command::new(xtask::paths::daemon_binary());
+    command
+        .args(["policy", "--offline", "--listen"])
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--config")
+        .arg(config)
+        .args(["--metrics-addr", &metrics.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    (command, metrics)
+}

@@ -4,9 +4,9 @@
 //! SMTP session.
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     os::unix::net::UnixStream,
-    process::{Child, Command, Stdio},
+    process::Child,
     time::Duration,
 };
 
@@ -14,7 +14,7 @@ use helo_filter_tests::{e2e::*, policy_client::*, require_root};
 use xtask::{
     daemon::{Daemon, cli, metric_value},
     lab::{self, Lab},
-    netns, paths, process,
+    netns, process,
     sessions::{self, Greeting},
 };
 
@@ -35,18 +35,9 @@ impl Service {
         let config_file = dir.join("helo-filter.toml");
         std::fs::write(&config_file, config).expect("config");
         let socket = dir.join("policy.sock");
-        let metrics = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
-        let child = Command::new(paths::daemon_binary())
-            .args(["policy", "--offline", "--listen"])
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--config")
-            .arg(&config_file)
-            .args(["--metrics-addr", &metrics.to_string()])
+        let (mut command, metrics) = policy_service_command(&config_file, &socket);
+        let child = command
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .spawn()
             .expect("starting helo-filter policy");
         let mut service = Service {

@@ -7,7 +7,7 @@ use std::{
     io::{BufRead as _, BufReader},
     os::unix::net::{UnixDatagram, UnixStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -17,7 +17,7 @@ use helo_filter_tests::{e2e::*, policy_client::*, require_root};
 use xtask::{
     daemon::Daemon,
     lab::Lab,
-    paths, process,
+    process,
     sessions::{self, Greeting},
 };
 
@@ -371,19 +371,10 @@ fn sighup_reloads_the_policy_service() {
     let config = dir.join("helo-filter.toml");
     std::fs::write(&config, "[policy]\nbundle = \"standard\"\n").expect("config");
     let socket = dir.join("policy.sock");
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
-    let mut child = Command::new(paths::daemon_binary())
-        .args(["policy", "--offline", "--listen"])
-        .arg(format!("unix:{}", socket.display()))
-        .arg("--config")
-        .arg(&config)
-        .args(["--metrics-addr", &metrics.to_string()])
+    let (mut command, _metrics) = policy_service_command(&config, &socket);
+    let mut child = command
         .env("RUST_LOG", "info")
         .env("NOTIFY_SOCKET", notify.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting helo-filter policy");
