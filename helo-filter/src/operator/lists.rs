@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use helo_filter_common::origin;
+use helo_filter_common::{DenyEntry, origin};
 use ipnet::IpNet;
 use log::{info, warn};
 
@@ -151,6 +151,33 @@ fn operator_helo(entry: &HeloEntry) -> HeloRow {
     }
 }
 
+/// What the start does with a denial found in the kernel's map.
+#[derive(Debug, PartialEq)]
+enum FoundDenial {
+    Keep,
+    Remove,
+    /// A reputation denial made after the last snapshot: reputation takes it in, with the
+    /// time it has left.
+    Adopt(Duration),
+}
+
+/// The fate of a kernel deny entry at the start, `boot` nanoseconds after boot: `known` when
+/// reputation's snapshot has it, `wanted` when the lists call for it.
+fn found_denial(entry: &DenyEntry, boot: u64, known: bool, wanted: bool) -> FoundDenial {
+    let expired = entry.expires_ns != 0 && entry.expires_ns <= boot;
+    if entry.origin == origin::REPUTATION && expired {
+        // Ran out while the daemon was down: the kernel ignores it; free its slot.
+        FoundDenial::Remove
+    } else if entry.origin == origin::REPUTATION && !known {
+        // Denied after the last snapshot: keep it, and let reputation know.
+        FoundDenial::Adopt(Duration::from_nanos(entry.expires_ns.saturating_sub(boot)))
+    } else if entry.origin != origin::REPUTATION && !wanted {
+        FoundDenial::Remove
+    } else {
+        FoundDenial::Keep
+    }
+}
+
 impl Operator {
     /// Makes the kernel's lists what the configuration and the operator's entries call
     /// for, at the start (the maps may be a previous daemon's): reputation denials found
@@ -181,18 +208,15 @@ impl Operator {
         }
         let wanted_deny: HashSet<IpNet> = want.deny.iter().map(|(net, _)| *net).collect();
         for (net, entry) in kernel.denied() {
-            let expired = entry.expires_ns != 0 && entry.expires_ns <= boot;
-            if entry.origin == origin::REPUTATION && expired {
-                // Ran out while the daemon was down: the kernel ignores it; free its slot.
-                kernel.undeny(net)?;
-            } else if entry.origin == origin::REPUTATION {
-                if !known.contains(&net) {
-                    // Denied after the last snapshot: keep it, and let reputation know.
-                    let left = Duration::from_nanos(entry.expires_ns.saturating_sub(boot));
-                    reputation.adopt_denial(net, left, Instant::now());
-                }
-            } else if !wanted_deny.contains(&net) {
-                kernel.undeny(net)?;
+            match found_denial(
+                &entry,
+                boot,
+                known.contains(&net),
+                wanted_deny.contains(&net),
+            ) {
+                FoundDenial::Keep => {}
+                FoundDenial::Remove => kernel.undeny(net)?,
+                FoundDenial::Adopt(left) => reputation.adopt_denial(net, left, Instant::now()),
             }
         }
         // Snapshot denials the kernel no longer has (expired while the daemon was down, or
@@ -487,5 +511,62 @@ impl Operator {
             .chain(inner.lists.deny_helo.iter().map(operator_helo))
             .collect();
         DenyList { entries, helo }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use helo_filter_common::{DenyEntry, origin};
+
+    use super::{FoundDenial, found_denial};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn entry(origin: u32, expires_ns: u64) -> DenyEntry {
+        DenyEntry {
+            expires_ns,
+            origin,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn a_reputation_denial_that_ran_out_while_down_leaves_the_kernel() {
+        let boot = 100 * SECOND;
+        for known in [false, true] {
+            for expires in [boot - SECOND, boot] {
+                assert_eq!(
+                    found_denial(&entry(origin::REPUTATION, expires), boot, known, false),
+                    FoundDenial::Remove,
+                    "expired at {expires}, known {known}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_reputation_denial_still_in_force_is_kept_or_adopted_with_its_time_left() {
+        let boot = 100 * SECOND;
+        let live = entry(origin::REPUTATION, boot + 30 * SECOND);
+        assert_eq!(found_denial(&live, boot, true, false), FoundDenial::Keep);
+        assert_eq!(
+            found_denial(&live, boot, false, false),
+            FoundDenial::Adopt(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn operator_denials_stay_only_while_the_lists_call_for_them() {
+        let boot = 100 * SECOND;
+        for expires in [0, boot + SECOND] {
+            let found = entry(origin::OPERATOR, expires);
+            assert_eq!(found_denial(&found, boot, false, true), FoundDenial::Keep);
+            assert_eq!(
+                found_denial(&found, boot, false, false),
+                FoundDenial::Remove
+            );
+        }
     }
 }
