@@ -1,13 +1,13 @@
 //! End to end, the daemon's life: every refused configuration is refused alike by `config
 //! check`, `run` and `reload`; a panicking task ends the daemon instead of leaving it
-//! half-alive.
+//! half-alive; a full policy queue passes sessions unjudged.
 
 use std::{process::Command, time::Duration};
 
 use helo_filter_tests::e2e::*;
 use xtask::{
     corpus,
-    daemon::{Daemon, cli},
+    daemon::{Daemon, cli, metric_value},
     paths::daemon_binary,
     sessions::{self, Greeting},
 };
@@ -138,4 +138,58 @@ fn a_panic_in_the_policy_stage_ends_the_daemon() {
         completed,
         "a good session did not complete after the daemon exited:\n{transcript}"
     );
+}
+
+/// A full policy queue passes sessions unjudged, counted: with the stage stalled by the
+/// first session and the queue shrunk to one (the `fault-injection` build's `stage_stall`
+/// and `tiny_queue`), the third session finds it full; every session still completes, once
+/// the gate's deadline has let it through.
+#[test]
+fn a_full_policy_queue_passes_sessions_unjudged() {
+    let lab = lab("qf");
+    let mut daemon = Daemon::start_with_env(
+        &lab,
+        &[
+            "--gate-deadline-ms",
+            "1000",
+            "--reputation-threshold",
+            "1000",
+        ],
+        &[("HELO_FILTER_FAULT", "stage_stall,tiny_queue")],
+        false,
+    )
+    .expect("starting the daemon");
+    let clients = [v4(0, 46101), v4(1, 46102), v4(2, 46103)];
+    for client in clients {
+        let (completed, transcript) =
+            sessions::swaks_transcript(&lab, client, Greeting::Ehlo, "mail.example.net")
+                .expect("swaks");
+        assert!(
+            completed,
+            "a session of {client} did not complete with the stage stalled:\n{transcript}"
+        );
+    }
+    let unjudged = format!(
+        "policy queue full: passing the session of {} unjudged",
+        clients[2]
+    );
+    daemon
+        .wait_for(Duration::from_secs(10), |l| l.contains(&unjudged))
+        .unwrap_or_else(|e| {
+            panic!(
+                "no \"{unjudged}\" line ({e}); log:\n{}",
+                daemon.lines().join("\n")
+            )
+        });
+    let page = wait_for_metric(
+        &daemon,
+        "helo_filter_fail_open_total{cause=\"queue_full\"}",
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        metric_value(&page, "helo_filter_fail_open_total{cause=\"queue_full\"}"),
+        Some(1.0),
+        "only the third session found the queue full; metrics:\n{page}"
+    );
+    daemon.stop().expect("stopping the daemon");
 }

@@ -48,6 +48,16 @@ const REPUTATION_SWEEP: Duration = Duration::from_secs(1);
 /// `Restart=on-failure`.
 pub const EXIT_TASK_PANICKED: i32 = 70;
 
+/// The policy queue's length; a test build can shrink it to one session
+/// (`HELO_FILTER_FAULT=tiny_queue`) so that a few sessions fill it.
+fn policy_queue() -> usize {
+    #[cfg(feature = "fault-injection")]
+    if crate::fault::armed("tiny_queue") {
+        return 1;
+    }
+    POLICY_QUEUE
+}
+
 /// What the build phase makes: the loaded (not yet attached) program and everything that
 /// judges and enforces.
 struct Daemon {
@@ -288,7 +298,7 @@ async fn spawn(
             .take_map(maps::EVENTS)
             .context("EVENTS map missing")?,
     )?;
-    let (tx, rx) = mpsc::channel(POLICY_QUEUE);
+    let (tx, rx) = mpsc::channel(policy_queue());
     // One probe at a time; without a watchdog the sender is dropped and capture stops
     // listening for probes.
     let (probes, probed) = mpsc::channel::<Probe>(1);
