@@ -652,3 +652,133 @@ fn without_a_daemon_the_cli_says_why() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("is the daemon running"), "{stderr}");
 }
+
+/// `reload` of each section of the file, one at a time from the same start: `[policy]`,
+/// `[dns]` and `[lists]` are applied and change what clients see; every other section waits
+/// for a restart (status says so) and changes nothing meanwhile. (`[control]` and
+/// `[metrics]` hold only keys the lab sets by flags, which win over the file; the unit
+/// tests cover those sections.)
+#[test]
+fn each_section_is_applied_by_a_reload_or_waits_for_a_restart() {
+    let mut lab = lab("rs");
+    let base = "[policy]\nbundle = \"standard\"\n";
+    let config = config_file(&lab, base);
+    let daemon = Daemon::start(
+        &lab,
+        &["--config", &config, NO_REPUTATION[0], NO_REPUTATION[1]],
+        false,
+    )
+    .expect("starting the daemon");
+    let reload = |lab: &Lab, text: &str| -> Value {
+        config_file(lab, &format!("{base}{text}"));
+        json(lab, &["reload"])
+    };
+    let mut port = 48100;
+    let mut next_client = || {
+        port += 1;
+        v4(3, port)
+    };
+
+    // Applied at once.
+    assert!(completes(&lab, next_client(), "mail.example.net"));
+    let reloaded = reload(&lab, "deny = [\"mail.example.net\"]\n");
+    assert_eq!(
+        reloaded["applied"],
+        serde_json::json!(["policy"]),
+        "{reloaded}"
+    );
+    assert_eq!(
+        reloaded["pending_restart"],
+        serde_json::json!([]),
+        "{reloaded}"
+    );
+    assert!(
+        !completes(&lab, next_client(), "mail.example.net"),
+        "the reloaded [policy] deny pattern did not reject"
+    );
+
+    let denied = v4(4, 48200);
+    assert!(connects(&lab, denied));
+    let reloaded = reload(&lab, &format!("[lists]\ndeny = [\"{}/32\"]\n", denied.ip()));
+    assert_eq!(
+        reloaded["applied"],
+        serde_json::json!(["policy", "lists"]),
+        "{reloaded}"
+    );
+    assert!(
+        !connects(&lab, denied),
+        "the reloaded [lists] deny entry did not drop the SYN"
+    );
+    let reloaded = reload(&lab, "");
+    assert_eq!(
+        reloaded["applied"],
+        serde_json::json!(["lists"]),
+        "{reloaded}"
+    );
+    assert!(
+        connects(&lab, denied),
+        "the [lists] entry outlived its removal"
+    );
+
+    // Each waits for a restart, and is put back before the next.
+    let restart_only = [
+        ("enforce", "[enforce]\naction = \"drop\"\n"),
+        ("reputation", "[reputation]\nhalf_life_secs = 60\n"),
+        ("postfix", "[postfix]\nreject_text = \"5.7.1 Go away\"\n"),
+        ("kernel", "[kernel]\nsmtp_ports = [2525]\n"),
+        ("state", "[state]\nsnapshot_interval_secs = 5\n"),
+    ];
+    for (section, text) in restart_only {
+        let reloaded = reload(&lab, text);
+        assert_eq!(
+            reloaded["applied"],
+            serde_json::json!([]),
+            "{section}: {reloaded}"
+        );
+        assert_eq!(
+            reloaded["pending_restart"],
+            serde_json::json!([section]),
+            "{section}: {reloaded}"
+        );
+        let status = json(&lab, &["status"]);
+        assert_eq!(
+            status["configuration"]["pending_restart"],
+            serde_json::json!([section]),
+            "{section}: {status}"
+        );
+        // Still what the start enforced: a reset on port 25, metrics on the old address.
+        assert_eq!(status["action"], "rst", "{section}: {status}");
+        assert_reset_for(&daemon, &lab, next_client(), "localhost", "localhost");
+        daemon
+            .scrape()
+            .unwrap_or_else(|e| panic!("{section}: metrics gone: {e:#}"));
+        let reloaded = reload(&lab, "");
+        assert_eq!(
+            reloaded["pending_restart"],
+            serde_json::json!([]),
+            "{section}: {reloaded}"
+        );
+    }
+
+    // [dns] last, with the DNS server gone: a lookup failure passes (fail-open) until a
+    // reload makes it fail closed.
+    lab.stop_dns();
+    assert!(
+        completes(&lab, next_client(), "mx1.example.net"),
+        "a DNS failure did not fail open"
+    );
+    let reloaded = reload(&lab, "[dns]\nfail_closed = true\n");
+    assert_eq!(
+        reloaded["applied"],
+        serde_json::json!(["dns"]),
+        "{reloaded}"
+    );
+    assert_reset_for(
+        &daemon,
+        &lab,
+        next_client(),
+        "mx2.example.net",
+        "dns_tempfail",
+    );
+    daemon.stop().expect("stopping the daemon");
+}

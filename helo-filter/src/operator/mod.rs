@@ -439,4 +439,36 @@ mod tests {
         next.reputation = start.reputation.clone();
         assert!(pending_restart(&start, &next).is_empty());
     }
+
+    #[test]
+    fn each_section_is_either_reloadable_or_waits_for_a_restart() {
+        let start = PolicyFile::default();
+        let edits: [(&str, fn(&mut PolicyFile)); 10] = [
+            ("policy", |f| f.policy.our_addrs.push([192, 0, 2, 1].into())),
+            ("dns", |f| f.dns.fail_closed = true),
+            ("enforce", |f| f.enforce.monitor = true),
+            ("reputation", |f| f.reputation.half_life_secs += 1),
+            ("lists", |f| {
+                f.lists.deny.push("192.0.2.0/24".parse().expect("net"))
+            }),
+            ("postfix", |f| f.postfix.socket_group = "mail".to_owned()),
+            ("kernel", |f| f.kernel.smtp_ports = vec![2525]),
+            ("control", |f| f.control.socket = "/run/other.sock".into()),
+            ("metrics", |f| {
+                f.metrics.listen = ([127, 0, 0, 1], 9726).into()
+            }),
+            ("state", |f| f.state.dir = "/var/lib/other".into()),
+        ];
+        for (section, edit) in edits {
+            let mut next = start.clone();
+            edit(&mut next);
+            assert_eq!(changed_sections(&start, &next), [section]);
+            let waits = !["policy", "dns", "lists"].contains(&section);
+            assert_eq!(
+                pending_restart(&start, &next) == [section],
+                waits,
+                "{section}"
+            );
+        }
+    }
 }
