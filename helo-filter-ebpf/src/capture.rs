@@ -151,8 +151,11 @@ fn capture_segment(
         return xdp_action::XDP_PASS;
     }
     let Some(mut entry) = EVENTS.reserve::<CaptureEvent>(0) else {
-        // Fail open: the segment passes, the daemon never judges this flow.
+        // Fail open: the segment passes, and the flow's capture ends here. The daemon never
+        // sees these bytes, so it could not judge the flow rightly (a later capture would
+        // start past its HELO); nothing of the flow may wait for a verdict.
         count(Counter::RingbufReserveFailed);
+        state.phase = phase::DONE;
         return xdp_action::XDP_PASS;
     };
     let event = entry.as_mut_ptr();
@@ -173,6 +176,7 @@ fn capture_segment(
     };
     if loaded != 0 {
         entry.discard(0);
+        state.phase = phase::DONE;
         return xdp_action::XDP_PASS;
     }
 

@@ -182,6 +182,19 @@ impl Frame {
         self
     }
 
+    /// The frame sent the other way: addresses and ports swapped (the MTA's packets to the
+    /// client, as the TC egress program sees them).
+    pub fn reversed(mut self) -> Frame {
+        match &mut self.network {
+            Network::V4 { src, dst, .. } => std::mem::swap(src, dst),
+            Network::V6 { src, dst, .. } => std::mem::swap(src, dst),
+            Network::Other { .. } => {}
+        }
+        let segment = &mut self.segment;
+        std::mem::swap(&mut segment.sport, &mut segment.dport);
+        self
+    }
+
     pub fn protocol(mut self, protocol: u8) -> Frame {
         self.protocol = protocol;
         self

@@ -3,14 +3,16 @@
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, RingBuf},
-    programs::{TestRun as _, TestRunOptions, TestRunResult, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, TestRunResult, Xdp},
 };
 use helo_filter::{
     clock::boot_time_ns,
     kernel::{self, CounterReader, Heartbeat, lists::KernelLists},
     pipeline::capture::decode,
 };
-use helo_filter_common::{CaptureEvent, Counter, FlowKey, FlowState, KernelConfig, maps, phase};
+use helo_filter_common::{
+    CaptureEvent, Counter, FlowKey, FlowState, KernelConfig, maps, phase, programs,
+};
 
 pub struct CaptureProgram {
     ebpf: Ebpf,
@@ -77,6 +79,53 @@ impl CaptureProgram {
         self.flows
             .insert(key, state, 0)
             .expect("writing the verdict");
+    }
+
+    /// Puts a flow into `FLOWS` in `phase` without its packets (a flow the program tracked
+    /// under an earlier configuration, say).
+    pub fn track(&mut self, key: &FlowKey, phase: u8) {
+        let state = FlowState {
+            phase,
+            ..FlowState::default()
+        };
+        self.flows
+            .insert(key, state, 0)
+            .expect("writing a flow entry");
+    }
+
+    /// The flow's phase in `FLOWS` (None: the kernel does not track it).
+    pub fn phase(&self, key: &FlowKey) -> Option<u8> {
+        self.flows.get(key, 0).ok().map(|state| state.phase)
+    }
+
+    /// Runs the TC egress classifier (`helo_egress`, which shares this object's maps) once on
+    /// `frame` and returns its TC action. BPF_PROG_TEST_RUN hands a TC program the frame from
+    /// its Ethernet header on, as the egress hook does. The classifier is loaded on first use.
+    pub fn run_egress(&mut self, frame: &[u8]) -> u32 {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(programs::EGRESS)
+            .expect("the egress program is in the object")
+            .try_into()
+            .expect("the egress program is a TC classifier");
+        if program.fd().is_err() {
+            program
+                .load()
+                .expect("the kernel verifier accepts the egress program");
+        }
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "BPF_PROG_TEST_RUN (egress) on a {}-byte frame: {e:?}",
+                    frame.len()
+                )
+            })
+            .return_value
     }
 
     /// Denies `net` (operator entry, no expiry).

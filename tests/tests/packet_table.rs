@@ -108,13 +108,20 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
     };
 
     // One-segment HELOs over every encapsulation.
-    let encapsulations: [(&str, bool, Wrap); 7] = [
+    let encapsulations: [(&str, bool, Wrap); 9] = [
         ("ipv4 EHLO", false, |f| f),
         ("ipv6 EHLO", true, |f| f),
         ("vlan ipv4 EHLO", false, |f| f.vlan(ETH_P_8021Q, 10)),
         ("vlan ipv6 EHLO", true, |f| f.vlan(ETH_P_8021Q, 10)),
         ("double vlan (QinQ) ipv4 EHLO", false, |f| {
             f.vlan(ETH_P_8021AD, 100).vlan(ETH_P_8021Q, 10)
+        }),
+        ("double vlan (QinQ) ipv6 EHLO", true, |f| {
+            f.vlan(ETH_P_8021AD, 100).vlan(ETH_P_8021Q, 10)
+        }),
+        // Two 802.1Q tags (the pre-802.1ad way of stacking them).
+        ("double 802.1Q vlan ipv6 EHLO", true, |f| {
+            f.vlan(ETH_P_8021Q, 100).vlan(ETH_P_8021Q, 10)
         }),
         ("ipv4 with options EHLO", false, |f| {
             f.ipv4_options(&[1, 1, 1, 1, 0x94, 4, 0, 0])
@@ -141,6 +148,17 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
         let [syn, data] = syn_then(&flow, EHLO, |f| f.ipv6_extension(IPV6_HOP_BY_HOP, 0));
         vec![pass(syn), captured(data, EHLO, HELO_DONE)]
     }));
+
+    // The parser walks at most two tags: behind a third, the IP header is not looked for, and
+    // the frames pass untouched (the SYN too, so the flow is never tracked).
+    let flow = next(false);
+    let three_tags = |f: Frame| {
+        f.vlan(ETH_P_8021AD, 100)
+            .vlan(ETH_P_8021Q, 10)
+            .vlan(ETH_P_8021Q, 1)
+    };
+    let [syn, data] = syn_then(&flow, EHLO, three_tags);
+    rows.push(("three vlan tags: not parsed", vec![pass(syn), pass(data)]));
 
     let flow = next(false);
     rows.push((
@@ -903,4 +921,374 @@ fn denied_syns_can_be_answered_with_a_rst() {
     };
     check_rst("denied SYN", &input, &out, &want);
     assert_eq!(program.counter(Counter::SynDropped), 1);
+}
+
+/// `TC_ACT_OK` and `TC_ACT_SHOT` from the kernel's UAPI.
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+/// A segment from the MTA (port 25) to the client port `port`, as the TC egress program sees
+/// it.
+fn from_mta(port: u16, v6: bool, tcp_flags: u8, payload: &[u8]) -> Frame {
+    let to_mta = if v6 {
+        Frame::tcp6(port, 25, 7000, tcp_flags, payload)
+    } else {
+        Frame::tcp4(port, 25, 7000, tcp_flags, payload)
+    };
+    to_mta.reversed()
+}
+
+fn cut(frame: Frame, len: usize) -> Vec<u8> {
+    let mut bytes = frame.bytes();
+    bytes.truncate(len);
+    bytes
+}
+
+/// The TC egress classifier (`helo_egress`, action `drop` on an MX) through
+/// BPF_PROG_TEST_RUN: the MTA's segments to a client whose flow the daemon condemned (phase
+/// `CONDEMNED` written into `FLOWS`, as `enforce.rs` does), the RST of its destroyed socket
+/// above all, are shot and counted in `CondemnedDropped`; any other frame leaves, uncounted.
+#[test]
+fn the_egress_classifier_shoots_only_condemned_flows() {
+    /// The client's flow: its server port and the phase it is put in (None: never seen).
+    type ClientFlow = Option<(u16, u8)>;
+    /// Builds the row's egress frame for the client port.
+    type EgressFrame = fn(u16) -> Vec<u8>;
+    const REPLY: &[u8] = b"250 mx.example.org\r\n";
+    // (row, IPv6, the client's flow, the frame leaving towards the client, the action it must
+    // get).
+    let rows: [(&str, bool, ClientFlow, EgressFrame, u32); 21] = [
+        (
+            "condemned ipv4: the MTA's reply",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| from_mta(p, false, PSH | ACK, REPLY).bytes(),
+            TC_ACT_SHOT,
+        ),
+        (
+            "condemned ipv4: the RST of its destroyed socket",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| from_mta(p, false, RST | ACK, b"").bytes(),
+            TC_ACT_SHOT,
+        ),
+        (
+            "condemned ipv6: the MTA's reply",
+            true,
+            Some((25, phase::CONDEMNED)),
+            |p| from_mta(p, true, PSH | ACK, REPLY).bytes(),
+            TC_ACT_SHOT,
+        ),
+        (
+            "condemned ipv6: the RST of its destroyed socket",
+            true,
+            Some((25, phase::CONDEMNED)),
+            |p| from_mta(p, true, RST | ACK, b"").bytes(),
+            TC_ACT_SHOT,
+        ),
+        (
+            "condemned ipv4: a bare ACK",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| from_mta(p, false, ACK, b"").bytes(),
+            TC_ACT_SHOT,
+        ),
+        (
+            "condemned, vlan ipv4",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| {
+                from_mta(p, false, PSH | ACK, REPLY)
+                    .vlan(ETH_P_8021Q, 100)
+                    .bytes()
+            },
+            TC_ACT_SHOT,
+        ),
+        (
+            "condemned, double vlan (QinQ) ipv6",
+            true,
+            Some((25, phase::CONDEMNED)),
+            |p| {
+                from_mta(p, true, PSH | ACK, REPLY)
+                    .vlan(ETH_P_8021AD, 200)
+                    .vlan(ETH_P_8021Q, 100)
+                    .bytes()
+            },
+            TC_ACT_SHOT,
+        ),
+        (
+            "condemned, ipv4 with options",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| {
+                from_mta(p, false, PSH | ACK, REPLY)
+                    .ipv4_options(&[1, 1, 1, 1])
+                    .bytes()
+            },
+            TC_ACT_SHOT,
+        ),
+        (
+            "gated (awaiting its verdict)",
+            false,
+            Some((25, phase::GATED)),
+            |p| from_mta(p, false, PSH | ACK, REPLY).bytes(),
+            TC_ACT_OK,
+        ),
+        (
+            "accepted (done)",
+            true,
+            Some((25, phase::DONE)),
+            |p| from_mta(p, true, PSH | ACK, REPLY).bytes(),
+            TC_ACT_OK,
+        ),
+        (
+            "condemned to RSTs (gateway, answered in XDP)",
+            false,
+            Some((25, phase::CONDEMNED_RST)),
+            |p| from_mta(p, false, RST | ACK, b"").bytes(),
+            TC_ACT_OK,
+        ),
+        (
+            "a flow never seen",
+            false,
+            None,
+            |p| from_mta(p, false, PSH | ACK, REPLY).bytes(),
+            TC_ACT_OK,
+        ),
+        (
+            // Left in FLOWS for port 587, which is not (or no longer) an SMTP port here.
+            "condemned flow to port 587: its segment from 587",
+            false,
+            Some((587, phase::CONDEMNED)),
+            |p| {
+                Frame::tcp4(p, 587, 7000, PSH | ACK, REPLY)
+                    .reversed()
+                    .bytes()
+            },
+            TC_ACT_OK,
+        ),
+        (
+            "condemned: a segment in the client's direction",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| Frame::tcp4(p, 25, 9000, PSH | ACK, b"QUIT\r\n").bytes(),
+            TC_ACT_OK,
+        ),
+        (
+            "condemned: UDP from port 25",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| from_mta(p, false, 0, REPLY).protocol(IPPROTO_UDP).bytes(),
+            TC_ACT_OK,
+        ),
+        ("ARP", false, None, |_| arp(), TC_ACT_OK),
+        (
+            "condemned ipv4: a fragment",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| {
+                from_mta(p, false, PSH | ACK, REPLY)
+                    .ipv4_fragment(0x2000)
+                    .bytes()
+            },
+            TC_ACT_OK,
+        ),
+        (
+            "condemned ipv4: cut inside the tcp header",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| cut(from_mta(p, false, RST | ACK, b""), 14 + 20 + 19),
+            TC_ACT_OK,
+        ),
+        (
+            "condemned ipv6: cut inside the tcp header",
+            true,
+            Some((25, phase::CONDEMNED)),
+            |p| cut(from_mta(p, true, RST | ACK, b""), 14 + 40 + 19),
+            TC_ACT_OK,
+        ),
+        // BPF_PROG_TEST_RUN refuses a TC program an IPv4 or IPv6 frame cut inside its fixed
+        // IP header (EINVAL), which the stack never sends either; the options are fair game.
+        (
+            "condemned ipv4: cut inside the ipv4 options",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| {
+                cut(
+                    from_mta(p, false, RST | ACK, b"").ipv4_options(&[1, 1, 1, 1]),
+                    14 + 20 + 2,
+                )
+            },
+            TC_ACT_OK,
+        ),
+        (
+            "condemned: cut inside the vlan tag",
+            false,
+            Some((25, phase::CONDEMNED)),
+            |p| {
+                cut(
+                    from_mta(p, false, RST | ACK, b"").vlan(ETH_P_8021Q, 100),
+                    16,
+                )
+            },
+            TC_ACT_OK,
+        ),
+    ];
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    program.heartbeat(0);
+    let mut shot = 0;
+    for (i, (name, v6, flow, frame, returns)) in rows.into_iter().enumerate() {
+        let port = 48_000 + i as u16;
+        if let Some((dport, to)) = flow {
+            let key = if v6 {
+                flow_key_v6(port, dport)
+            } else {
+                flow_key_v4(port, dport)
+            };
+            if dport == 25 {
+                // The flow as the kernel tracks it: its SYN and EHLO seen (gated), then the
+                // daemon's verdict written into FLOWS.
+                let flow = if v6 { Flow::v6(port) } else { Flow::v4(port) };
+                let [syn, ehlo] = syn_then(&flow, b"EHLO a.example\r\n", |f| f);
+                assert_eq!(step(&mut program, syn), (XDP_PASS, 0), "{name}: SYN");
+                assert_eq!(step(&mut program, ehlo), (XDP_PASS, 1), "{name}: EHLO");
+                program.set_phase(&key, to);
+            } else {
+                program.track(&key, to);
+            }
+        }
+        let before = program.counter(Counter::CondemnedDropped);
+        assert_eq!(program.run_egress(&frame(port)), returns, "{name}: action");
+        let counted = u64::from(returns == TC_ACT_SHOT);
+        assert_eq!(
+            program.counter(Counter::CondemnedDropped),
+            before + counted,
+            "{name}: condemned_dropped"
+        );
+        shot += counted;
+    }
+    assert_eq!(shot, 8, "rows shot");
+    assert_eq!(program.counter(Counter::CondemnedDropped), shot);
+}
+
+/// Runs fresh flows' SYN and EHLO without ever draining the ring buffer until a reservation
+/// fails. Returns the flows whose EHLO was reported and the flow whose EHLO could not be.
+/// Every frame must pass (a captured HELO that is not pipelined is not held).
+fn fill_the_ring_buffer(program: &mut CaptureProgram) -> (Vec<Flow>, Flow) {
+    // 1 MiB holds about 1,770 events of 592 bytes (record header included).
+    let mut reported = Vec::new();
+    for port in 50_000..54_000u16 {
+        let flow = Flow::v4(port);
+        assert_eq!(
+            program.run(&flow.syn().bytes(), 1).return_value,
+            XDP_PASS,
+            "flow {port}: SYN"
+        );
+        let failed = program.counter(Counter::RingbufReserveFailed);
+        let action = program
+            .run(&flow.data(0, FULL_EHLO).bytes(), 1)
+            .return_value;
+        assert_eq!(action, XDP_PASS, "flow {port}: its EHLO segment");
+        if program.counter(Counter::RingbufReserveFailed) > failed {
+            return (reported, flow);
+        }
+        reported.push(flow);
+    }
+    panic!(
+        "{} EHLO events written and the ring buffer still not full",
+        reported.len()
+    );
+}
+
+const FULL_EHLO: &[u8] = b"EHLO mail.example.net\r\n";
+
+/// The segments a client sends after its EHLO, at their stream offsets.
+fn after_ehlo(flow: &Flow) -> Vec<Frame> {
+    let mut offset = FULL_EHLO.len() as u32;
+    let mut segments = Vec::new();
+    let body = [b'x'; 600];
+    let lines: [&[u8]; 6] = [
+        b"MAIL FROM:<alice@example.net>\r\n",
+        b"RCPT TO:<bob@example.org>\r\n",
+        b"DATA\r\n",
+        &body,
+        &body,
+        b"\r\n.\r\nQUIT\r\n",
+    ];
+    for line in lines {
+        segments.push(flow.data(offset, line));
+        offset += line.len() as u32;
+    }
+    segments
+}
+
+/// Fail-open on a full ring buffer: the segment whose event cannot be written passes, counted
+/// in `RingbufReserveFailed` (`helo_filter_ringbuf_dropped_total`), and its flow, never
+/// reported, is not gated: its next payload segment passes, while the ring is still full and
+/// once the daemon has drained it, where a reported flow's is held (the gate is on: the
+/// heartbeat is fresh).
+#[test]
+fn a_full_ring_buffer_fails_open() {
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    program.heartbeat(0);
+    let (reported, lost) = fill_the_ring_buffer(&mut program);
+    assert_eq!(program.counter(Counter::RingbufReserveFailed), 1);
+    program.heartbeat(0);
+    let lost_key = flow_key_v4(lost.port, 25);
+    assert_ne!(
+        program.phase(&lost_key),
+        Some(phase::GATED),
+        "the flow whose EHLO was not reported is gated"
+    );
+    let segments = after_ehlo(&lost);
+    let (mail, rcpt) = (&segments[0], &segments[1]);
+    // The contrast: a reported flow's MAIL FROM waits for its verdict.
+    let last = reported
+        .last()
+        .expect("flows reported before the ring filled");
+    let reported_mail = after_ehlo(last).remove(0);
+    assert_eq!(
+        program.run(&reported_mail.bytes(), 1).return_value,
+        XDP_DROP,
+        "a reported flow's next segment is held"
+    );
+    assert_eq!(program.counter(Counter::GateHeld), 1);
+    assert_eq!(
+        program.run(&mail.bytes(), 1).return_value,
+        XDP_PASS,
+        "the unreported flow's next segment, the ring still full"
+    );
+    // The daemon catches up: the reported flows' EHLOs, nothing of the lost flow.
+    let events = program.drain();
+    assert_eq!(events.len(), reported.len(), "events drained");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.key.sport != lost.port && e.flags == HELO_DONE && e.seq == DATA),
+        "only the reported flows' EHLO lines"
+    );
+    assert_eq!(
+        program.run(&rcpt.bytes(), 1).return_value,
+        XDP_PASS,
+        "the unreported flow's next segment, the ring drained"
+    );
+    assert_eq!(program.counter(Counter::GateHeld), 1, "nothing else held");
+}
+
+/// A flow whose EHLO event was lost to a full ring buffer is never judged (the daemon never
+/// saw its EHLO), so none of its segments may wait for a verdict: its whole session passes
+/// (the daemon draining the ring meanwhile).
+#[test]
+fn a_flow_whose_ehlo_event_was_lost_is_never_held() {
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    program.heartbeat(0);
+    let (_, lost) = fill_the_ring_buffer(&mut program);
+    for (i, segment) in after_ehlo(&lost).into_iter().enumerate() {
+        program.heartbeat(0);
+        let action = program.run(&segment.bytes(), 1).return_value;
+        // The daemon drains as it goes.
+        program.drain();
+        assert_eq!(action, XDP_PASS, "segment {i} after the lost EHLO is held");
+    }
+    assert_eq!(program.counter(Counter::GateHeld), 0);
 }
