@@ -38,6 +38,18 @@ pub fn postfix_lab(test: &str) -> Lab {
     lab
 }
 
+/// A lab whose veth pair carries the 802.1Q VLAN `id`, the tags written into the frames
+/// that reach the filter ([`Lab::use_vlan`]); smtp-sink and the fixture DNS started.
+pub fn vlan_lab(test: &str, id: u16) -> Lab {
+    require_root();
+    let name = format!("hf{}{test}", std::process::id() % 100_000);
+    let mut lab = Lab::create(&name).expect("creating the lab");
+    lab.use_vlan(id).expect("tagging the lab's link");
+    lab.start_smtp_sink().expect("starting smtp-sink");
+    lab.start_dns().expect("starting dnsmasq");
+    lab
+}
+
 pub fn v4(i: usize, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(lab::client_v4(i)), port)
 }

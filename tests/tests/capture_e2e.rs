@@ -433,3 +433,53 @@ fn several_interfaces_and_the_generic_fallback() {
             .unwrap_or_else(|e| panic!("{wanted}: {e}\n{}", daemon.lines().join("\n")));
     }
 }
+
+/// The lab's clients talk to the MX over an 802.1Q VLAN (id 100), the tags written into the
+/// frames ([`xtask::lab::Lab::use_vlan`]): the XDP program on the MX's veth sees every client
+/// frame tagged and must parse the tag to capture anything (with a parser blind to VLAN tags
+/// no session is reported and the bogus ones complete). Enforcing (mx, rst): good sessions
+/// over IPv4 and IPv6 complete and are reported accepted with their client; bogus ones are
+/// reset before their MAIL FROM is answered, reported rejected with their reason, and their
+/// MTA sockets are destroyed.
+#[test]
+fn sessions_over_a_vlan_are_reported_and_enforced() {
+    let lab = vlan_lab("vlan", 100);
+    let daemon = Daemon::start(&lab, &NO_REPUTATION, false).expect("starting the daemon");
+    let good = [
+        (v4(0, 43101), Greeting::Ehlo, "mail.example.net", ACCEPT),
+        (v6(0, 43102), Greeting::Helo, "v6.example.net", ACCEPT),
+    ];
+    let bogus = [
+        (v4(1, 43103), Greeting::Helo, "127.0.0.1", reject("bare_ip")),
+        (
+            v6(3, 43104),
+            Greeting::Ehlo,
+            "localhost",
+            reject("localhost"),
+        ),
+    ];
+    for (client, greeting, name, _) in good {
+        sessions::swaks(&lab, client, greeting, name).expect("a good session over the VLAN");
+    }
+    let played: Vec<_> = bogus
+        .iter()
+        .map(|&(client, greeting, name, _)| (client, greeting, name))
+        .collect();
+    assert_reset_before_mail_from(&lab, &played);
+
+    let mut expected = BTreeSet::new();
+    for (client, greeting, name, (verdict, reason)) in good.into_iter().chain(bogus) {
+        let verb = match greeting {
+            Greeting::Helo => "HELO",
+            Greeting::Ehlo => "EHLO",
+        };
+        expected.insert((
+            helo_line(client, verb, &format!("{verb} {name}"), false),
+            verdict.to_owned(),
+            reason.map(str::to_owned),
+        ));
+    }
+    wait_for_reports(&daemon, &expected);
+    let clients: Vec<_> = played.iter().map(|&(client, _, _)| client).collect();
+    assert_sockets_destroyed(&daemon, &clients, "rst");
+}

@@ -64,6 +64,8 @@ pub struct Lab {
     processes: Vec<Child>,
     dns: Option<Dnsmasq>,
     postfix: Option<PostfixInstance>,
+    /// The TC links of [`Lab::use_vlan`]'s taggers (closing them detaches them).
+    vlan_links: Vec<std::os::fd::OwnedFd>,
 }
 
 /// A Postfix instance of the lab's own (its own configuration, queue and log directories;
@@ -147,6 +149,7 @@ impl Lab {
             processes: Vec::new(),
             dns: None,
             postfix: None,
+            vlan_links: Vec::new(),
         };
         remove_stale_labs();
         remove(name);
@@ -484,6 +487,37 @@ impl Lab {
                 .context("mounting a BPF file system for the lab")?;
         }
         Ok(root.join(&self.filter_ns))
+    }
+}
+
+impl Lab {
+    /// Makes the veth pair an 802.1Q trunk for VLAN `id`: every frame either end sends
+    /// (SMTP, ARP, neighbour discovery) is tagged on egress, and the tag is taken off on
+    /// ingress, after the XDP program (the lab's addresses stay where they are). The filter on
+    /// the MX side thus sees every client frame tagged.
+    ///
+    /// The kernels this runs on have neither the 802.1Q driver (`ip link add … type vlan`:
+    /// "Unknown device type") nor TC's `vlan` action, so a small TC program on each end does
+    /// the tagging ([`netns::tag_vlan`]). Both veths' VLAN offloads are turned off first: with
+    /// transmit offload on (the veth default) a pushed tag stays in the packet's metadata,
+    /// veth hands it over as such, and the XDP program on the other end sees an untagged
+    /// frame; off, the tag is written into the frame and XDP has to parse it.
+    ///
+    /// Call it before starting the MTA and the filter. Not for a gateway lab.
+    pub fn use_vlan(&mut self, id: u16) -> anyhow::Result<()> {
+        if self.gateway_ns.is_some() {
+            bail!("use_vlan: a gateway lab has no direct client-MX link");
+        }
+        for (ns, iface) in [
+            (self.mx_ns.clone(), self.mx_iface.clone()),
+            (self.client_ns.clone(), self.client_iface.clone()),
+        ] {
+            netns::set_vlan_offload(&ns, &iface, false)?;
+            let links = netns::tag_vlan(&ns, &iface, id)
+                .with_context(|| format!("tagging {iface}'s frames with VLAN {id}"))?;
+            self.vlan_links.extend(links);
+        }
+        Ok(())
     }
 }
 
