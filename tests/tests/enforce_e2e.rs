@@ -1,14 +1,15 @@
 //! End to end in network namespaces, enforcement: bogus sessions reset (or silenced)
-//! against smtp-sink and a real Postfix, on an MX and behind a gateway; the verdict gate
-//! with fast clients, pipelining bots and a frozen or killed daemon; fail-closed DNS.
+//! against smtp-sink and a real Postfix, on an MX and behind a gateway, over IPv4 and IPv6;
+//! denied sources' SYNs dropped or answered with a RST; the verdict gate with fast clients,
+//! pipelining bots and a frozen or killed daemon; fail-closed DNS.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use helo_filter_tests::{e2e::*, require_root};
 use xtask::{
     daemon::{Daemon, metric_value},
     lab::Lab,
-    process,
+    netns, process,
     sessions::{self, Greeting},
 };
 
@@ -255,8 +256,6 @@ fn a_frozen_daemon_fails_open() {
 /// all) were dropped at TC egress.
 #[test]
 fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
-    use std::io::{BufRead as _, ErrorKind, Write as _};
-
     let lab = lab("k");
     // Through the configuration file's `[enforce]` section, this time.
     let config = std::env::temp_dir().join(format!("hf-drop-{}.toml", std::process::id()));
@@ -269,19 +268,39 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
     ];
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let _ = std::fs::remove_file(&config);
-    let client = v4(1, 51001);
-    count_passed_xdp(&lab, client);
-    let (mut stream, mut reader) = raw_connect(&lab, client);
+    assert_dropped_in_silence(&lab, &daemon, v4(1, 51001));
+}
+
+/// The same over IPv6 (action `drop` from the command line this time): the TC egress
+/// program parses the MTA's IPv6 packets, the XDP program the client's.
+#[test]
+fn drop_mode_over_ipv6_leaves_the_client_in_silence_and_frees_the_mta() {
+    let lab = lab("kv");
+    let args = ["--action", "drop", NO_REPUTATION[0], NO_REPUTATION[1]];
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    assert_dropped_in_silence(&lab, &daemon, v6(1, 51101));
+}
+
+/// One bogus session from `client` against a daemon enforcing action `drop` on an MX (its
+/// first): the MTA's socket is there before the HELO and gone once the verdict is logged
+/// (`destroyed=true action=drop`), the condemned-flow counter shows a packet TC egress
+/// dropped, and the client hears nothing (at most the reply to its HELO, which may beat the
+/// verdict): no reply to MAIL FROM, no RST, no close.
+fn assert_dropped_in_silence(lab: &Lab, daemon: &Daemon, client: SocketAddr) {
+    use std::io::{BufRead as _, ErrorKind, Write as _};
+
+    let table = count_passed(lab, client);
+    let (mut stream, mut reader) = raw_connect(lab, client);
     // The check sees the MTA's socket while there is one.
-    let before = mta_sockets(&lab, client);
+    let before = mta_sockets(lab, client);
     assert!(
         before.starts_with("ESTAB"),
         "no MTA socket for {client} before the HELO: {before:?}"
     );
     stream.write_all(b"HELO localhost\r\n").expect("HELO");
-    assert_sockets_destroyed(&daemon, &[client], "drop");
+    assert_sockets_destroyed(daemon, &[client], "drop");
     // The verdict line is written after the destroy.
-    let after = mta_sockets(&lab, client);
+    let after = mta_sockets(lab, client);
     assert!(
         after.is_empty(),
         "the MTA's socket is still there after the verdict: {after}"
@@ -297,20 +316,20 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
         let page = daemon.scrape().unwrap_or_default();
         let dropped = metric_value(&page, series).unwrap_or(0.0);
         // Read after the page: what the client sent since is counted against TC.
-        let passed = passed_xdp(&lab);
+        let passed = passed(lab, &table);
         let xdp_dropped = u64::from(segments_sent(&stream)).saturating_sub(passed);
         seen = (dropped, xdp_dropped);
         dropped > xdp_dropped as f64
     });
     assert!(
         tc_dropped.is_ok(),
-        "{series} = {}, no more than the {} client packets XDP dropped: TC egress dropped \
-         nothing",
+        "{client}: {series} = {}, no more than the {} client packets XDP dropped: TC egress \
+         dropped nothing",
         seen.0,
         seen.1
     );
     eprintln!(
-        "drop mode: {} condemned-flow packets dropped, {} of them the client's",
+        "drop mode ({client}): {} condemned-flow packets dropped, {} of them the client's",
         seen.0, seen.1
     );
     // The reply to the HELO may have beaten the verdict; nothing else comes, not even a RST.
@@ -331,11 +350,61 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
     );
 
     let page = daemon.scrape().expect("scraping");
-    assert_eq!(
-        metric_value(&page, "helo_filter_actions_total{action=\"drop\"}"),
-        Some(1.0)
-    );
+    for (action, count) in [("drop", 1.0), ("rst", 0.0)] {
+        let series = format!("helo_filter_actions_total{{action=\"{action}\"}}");
+        assert_eq!(metric_value(&page, &series), Some(count), "{page}");
+    }
     drop((stream, reader));
+}
+
+/// An nftables counter at the MX interface's ingress hook (after XDP) of the TCP packets
+/// from `client`, IPv4 or IPv6, in a table of its own (returned; the lab's namespace goes
+/// with it): what XDP let through of that flow. Read it with [`passed`].
+fn count_passed(lab: &Lab, client: SocketAddr) -> String {
+    let table = format!("hf_passed_{}", client.port());
+    let family = match client {
+        SocketAddr::V4(_) => "ip",
+        SocketAddr::V6(_) => "ip6",
+    };
+    let chain = format!(
+        "{{ type filter hook ingress device \"{}\" priority 0; }}",
+        lab.mx_iface
+    );
+    let rule = format!(
+        "{family} saddr {} tcp sport {} counter",
+        client.ip(),
+        client.port()
+    );
+    for args in [
+        format!("add table netdev {table}"),
+        format!("add chain netdev {table} in {chain}"),
+        format!("add rule netdev {table} in {rule}"),
+    ] {
+        let out = lab
+            .command_in(&lab.mx_ns, "nft")
+            .arg(&args)
+            .output()
+            .expect("running nft");
+        assert!(
+            out.status.success(),
+            "nft {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    table
+}
+
+/// The packets [`count_passed`]'s counter in `table` saw.
+fn passed(lab: &Lab, table: &str) -> u64 {
+    let out = lab
+        .command_in(&lab.mx_ns, "nft")
+        .args(["list", "table", "netdev", table])
+        .output()
+        .expect("running nft");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_once("counter packets ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in nft's table {table}: {text}"))
 }
 
 /// Deployment `gateway` (three namespaces: client, gateway running the filter, MX): a bogus
@@ -343,11 +412,7 @@ fn drop_mode_leaves_the_client_in_silence_and_frees_the_mta() {
 /// Generic XDP: on veth, natively transmitted frames are dropped unless the peer runs XDP.
 #[test]
 fn gateway_mode_answers_bogus_clients_with_a_rst() {
-    require_root();
-    let name = format!("hf{}l", std::process::id() % 100_000);
-    let mut lab = Lab::create_with_gateway(&name).expect("creating the gateway lab");
-    lab.start_smtp_sink().expect("starting smtp-sink");
-    lab.start_dns().expect("starting dnsmasq");
+    let lab = gateway_lab("l");
     let args = [
         "--deployment",
         "gateway",
@@ -370,6 +435,204 @@ fn gateway_mode_answers_bogus_clients_with_a_rst() {
     assert_resets_logged(&daemon, 3);
     // A packet of a condemned flow was answered.
     wait_for_metric(&daemon, "helo_filter_condemned_dropped_total", |v| v >= 1.0);
+}
+
+/// A gateway lab (client ─ gateway running the filter ─ MX with smtp-sink), its name unique
+/// to this test process and test, the fixture DNS where the filter runs.
+fn gateway_lab(test: &str) -> Lab {
+    require_root();
+    let name = format!("hf{}{test}", std::process::id() % 100_000);
+    let mut lab = Lab::create_with_gateway(&name).expect("creating the gateway lab");
+    lab.start_smtp_sink().expect("starting smtp-sink");
+    lab.start_dns().expect("starting dnsmasq");
+    lab
+}
+
+/// Deployment `gateway` with action `drop`, over IPv4 and IPv6: once a bogus client's
+/// verdict is logged (`action=drop`, nothing destroyed: the MTA is elsewhere), its MAIL FROM
+/// gets silence (no reply, no RST from the gateway, no close) where action `rst` answers
+/// with a RST; the dropped packets are counted; a good session goes through.
+#[test]
+fn gateway_mode_with_action_drop_leaves_bogus_clients_in_silence() {
+    let lab = gateway_lab("ld");
+    let args = [
+        "--deployment",
+        "gateway",
+        "--action",
+        "drop",
+        "--xdp-mode",
+        "generic",
+        NO_REPUTATION[0],
+        NO_REPUTATION[1],
+    ];
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    let bogus = [v4(1, 53001), v6(2, 53002)];
+    for client in bogus {
+        let line = silence_after_bogus_helo(&lab, &daemon, client);
+        assert!(
+            line.contains(" verdict=reject reasons=localhost ")
+                && line.ends_with(" action=drop")
+                && !line.contains(" destroyed="),
+            "{client}: {line}"
+        );
+    }
+    sessions::swaks(&lab, v4(0, 53003), Greeting::Ehlo, "mail.example.net")
+        .expect("a good session goes through the gateway");
+    // At least each client's MAIL FROM (and its retransmissions) was dropped.
+    let page = wait_for_metric(&daemon, "helo_filter_condemned_dropped_total", |v| {
+        v >= bogus.len() as f64
+    });
+    for (series, count) in [
+        ("helo_filter_actions_total{action=\"drop\"}", 2.0),
+        ("helo_filter_actions_total{action=\"rst\"}", 0.0),
+        ("helo_filter_sock_destroy_total{outcome=\"destroyed\"}", 0.0),
+    ] {
+        assert_eq!(metric_value(&page, series), Some(count), "{series}\n{page}");
+    }
+}
+
+/// The daemon's verdict line for `client` (waits up to 10 s for it).
+fn verdict_line(daemon: &Daemon, client: SocketAddr) -> String {
+    let prefix = format!(" client={client} ");
+    let find = || {
+        daemon
+            .lines()
+            .into_iter()
+            .find(|l| l.contains(&prefix) && l.contains(" verdict="))
+    };
+    let _ = process::wait_until(Duration::from_secs(10), || find().is_some());
+    find().unwrap_or_else(|| panic!("{client}: no verdict line:\n{}", daemon.lines().join("\n")))
+}
+
+/// A raw client from `client` says `HELO localhost` and gets the MTA's 250 (the gate holds
+/// only what the client sends); once the daemon's verdict on it is logged, it sends MAIL
+/// FROM and hears nothing for 1.5 s (the MTA and a RST from XDP answer within milliseconds):
+/// no reply, no RST, no close. Returns the verdict line.
+fn silence_after_bogus_helo(lab: &Lab, daemon: &Daemon, client: SocketAddr) -> String {
+    use std::io::{BufRead as _, ErrorKind, Write as _};
+
+    let (mut stream, mut reader) = raw_connect(lab, client);
+    stream.write_all(b"HELO localhost\r\n").expect("HELO");
+    let mut line = String::new();
+    let helo = reader.read_line(&mut line);
+    assert!(
+        matches!(helo, Ok(n) if n > 0) && line.starts_with("250"),
+        "{client}: the reply to the HELO was {helo:?} {line:?}"
+    );
+    let verdict = verdict_line(daemon, client);
+    stream
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("read timeout");
+    stream
+        .write_all(b"MAIL FROM:<bot@example.net>\r\n")
+        .expect("MAIL FROM is written (nothing came back to refuse it)");
+    line.clear();
+    let next = reader.read_line(&mut line);
+    assert!(
+        matches!(&next, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "{client}: after MAIL FROM the client got {next:?} {line:?} instead of silence"
+    );
+    verdict
+}
+
+/// `--deny-answer rst`: a denied source's SYN (`--deny-source` for IPv4, `[lists] deny` for
+/// IPv6) is answered with a RST from XDP, so its connect is refused at once, and counted
+/// (`syn_dropped_total`, one SYN each: a refused client does not retry); other sources
+/// connect. With the default answer (`drop`), the same SYNs go unanswered and the connect
+/// times out. Generic XDP: on veth, natively transmitted frames are dropped unless the peer
+/// runs XDP.
+#[test]
+fn deny_answer_rst_refuses_denied_sources_where_drop_lets_them_time_out() {
+    use std::io::ErrorKind;
+
+    const REFUSED_WITHIN: Duration = Duration::from_secs(1);
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    let denied = [v4(3, 0), v6(3, 0)];
+    let deny_v4 = format!("{}/32", denied[0].ip());
+    let lists = format!("[lists]\ndeny = [\"{}/128\"]\n", denied[1].ip());
+    // The configuration file goes into the lab's daemon directory, removed with the lab.
+    let start = |lab: &Lab, answer: Option<&str>| {
+        std::fs::create_dir_all(lab.daemon_dir()).expect("the daemon's directory");
+        let config = lab.daemon_dir().join("deny-answer.toml");
+        std::fs::write(&config, &lists).expect("config");
+        let config = config.to_str().expect("utf-8 path").to_owned();
+        let mut args = vec![
+            "--config",
+            &config,
+            "--deny-source",
+            &deny_v4,
+            "--xdp-mode",
+            "generic",
+            NO_REPUTATION[0],
+            NO_REPUTATION[1],
+        ];
+        if let Some(answer) = answer {
+            args.extend(["--deny-answer", answer]);
+        }
+        Daemon::start(lab, &args, false).expect("starting the daemon")
+    };
+    let syn_dropped = "helo_filter_syn_dropped_total";
+
+    // `rst`: refused, at once.
+    {
+        let lab = lab("dn");
+        let daemon = start(&lab, Some("rst"));
+        for client in denied {
+            let (outcome, took) = connect_outcome(&lab, client, CONNECT_TIMEOUT);
+            assert!(
+                outcome == Err(ErrorKind::ConnectionRefused) && took < REFUSED_WITHIN,
+                "{}: a denied source's connect ended {outcome:?} after {took:?}, not refused \
+                 by a RST",
+                client.ip()
+            );
+        }
+        for client in [v4(0, 0), v6(0, 0)] {
+            let (outcome, _) = connect_outcome(&lab, client, CONNECT_TIMEOUT);
+            assert_eq!(outcome, Ok(()), "{}: not denied", client.ip());
+        }
+        let page = wait_for_metric(&daemon, syn_dropped, |v| v >= 2.0);
+        assert_eq!(metric_value(&page, syn_dropped), Some(2.0), "{page}");
+        for action in ["rst", "drop"] {
+            let series = format!("helo_filter_actions_total{{action=\"{action}\"}}");
+            assert_eq!(metric_value(&page, &series), Some(0.0), "{page}");
+        }
+    }
+    // The default answer, `drop`: silence, the connect times out.
+    let lab = lab("dd");
+    let daemon = start(&lab, None);
+    for client in denied {
+        let (outcome, took) = connect_outcome(&lab, client, Duration::from_secs(1));
+        assert_eq!(
+            outcome,
+            Err(ErrorKind::TimedOut),
+            "{}: with the default answer a denied source's connect ended after {took:?}, not \
+             in a timeout",
+            client.ip()
+        );
+    }
+    wait_for_metric(&daemon, syn_dropped, |v| v >= 2.0);
+}
+
+/// Connects from `client` (its port 0: any) to its MX with `timeout`: the outcome (the error's
+/// kind) and how long it took.
+fn connect_outcome(
+    lab: &Lab,
+    client: SocketAddr,
+    timeout: Duration,
+) -> (Result<(), std::io::ErrorKind>, Duration) {
+    let server = server_of(client);
+    netns::in_netns(&lab.client_ns, move || {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(client),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket.bind(&client.into()).expect("bind");
+        let started = std::time::Instant::now();
+        let outcome = socket.connect_timeout(&server.into(), timeout);
+        (outcome.map_err(|e| e.kind()), started.elapsed())
+    })
 }
 
 /// With `[dns] fail_closed`, a DNS failure is an enforced reject.

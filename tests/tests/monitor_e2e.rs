@@ -5,14 +5,18 @@
 //!
 //! The verdict is made slow on purpose: the lab's DNS server is replaced by a UDP socket that
 //! never answers, so every verdict waits for the DNS deadline (3 s) and then accepts with the
-//! note `dns_tempfail` (fail-open).
+//! note `dns_tempfail` (fail-open). A verdict slower than the gate deadline, enforcing, lets
+//! the held session through at the deadline.
+//!
+//! Monitor mode enforces nothing whatever the action (`rst`, `drop`) and the deployment
+//! (`mx`, `gateway`): bogus sessions complete, their verdicts are logged and counted.
 
 use std::{
     net::{SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
-use helo_filter_tests::e2e::*;
+use helo_filter_tests::{e2e::*, require_root};
 use xtask::{
     daemon::{Daemon, metric_value},
     lab::{self, Lab},
@@ -57,10 +61,7 @@ fn verdict_line(daemon: &Daemon, client: SocketAddr) -> String {
 #[test]
 fn monitor_mode_holds_nothing_where_enforcing_holds_until_the_verdict() {
     let mut lab = lab("mn");
-    lab.stop_dns();
-    let _silent = netns::in_netns(&lab.filter_ns, || {
-        UdpSocket::bind(lab::DNS_SERVER).expect("binding the silent DNS server")
-    });
+    let _silent = silence_dns(&mut lab);
     let config = std::env::temp_dir().join(format!("hf-monitor-{}.toml", std::process::id()));
     std::fs::write(
         &config,
@@ -145,4 +146,230 @@ fn monitor_mode_holds_nothing_where_enforcing_holds_until_the_verdict() {
         status.success(),
         "the enforcing daemon exited with {status}"
     );
+}
+
+/// A UDP socket bound to the lab's DNS server address where the filter runs, in place of the
+/// fixture DNS server (stopped): it never answers, so every lookup runs to the DNS deadline.
+fn silence_dns(lab: &mut Lab) -> UdpSocket {
+    lab.stop_dns();
+    // The stopped server's port can take a moment to be free again.
+    let mut bound = Err(std::io::Error::other("never tried"));
+    let _ = process::wait_until(Duration::from_secs(5), || {
+        bound = netns::in_netns(&lab.filter_ns, || UdpSocket::bind(lab::DNS_SERVER));
+        bound.is_ok()
+    });
+    bound.unwrap_or_else(|e| panic!("binding the silent DNS server {}: {e}", lab::DNS_SERVER))
+}
+
+/// Enforcing, with verdicts far slower than the gate deadline (the DNS server never answers;
+/// the DNS deadline is 8 s, the `[enforce]` gate deadline 1.5 s): a good client's held MAIL
+/// FROM is let through at the gate deadline (by the client's first retransmission after it),
+/// before its verdict, over IPv4 and IPv6; the fail-open is counted
+/// (`fail_open_total{cause="gate_deadline"}`), and the verdict, when it comes, is logged
+/// (accepted, `dns_tempfail`, counted as that fail-open too).
+#[test]
+fn a_late_verdict_lets_the_held_session_through_at_the_gate_deadline() {
+    const GATE_DEADLINE: Duration = Duration::from_millis(1500);
+    const LATE_VERDICT: Duration = Duration::from_secs(8);
+    // The deadline runs from the HELO; the MAIL FROM leaves one round trip later.
+    const HELD_AT_LEAST: Duration = GATE_DEADLINE.saturating_sub(Duration::from_millis(500));
+    // The held MAIL FROM passes with the client's first retransmission after the deadline:
+    // the retransmission timeout doubles from about 200 ms, so that one comes before twice
+    // the deadline; a second of margin on top, still seconds before the verdict.
+    const HELD_AT_MOST: Duration = GATE_DEADLINE
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(1));
+
+    let mut lab = lab("gl");
+    let _silent = silence_dns(&mut lab);
+    let config = std::env::temp_dir().join(format!("hf-late-verdict-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[enforce]\ngate_deadline_ms = {}\n[dns]\ndeadline_ms = {}\n",
+            GATE_DEADLINE.as_millis(),
+            LATE_VERDICT.as_millis()
+        ),
+    )
+    .expect("config");
+    let args = [
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        NO_REPUTATION[0],
+        NO_REPUTATION[1],
+    ];
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    let _ = std::fs::remove_file(&config);
+    let clients = [v4(0, 42101), v6(0, 42102)];
+    for client in clients {
+        let held = mail_from_wait(&lab, client);
+        let judged = daemon
+            .lines()
+            .into_iter()
+            .find(|l| l.contains(&format!(" client={client} ")) && l.contains(" verdict="));
+        assert!(
+            (HELD_AT_LEAST..=HELD_AT_MOST).contains(&held),
+            "{client}: MAIL FROM answered after {held:?}, not at the {GATE_DEADLINE:?} gate \
+             deadline (between {HELD_AT_LEAST:?} and {HELD_AT_MOST:?}); verdict by then: \
+             {judged:?}"
+        );
+        assert_eq!(
+            judged, None,
+            "{client}: the verdict came before MAIL FROM was answered ({held:?}): the test \
+             cannot tell the gate deadline from the verdict"
+        );
+        eprintln!("late verdict: {client}'s MAIL FROM held {held:?} by the gate deadline");
+    }
+    let gate_deadline = "helo_filter_fail_open_total{cause=\"gate_deadline\"}";
+    let page = wait_for_metric(&daemon, gate_deadline, |v| v >= 2.0);
+    assert_eq!(metric_value(&page, gate_deadline), Some(2.0), "{page}");
+    assert!(
+        metric_value(&page, GATE_HELD) >= Some(2.0),
+        "the MAIL FROMs were not held: {page}"
+    );
+    // The verdicts come at last: accepted, DNS unsure.
+    for client in clients {
+        let line = verdict_line(&daemon, client);
+        assert!(
+            line.contains(" verdict=accept ")
+                && line.contains("dns_tempfail")
+                && line.ends_with(" action=none"),
+            "{line}"
+        );
+    }
+    let tempfail = "helo_filter_fail_open_total{cause=\"dns_tempfail\"}";
+    let page = wait_for_metric(&daemon, tempfail, |v| v >= 2.0);
+    assert_eq!(metric_value(&page, tempfail), Some(2.0), "{page}");
+    assert_eq!(metric_value(&page, gate_deadline), Some(2.0), "{page}");
+}
+
+/// A gateway lab (client ─ gateway running the filter ─ MX with smtp-sink), its name unique
+/// to this test process and test, the fixture DNS where the filter runs.
+fn gateway_lab(test: &str) -> Lab {
+    require_root();
+    let name = format!("hf{}{test}", std::process::id() % 100_000);
+    let mut lab = Lab::create_with_gateway(&name).expect("creating the gateway lab");
+    lab.start_smtp_sink().expect("starting smtp-sink");
+    lab.start_dns().expect("starting dnsmasq");
+    lab
+}
+
+/// Monitor mode with each action, on an MX and on a gateway: bogus sessions (IPv4 and IPv6)
+/// complete, MAIL FROM answered with its 250, also when it is sent only after the verdict;
+/// each verdict is logged as a reject with `action=monitor` (no `destroyed=`) and counted as
+/// that; nothing is destroyed, reset, condemned, dropped or held (the kernel's counters are
+/// read once they show the HELOs).
+#[test]
+fn monitor_mode_lets_bogus_sessions_complete_whatever_the_action() {
+    let cases = [
+        ("mx", "rst", "mor"),
+        ("mx", "drop", "mod"),
+        ("gateway", "rst", "mgr"),
+        ("gateway", "drop", "mgd"),
+    ];
+    for (deployment, action, name) in cases {
+        let started = Instant::now();
+        let lab = match deployment {
+            "mx" => lab(name),
+            _ => gateway_lab(name),
+        };
+        let mut args = vec![
+            "--monitor",
+            "--action",
+            action,
+            "--deployment",
+            deployment,
+            NO_REPUTATION[0],
+            NO_REPUTATION[1],
+        ];
+        if deployment == "gateway" {
+            args.extend(["--xdp-mode", "generic"]);
+        }
+        let case = format!("--monitor --deployment {deployment} --action {action}");
+        let daemon = Daemon::start(&lab, &args, false)
+            .unwrap_or_else(|e| panic!("{case}: starting the daemon: {e:#}"));
+        // Whole sessions with swaks (their verdicts may come at any point: nothing is held),
+        // and raw ones that send MAIL FROM only once their verdict is logged.
+        let swaks_clients = [v4(1, 43001), v6(2, 43002)];
+        for client in swaks_clients {
+            let run = sessions::swaks_run(&lab, client, Greeting::Ehlo, "localhost")
+                .unwrap_or_else(|e| panic!("{case}: {client}: {e:#}"));
+            assert!(
+                run.outcome.completed() && mail_from_answered(&run.transcript),
+                "{case}: the bogus session from {client} did not complete ({}):\n{}",
+                run.outcome,
+                run.transcript
+            );
+        }
+        let raw_clients = [v4(3, 43003), v6(4, 43004)];
+        for client in raw_clients {
+            let reply = mail_from_after_verdict(&lab, &daemon, client);
+            assert!(
+                reply.starts_with("250"),
+                "{case}: {client}'s MAIL FROM after the verdict got {reply:?}"
+            );
+        }
+        for client in swaks_clients.into_iter().chain(raw_clients) {
+            let line = verdict_line(&daemon, client);
+            assert!(
+                line.contains(" verdict=reject reasons=localhost ")
+                    && line.ends_with(" action=monitor")
+                    && !line.contains(" destroyed="),
+                "{case}: {line}"
+            );
+        }
+        let monitored = "helo_filter_actions_total{action=\"monitor\"}";
+        wait_for_metric(&daemon, monitored, |v| v >= 4.0);
+        let page = wait_for_metric(&daemon, HELO_EVENTS, |v| v >= 4.0);
+        for (series, count) in [
+            (monitored, 4.0),
+            ("helo_filter_actions_total{action=\"rst\"}", 0.0),
+            ("helo_filter_actions_total{action=\"drop\"}", 0.0),
+            ("helo_filter_sock_destroy_total{outcome=\"destroyed\"}", 0.0),
+            ("helo_filter_condemned_dropped_total", 0.0),
+            (GATE_HELD, 0.0),
+        ] {
+            assert_eq!(
+                metric_value(&page, series),
+                Some(count),
+                "{case}: {series}\n{page}"
+            );
+        }
+        let status = daemon.stop().expect("stopping the daemon");
+        assert!(status.success(), "{case}: the daemon exited with {status}");
+        eprintln!("{case}: {:?}", started.elapsed());
+    }
+}
+
+/// A raw client from `client` says `EHLO localhost` (a bogus name), reads the reply, waits
+/// for the daemon's verdict on it, then sends MAIL FROM: the reply to that (3 s read
+/// timeout; a reset, a close or silence fails the test).
+fn mail_from_after_verdict(lab: &Lab, daemon: &Daemon, client: SocketAddr) -> String {
+    use std::io::{BufRead as _, Write as _};
+
+    let (mut stream, mut reader) = raw_connect(lab, client);
+    let mut reply = |what: &str| {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(n) if n > 0 => line.trim_end().to_owned(),
+            other => panic!("{client}: the reply to {what}: {other:?}"),
+        }
+    };
+    stream.write_all(b"EHLO localhost\r\n").expect("EHLO");
+    // The multi-line reply to EHLO, to its last line.
+    let mut ehlo = reply("EHLO");
+    while ehlo.starts_with("250-") {
+        ehlo = reply("EHLO");
+    }
+    assert!(
+        ehlo.starts_with("250"),
+        "{client}: the reply to EHLO: {ehlo:?}"
+    );
+    verdict_line(daemon, client);
+    if let Err(e) = stream.write_all(b"MAIL FROM:<bot@example.net>\r\n") {
+        panic!("{client}: writing MAIL FROM after the verdict: {e}");
+    }
+    let mail = reply("MAIL FROM");
+    let _ = stream.write_all(b"QUIT\r\n");
+    mail
 }
