@@ -443,7 +443,8 @@ mod tests {
     #[test]
     fn each_section_is_either_reloadable_or_waits_for_a_restart() {
         let start = PolicyFile::default();
-        let edits: [(&str, fn(&mut PolicyFile)); 10] = [
+        type Edit = fn(&mut PolicyFile);
+        let edits: [(&str, Edit); 10] = [
             ("policy", |f| f.policy.our_addrs.push([192, 0, 2, 1].into())),
             ("dns", |f| f.dns.fail_closed = true),
             ("enforce", |f| f.enforce.monitor = true),
