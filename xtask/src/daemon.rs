@@ -26,6 +26,8 @@ pub const METRICS_ADDR: &str = "127.0.0.1:9725";
 pub struct Daemon {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Collects `lines` from the daemon's stderr until it closes.
+    reader: thread::JoinHandle<()>,
     filter_ns: String,
 }
 
@@ -119,7 +121,7 @@ impl Daemon {
         let stderr = child.stderr.take().context("daemon stderr")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&lines);
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if echo {
@@ -131,11 +133,15 @@ impl Daemon {
         let mut daemon = Daemon {
             child,
             lines,
+            reader,
             filter_ns: lab.filter_ns.clone(),
         };
         let ready = daemon.wait_for(Duration::from_secs(30), |l| l.contains(ready_line));
         if let Err(e) = ready {
             let status = daemon.child.try_wait()?;
+            if status.is_some() {
+                daemon.read_to_the_end();
+            }
             bail!(
                 "helo-filter did not become ready ({e}); exit: {status:?}; log:\n{}",
                 daemon.lines().join("\n")
@@ -191,10 +197,19 @@ impl Daemon {
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
-    /// Waits for the daemon to exit by itself, at most `timeout`.
+    /// Waits for the daemon to exit by itself, at most `timeout`; its log is then complete.
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         wait_until(timeout, || self.child.try_wait().ok().flatten().is_some())?;
-        Ok(self.child.wait()?)
+        let status = self.child.wait()?;
+        self.read_to_the_end();
+        Ok(status)
+    }
+
+    /// After the daemon's exit, waits (at most 5 s) until its last lines, the error that
+    /// ended it above all, are read from the pipe: on a loaded machine the reader thread may
+    /// not have had them yet when the exit is seen.
+    fn read_to_the_end(&self) {
+        let _ = wait_until(Duration::from_secs(5), || self.reader.is_finished());
     }
 
     /// Sends SIGTERM and waits for the exit.
