@@ -68,7 +68,16 @@ pub mod flags {
     pub const CAPPED: u32 = 1 << 4;
     /// The line that ended the capture is a HELO/EHLO command.
     pub const HELO_LINE: u32 = 1 << 5;
+    /// Not a capture: a client segment the kernel dropped rather than delivered (held by
+    /// the gate, or of a flow condemned with action `reply`), for the daemon to answer if
+    /// the flow's verdict is `reply`. `data` holds the segment from its TCP header on
+    /// (options, then payload), so the answer can echo its timestamps and acknowledge it.
+    pub const CLIENT_SEGMENT: u32 = 1 << 6;
 }
+
+/// The `SO_MARK` of the segments the daemon sends as replies: the TC egress program lets
+/// them through to a condemned client whose other server packets it drops.
+pub const REPLY_MARK: u32 = u32::from_be_bytes(*b"HELO");
 
 /// One client payload segment of a flow that is still being captured.
 ///
@@ -263,6 +272,11 @@ pub mod phase {
     /// Rejected with action `rst` on a gateway: each further client packet is answered
     /// with a RST (XDP_TX).
     pub const CONDEMNED_RST: u8 = 5;
+    /// Rejected with action `reply`: the client's packets are dropped, and each one that
+    /// carries data or a FIN is reported (`flags::CLIENT_SEGMENT`) for the daemon to
+    /// answer; at TC egress the RST of the MTA's destroyed socket is dropped (the MTA's
+    /// other packets, its reply to the HELO above all, and the daemon's answers leave).
+    pub const CONDEMNED_REPLY: u8 = 6;
 }
 
 #[cfg(feature = "user")]

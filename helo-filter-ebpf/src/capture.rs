@@ -24,7 +24,8 @@ use helo_filter_common::{
 
 use crate::{
     maps::{EVENTS, FLOWS, allowed, config, count, daemon_alive, denied, is_smtp_port, source_key},
-    parse::{TCP_ACK, TCP_SYN, TcpSegment},
+    parse::{TCP_ACK, TCP_FIN, TCP_SYN, TcpSegment},
+    report,
     rst::ANSWER_WITH_RST,
 };
 
@@ -84,12 +85,26 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
         count(Counter::CondemnedDropped);
         return ANSWER_WITH_RST;
     }
+    if state.phase == phase::CONDEMNED_REPLY {
+        count(Counter::CondemnedDropped);
+        if segment.payload_len > 0 || segment.flags & TCP_FIN != 0 {
+            report::client_segment(ctx, segment, state.stream_start_seq);
+        }
+        return xdp_action::XDP_DROP;
+    }
     if segment.payload_len == 0 {
         return xdp_action::XDP_PASS;
     }
     match state.phase {
         phase::CAPTURING => capture_segment(ctx, segment, state, config, now),
-        phase::GATED => gate(state, config, now),
+        phase::GATED => {
+            let action = gate(state, config, now);
+            if action == xdp_action::XDP_DROP {
+                // Held: if the verdict is `reply`, the daemon answers it at once.
+                report::client_segment(ctx, segment, state.stream_start_seq);
+            }
+            action
+        }
         _ => xdp_action::XDP_PASS,
     }
 }

@@ -9,6 +9,7 @@
 mod capture;
 mod maps;
 mod parse;
+mod report;
 mod rst;
 
 use aya_ebpf::{
@@ -16,7 +17,8 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use helo_filter_common::{Counter, FlowKey, phase};
+use helo_filter_common::{Counter, FlowKey, REPLY_MARK, phase};
+use parse::TCP_RST;
 
 #[xdp]
 pub fn helo_capture(ctx: XdpContext) -> u32 {
@@ -35,9 +37,10 @@ pub fn helo_capture(ctx: XdpContext) -> u32 {
     }
 }
 
-/// TC egress on the MTA's interface (action `drop`): the MTA's packets to a condemned
-/// client, the RST that destroying its socket sends above all, never leave, so the client
-/// gets silence.
+/// TC egress on the MTA's interface (actions `drop` and `reply`): with `drop` the MTA's
+/// packets to a condemned client, the RST that destroying its socket sends above all, never
+/// leave, so the client gets silence; with `reply` that RST does not, so the client reads
+/// the daemon's answer instead of a reset.
 #[classifier]
 pub fn helo_egress(ctx: TcContext) -> i32 {
     let Some(segment) = maps::SEGMENTS.get_ptr_mut(maps::SLOT_TC) else {
@@ -64,6 +67,18 @@ pub fn helo_egress(ctx: TcContext) -> i32 {
     // SAFETY: map values are read as plain data.
     match unsafe { maps::FLOWS.get(client_flow) } {
         Some(state) if state.phase == phase::CONDEMNED => {
+            maps::count(Counter::CondemnedDropped);
+            TC_ACT_SHOT
+        }
+        // Only the RST of the destroyed socket is kept back: the MTA's reply to the HELO
+        // must reach the client (it then sends the command the daemon answers), and the
+        // daemon's answers are marked.
+        Some(state)
+            if state.phase == phase::CONDEMNED_REPLY
+                && segment.flags & TCP_RST != 0
+                // SAFETY: the program's own __sk_buff, readable for this run.
+                && unsafe { (*ctx.skb.skb).mark } != REPLY_MARK =>
+        {
             maps::count(Counter::CondemnedDropped);
             TC_ACT_SHOT
         }

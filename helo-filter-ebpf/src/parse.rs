@@ -93,6 +93,8 @@ pub struct TcpSegment {
     pub ack: u32,
     /// Where the IP header starts (after Ethernet and VLAN tags).
     pub l3_offset: usize,
+    /// Where the TCP header starts.
+    pub tcp_offset: usize,
     pub payload_offset: usize,
     /// Payload bytes present in the frame (the IP length, clamped to the frame).
     pub payload_len: usize,
@@ -229,6 +231,7 @@ fn parse_into<P: Packet>(ctx: &P, out: &mut TcpSegment) -> Option<()> {
     out.seq = u32::from_be_bytes(tcp.seq);
     out.ack = u32::from_be_bytes(tcp.ack);
     out.l3_offset = l3;
+    out.tcp_offset = l4;
     out.payload_offset = payload_offset;
     out.payload_len = declared.min(in_frame);
     Some(())

@@ -40,6 +40,7 @@ pub const ALLOW_ENTRIES: &str = "helo_filter_allow_entries";
 pub const DENY_EVICTIONS: &str = "helo_filter_deny_evictions_total";
 pub const POLICY_REQUESTS: &str = "helo_filter_policy_requests_total";
 pub const TASK_PANICS: &str = "helo_filter_task_panics_total";
+pub const REPLIES: &str = "helo_filter_replies_total";
 
 /// Buckets for the latency histograms (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -96,6 +97,42 @@ impl Outcome {
             Outcome::Reject => "reject",
             Outcome::Defer => "defer",
             Outcome::Error => "error",
+        }
+    }
+}
+
+/// A segment the daemon sent for action `reply`: the label of
+/// `helo_filter_replies_total{segment}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// The reject (and a 503 per further pipelined command), with a FIN.
+    Reject,
+    /// The same again, to a retransmission of the segment it answered.
+    Repeat,
+    /// A RST to a segment after the one answered (or of a flow no longer known).
+    Reset,
+    /// A gateway's RST to the MTA, from the client's address.
+    MtaFreed,
+    /// The raw socket refused the segment.
+    Failed,
+}
+
+impl ReplyOutcome {
+    pub const ALL: [ReplyOutcome; 5] = [
+        ReplyOutcome::Reject,
+        ReplyOutcome::Repeat,
+        ReplyOutcome::Reset,
+        ReplyOutcome::MtaFreed,
+        ReplyOutcome::Failed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReplyOutcome::Reject => "reject",
+            ReplyOutcome::Repeat => "repeat",
+            ReplyOutcome::Reset => "reset",
+            ReplyOutcome::MtaFreed => "mta_freed",
+            ReplyOutcome::Failed => "failed",
         }
     }
 }
@@ -165,6 +202,9 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     }
     for outcome in DestroyOutcome::ALL {
         counter!(SOCK_DESTROY, "outcome" => outcome.as_str()).absolute(0);
+    }
+    for outcome in ReplyOutcome::ALL {
+        counter!(REPLIES, "segment" => outcome.as_str()).absolute(0);
     }
     counter!(VERDICTS, "verdict" => Decision::Accept.as_str(), "reason" => "none").absolute(0);
     for reason in Reason::ALL {
@@ -276,6 +316,11 @@ pub fn action(action: Action, helo_timestamp_ns: u64) {
 /// One attempt to destroy the MTA's socket of a rejected session (deployment `mx`).
 pub fn sock_destroy(outcome: DestroyOutcome) {
     counter!(SOCK_DESTROY, "outcome" => outcome.as_str()).increment(1);
+}
+
+/// One segment sent (or not) for action `reply`.
+pub fn reply(outcome: ReplyOutcome) {
+    counter!(REPLIES, "segment" => outcome.as_str()).increment(1);
 }
 
 /// Sizes of the allow list and of the operator's deny entries (set at start).

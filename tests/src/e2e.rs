@@ -17,10 +17,15 @@ use xtask::{
 use crate::require_root;
 
 /// A lab name unique to this test process and test.
+pub fn unique_name(test: &str) -> String {
+    format!("hf{}{test}", std::process::id() % 100_000)
+}
+
+/// A lab (client ─ MX running the filter, smtp-sink and the fixture DNS), its name unique to
+/// this test process and test.
 pub fn lab(test: &str) -> Lab {
     require_root();
-    let name = format!("hf{}{test}", std::process::id() % 100_000);
-    let mut lab = Lab::create(&name).expect("creating the lab");
+    let mut lab = Lab::create(&unique_name(test)).expect("creating the lab");
     lab.start_smtp_sink().expect("starting smtp-sink");
     lab.start_dns().expect("starting dnsmasq");
     lab
@@ -29,11 +34,15 @@ pub fn lab(test: &str) -> Lab {
 /// A lab whose MX runs a real Postfix (HELO required, no HELO restrictions of its own)
 /// instead of smtp-sink.
 pub fn postfix_lab(test: &str) -> Lab {
+    postfix_lab_with(test, "")
+}
+
+/// [`postfix_lab`] with `main_cf_extra` added to the MX Postfix's `main.cf`.
+pub fn postfix_lab_with(test: &str, main_cf_extra: &str) -> Lab {
     require_root();
-    let name = format!("hf{}{test}", std::process::id() % 100_000);
-    let mut lab = Lab::create(&name).expect("creating the lab");
+    let mut lab = Lab::create(&unique_name(test)).expect("creating the lab");
     lab.start_dns().expect("starting dnsmasq");
-    lab.start_postfix("smtpd_helo_required = yes")
+    lab.start_postfix(&format!("smtpd_helo_required = yes\n{main_cf_extra}"))
         .expect("starting Postfix");
     lab
 }
@@ -42,9 +51,18 @@ pub fn postfix_lab(test: &str) -> Lab {
 /// that reach the filter ([`Lab::use_vlan`]); smtp-sink and the fixture DNS started.
 pub fn vlan_lab(test: &str, id: u16) -> Lab {
     require_root();
-    let name = format!("hf{}{test}", std::process::id() % 100_000);
-    let mut lab = Lab::create(&name).expect("creating the lab");
+    let mut lab = Lab::create(&unique_name(test)).expect("creating the lab");
     lab.use_vlan(id).expect("tagging the lab's link");
+    lab.start_smtp_sink().expect("starting smtp-sink");
+    lab.start_dns().expect("starting dnsmasq");
+    lab
+}
+
+/// A gateway lab (client ─ gateway running the filter ─ MX with smtp-sink), its name unique
+/// to this test process and test, the fixture DNS where the filter runs.
+pub fn gateway_lab(test: &str) -> Lab {
+    require_root();
+    let mut lab = Lab::create_with_gateway(&unique_name(test)).expect("creating the gateway lab");
     lab.start_smtp_sink().expect("starting smtp-sink");
     lab.start_dns().expect("starting dnsmasq");
     lab
@@ -120,16 +138,7 @@ pub fn assert_resets_logged(daemon: &Daemon, n: usize) {
 pub fn assert_sockets_destroyed(daemon: &Daemon, clients: &[SocketAddr], action: &str) {
     let wanted = format!(" destroyed=true action={action}");
     for client in clients {
-        let prefix = format!("client={client} ");
-        let find = || {
-            daemon
-                .lines()
-                .into_iter()
-                .find(|l| l.contains(&prefix) && l.contains(" verdict="))
-        };
-        let _ = process::wait_until(Duration::from_secs(10), || find().is_some());
-        let line = find()
-            .unwrap_or_else(|| panic!("{client}: no verdict line:\n{}", daemon.lines().join("\n")));
+        let line = verdict_line(daemon, *client);
         assert!(line.ends_with(&wanted), "{client}: {line}");
     }
     let destroyed = "helo_filter_sock_destroy_total{outcome=\"destroyed\"}";
@@ -308,6 +317,9 @@ pub fn timed_mail_from(lab: &Lab, client: SocketAddr) -> MailFromTimes {
 /// a source the next check needs.
 pub const NO_REPUTATION: [&str; 2] = ["--reputation-threshold", "1000"];
 
+/// [`NO_REPUTATION`] with action `rst` (the default is `reply`), for the tests of resets.
+pub const RST_NO_REPUTATION: [&str; 4] = ["--action", "rst", "--reputation-threshold", "1000"];
+
 /// A raw client's connection from `client` to its MX, the greeting read (3 s read timeout).
 /// The socket works from any thread once connected.
 pub fn raw_connect(lab: &Lab, client: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
@@ -367,22 +379,28 @@ pub fn mta_sockets(lab: &Lab, client: SocketAddr) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// An nftables counter at the MX interface's ingress hook (after XDP) of the packets from
-/// `client` (IPv4): what XDP let through of that flow. Count it with
-/// [`passed_xdp`]; the lab's namespace goes with the table.
-pub fn count_passed_xdp(lab: &Lab, client: SocketAddr) {
-    let IpAddr::V4(ip) = client.ip() else {
-        panic!("an IPv4 client, not {client}")
+/// An nftables counter at the MX interface's ingress hook (after XDP) of the TCP packets
+/// from `client`, IPv4 or IPv6, in a table of its own (returned; the lab's namespace goes
+/// with it): what XDP let through of that flow. Read it with [`passed`].
+pub fn count_passed(lab: &Lab, client: SocketAddr) -> String {
+    let table = format!("hf_passed_{}", client.port());
+    let family = match client {
+        SocketAddr::V4(_) => "ip",
+        SocketAddr::V6(_) => "ip6",
     };
     let chain = format!(
         "{{ type filter hook ingress device \"{}\" priority 0; }}",
         lab.mx_iface
     );
-    let rule = format!("ip saddr {ip} tcp sport {} counter", client.port());
+    let rule = format!(
+        "{family} saddr {} tcp sport {} counter",
+        client.ip(),
+        client.port()
+    );
     for args in [
-        "add table netdev hf_passed".to_owned(),
-        format!("add chain netdev hf_passed in {chain}"),
-        format!("add rule netdev hf_passed in {rule}"),
+        format!("add table netdev {table}"),
+        format!("add chain netdev {table} in {chain}"),
+        format!("add rule netdev {table} in {rule}"),
     ] {
         let out = lab
             .command_in(&lab.mx_ns, "nft")
@@ -395,19 +413,38 @@ pub fn count_passed_xdp(lab: &Lab, client: SocketAddr) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    table
 }
 
-/// The packets [`count_passed_xdp`]'s counter saw.
-pub fn passed_xdp(lab: &Lab) -> u64 {
+/// The packets [`count_passed`]'s counter in `table` saw.
+pub fn passed(lab: &Lab, table: &str) -> u64 {
     let out = lab
         .command_in(&lab.mx_ns, "nft")
-        .args(["list", "table", "netdev", "hf_passed"])
+        .args(["list", "table", "netdev", table])
         .output()
         .expect("running nft");
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_once("counter packets ")
         .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in nft's table: {text}"))
+        .unwrap_or_else(|| panic!("no counter in nft's table {table}: {text}"))
+}
+
+/// The daemon's verdict line for `client` (waits up to 15 s for it).
+pub fn verdict_line(daemon: &Daemon, client: SocketAddr) -> String {
+    let prefix = format!(" client={client} ");
+    let find = || {
+        daemon
+            .lines()
+            .into_iter()
+            .find(|l| l.contains(&prefix) && l.contains(" verdict="))
+    };
+    let _ = process::wait_until(Duration::from_secs(15), || find().is_some());
+    find().unwrap_or_else(|| {
+        panic!(
+            "no verdict logged for {client}:\n{}",
+            daemon.lines().join("\n")
+        )
+    })
 }
 
 /// Whether a swaks transcript shows a 250 to its MAIL FROM.

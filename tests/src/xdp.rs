@@ -102,6 +102,15 @@ impl CaptureProgram {
     /// `frame` and returns its TC action. BPF_PROG_TEST_RUN hands a TC program the frame from
     /// its Ethernet header on, as the egress hook does. The classifier is loaded on first use.
     pub fn run_egress(&mut self, frame: &[u8]) -> u32 {
+        self.run_egress_marked(frame, 0)
+    }
+
+    /// [`Self::run_egress`] on a packet whose socket mark (`skb->mark`, set with `SO_MARK`)
+    /// is `mark`: the test run takes it from the `__sk_buff` context passed in, whose first
+    /// eight bytes (`len`, `pkt_type`) must be zero.
+    pub fn run_egress_marked(&mut self, frame: &[u8], mark: u32) -> u32 {
+        let mut context = [0u8; 12];
+        context[8..].copy_from_slice(&mark.to_ne_bytes());
         let program: &mut SchedClassifier = self
             .ebpf
             .program_mut(programs::EGRESS)
@@ -116,6 +125,7 @@ impl CaptureProgram {
         program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
+                ctx_in: Some(&context),
                 repeat: 1,
                 ..TestRunOptions::default()
             })

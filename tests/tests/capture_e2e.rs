@@ -444,7 +444,7 @@ fn several_interfaces_and_the_generic_fallback() {
 #[test]
 fn sessions_over_a_vlan_are_reported_and_enforced() {
     let lab = vlan_lab("vlan", 100);
-    let daemon = Daemon::start(&lab, &NO_REPUTATION, false).expect("starting the daemon");
+    let daemon = Daemon::start(&lab, &RST_NO_REPUTATION, false).expect("starting the daemon");
     let good = [
         (v4(0, 43101), Greeting::Ehlo, "mail.example.net", ACCEPT),
         (v6(0, 43102), Greeting::Helo, "v6.example.net", ACCEPT),

@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use helo_filter_tests::{e2e::*, require_root};
+use helo_filter_tests::e2e::*;
 use xtask::{
     daemon::{Daemon, metric_value},
     lab::Lab,
@@ -18,7 +18,7 @@ use xtask::{
 #[test]
 fn bogus_sessions_are_reset_before_mail_from_is_answered() {
     let lab = lab("d");
-    let daemon = Daemon::start(&lab, &NO_REPUTATION, false).expect("starting the daemon");
+    let daemon = Daemon::start(&lab, &RST_NO_REPUTATION, false).expect("starting the daemon");
     let bogus = [
         (v4(1, 44001), Greeting::Helo, "127.0.0.1"),
         (v6(1, 44002), Greeting::Ehlo, "[192.168.1.1]"),
@@ -55,7 +55,7 @@ fn bogus_sessions_are_reset_before_mail_from_is_answered() {
 #[test]
 fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
     let lab = postfix_lab("e");
-    let daemon = Daemon::start(&lab, &NO_REPUTATION, false).expect("starting the daemon");
+    let daemon = Daemon::start(&lab, &RST_NO_REPUTATION, false).expect("starting the daemon");
     let bogus = [
         (v4(1, 45001), Greeting::Helo, "127.0.0.1"),
         (v4(2, 45002), Greeting::Ehlo, "[192.168.1.1]"),
@@ -104,7 +104,7 @@ fn postfix_sees_bogus_sessions_aborted_and_queues_nothing() {
 #[test]
 fn the_gate_lets_fast_good_clients_through_and_cuts_pipelining_bots() {
     let lab = postfix_lab("f");
-    let mut daemon = Daemon::start(&lab, &NO_REPUTATION, false).expect("starting the daemon");
+    let mut daemon = Daemon::start(&lab, &RST_NO_REPUTATION, false).expect("starting the daemon");
     let with_filter: Vec<Duration> = (0..10)
         .map(|i| timed_good_session(&lab, v4(0, 46000 + i)))
         .collect();
@@ -356,56 +356,6 @@ fn assert_dropped_in_silence(lab: &Lab, daemon: &Daemon, client: SocketAddr) {
     drop((stream, reader));
 }
 
-/// An nftables counter at the MX interface's ingress hook (after XDP) of the TCP packets
-/// from `client`, IPv4 or IPv6, in a table of its own (returned; the lab's namespace goes
-/// with it): what XDP let through of that flow. Read it with [`passed`].
-fn count_passed(lab: &Lab, client: SocketAddr) -> String {
-    let table = format!("hf_passed_{}", client.port());
-    let family = match client {
-        SocketAddr::V4(_) => "ip",
-        SocketAddr::V6(_) => "ip6",
-    };
-    let chain = format!(
-        "{{ type filter hook ingress device \"{}\" priority 0; }}",
-        lab.mx_iface
-    );
-    let rule = format!(
-        "{family} saddr {} tcp sport {} counter",
-        client.ip(),
-        client.port()
-    );
-    for args in [
-        format!("add table netdev {table}"),
-        format!("add chain netdev {table} in {chain}"),
-        format!("add rule netdev {table} in {rule}"),
-    ] {
-        let out = lab
-            .command_in(&lab.mx_ns, "nft")
-            .arg(&args)
-            .output()
-            .expect("running nft");
-        assert!(
-            out.status.success(),
-            "nft {args}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    table
-}
-
-/// The packets [`count_passed`]'s counter in `table` saw.
-fn passed(lab: &Lab, table: &str) -> u64 {
-    let out = lab
-        .command_in(&lab.mx_ns, "nft")
-        .args(["list", "table", "netdev", table])
-        .output()
-        .expect("running nft");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_once("counter packets ")
-        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in nft's table {table}: {text}"))
-}
-
 /// Deployment `gateway` (three namespaces: client, gateway running the filter, MX): a bogus
 /// client's next packet is answered with a RST built in XDP; a good session goes through.
 /// Generic XDP: on veth, natively transmitted frames are dropped unless the peer runs XDP.
@@ -417,8 +367,10 @@ fn gateway_mode_answers_bogus_clients_with_a_rst() {
         "gateway",
         "--xdp-mode",
         "generic",
-        NO_REPUTATION[0],
-        NO_REPUTATION[1],
+        RST_NO_REPUTATION[0],
+        RST_NO_REPUTATION[1],
+        RST_NO_REPUTATION[2],
+        RST_NO_REPUTATION[3],
     ];
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let bogus = [
@@ -434,17 +386,6 @@ fn gateway_mode_answers_bogus_clients_with_a_rst() {
     assert_resets_logged(&daemon, 3);
     // A packet of a condemned flow was answered.
     wait_for_metric(&daemon, "helo_filter_condemned_dropped_total", |v| v >= 1.0);
-}
-
-/// A gateway lab (client ─ gateway running the filter ─ MX with smtp-sink), its name unique
-/// to this test process and test, the fixture DNS where the filter runs.
-fn gateway_lab(test: &str) -> Lab {
-    require_root();
-    let name = format!("hf{}{test}", std::process::id() % 100_000);
-    let mut lab = Lab::create_with_gateway(&name).expect("creating the gateway lab");
-    lab.start_smtp_sink().expect("starting smtp-sink");
-    lab.start_dns().expect("starting dnsmasq");
-    lab
 }
 
 /// Deployment `gateway` with action `drop`, over IPv4 and IPv6: once a bogus client's
@@ -488,19 +429,6 @@ fn gateway_mode_with_action_drop_leaves_bogus_clients_in_silence() {
     ] {
         assert_eq!(metric_value(&page, series), Some(count), "{series}\n{page}");
     }
-}
-
-/// The daemon's verdict line for `client` (waits up to 10 s for it).
-fn verdict_line(daemon: &Daemon, client: SocketAddr) -> String {
-    let prefix = format!(" client={client} ");
-    let find = || {
-        daemon
-            .lines()
-            .into_iter()
-            .find(|l| l.contains(&prefix) && l.contains(" verdict="))
-    };
-    let _ = process::wait_until(Duration::from_secs(10), || find().is_some());
-    find().unwrap_or_else(|| panic!("{client}: no verdict line:\n{}", daemon.lines().join("\n")))
 }
 
 /// A raw client from `client` says `HELO localhost` and gets the MTA's 250 (the gate holds
@@ -643,8 +571,10 @@ fn dns_fail_closed_turns_a_dns_failure_into_a_reset() {
     let args = [
         "--config",
         config.to_str().expect("utf-8 path"),
-        NO_REPUTATION[0],
-        NO_REPUTATION[1],
+        RST_NO_REPUTATION[0],
+        RST_NO_REPUTATION[1],
+        RST_NO_REPUTATION[2],
+        RST_NO_REPUTATION[3],
     ];
     let mut daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let _ = std::fs::remove_file(&config);

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use helo_filter_tests::{e2e::*, require_root};
+use helo_filter_tests::e2e::*;
 use xtask::{
     daemon::{Daemon, metric_value},
     lab::{self, Lab},
@@ -39,23 +39,6 @@ fn timed_swaks(lab: &Lab, client: SocketAddr, name: &str) -> Duration {
     sessions::swaks(lab, client, Greeting::Ehlo, name)
         .unwrap_or_else(|e| panic!("{name} from {client}: {e:#}"));
     started.elapsed()
-}
-
-/// The daemon's verdict line for `client` (waits up to 15 s for it).
-fn verdict_line(daemon: &Daemon, client: SocketAddr) -> String {
-    let find = || {
-        daemon
-            .lines()
-            .into_iter()
-            .find(|l| l.contains(&format!(" client={client} ")) && l.contains(" verdict="))
-    };
-    let _ = process::wait_until(Duration::from_secs(15), || find().is_some());
-    find().unwrap_or_else(|| {
-        panic!(
-            "no verdict logged for {client}:\n{}",
-            daemon.lines().join("\n")
-        )
-    })
 }
 
 #[test]
@@ -242,17 +225,6 @@ fn a_late_verdict_lets_the_held_session_through_at_the_gate_deadline() {
     let page = wait_for_metric(&daemon, tempfail, |v| v >= 2.0);
     assert_eq!(metric_value(&page, tempfail), Some(2.0), "{page}");
     assert_eq!(metric_value(&page, gate_deadline), Some(2.0), "{page}");
-}
-
-/// A gateway lab (client ─ gateway running the filter ─ MX with smtp-sink), its name unique
-/// to this test process and test, the fixture DNS where the filter runs.
-fn gateway_lab(test: &str) -> Lab {
-    require_root();
-    let name = format!("hf{}{test}", std::process::id() % 100_000);
-    let mut lab = Lab::create_with_gateway(&name).expect("creating the gateway lab");
-    lab.start_smtp_sink().expect("starting smtp-sink");
-    lab.start_dns().expect("starting dnsmasq");
-    lab
 }
 
 /// Monitor mode with each action, on an MX and on a gateway: bogus sessions (IPv4 and IPv6)

@@ -113,6 +113,25 @@ fn assert_reset_for(
     );
 }
 
+/// The reply action `reply` gives a HELO rejected for `reason` with the default texts.
+fn seed_reject(reason: &str) -> String {
+    format!("550 5.7.1 Access denied - bogus HELO ({reason})")
+}
+
+/// Plays a session that the filter must refuse (action `reply`): the client reads `reply`.
+fn assert_refused(lab: &Lab, client: std::net::SocketAddr, helo: &str, reply: &str) {
+    let run = sessions::swaks_run(lab, client, Greeting::Ehlo, helo)
+        .unwrap_or_else(|e| panic!("{client} {helo}: {e:#}"));
+    assert_eq!(
+        run.outcome,
+        sessions::SwaksOutcome::Refused {
+            reply: reply.to_owned()
+        },
+        "{client} {helo}:\n{}",
+        run.transcript
+    );
+}
+
 fn config_file(lab: &Lab, text: &str) -> String {
     std::fs::create_dir_all(lab.daemon_dir()).expect("daemon dir");
     let path = lab.daemon_dir().join("helo-filter.toml");
@@ -125,7 +144,14 @@ fn config_file(lab: &Lab, text: &str) -> String {
 fn every_cli_subcommand_acts_on_the_running_daemon() {
     let lab = lab("o");
     let config = config_file(&lab, "[policy]\nbundle = \"standard\"\n");
-    let args = ["--config", &config, NO_REPUTATION[0], NO_REPUTATION[1]];
+    let args = [
+        "--config",
+        &config,
+        "--action",
+        "rst",
+        NO_REPUTATION[0],
+        NO_REPUTATION[1],
+    ];
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
 
     // deny add: the source's SYNs are dropped.
@@ -345,7 +371,7 @@ fn status_tells_what_is_enforced_across_reloads() {
     let status = json(&lab, &["status"]);
     assert_eq!(status["bundle"], "strict", "{status}");
     assert_eq!(
-        status["action"], "rst",
+        status["action"], "reply",
         "the enforced action changed: {status}"
     );
     let after = &status["configuration"];
@@ -360,7 +386,7 @@ fn status_tells_what_is_enforced_across_reloads() {
     assert!(reloaded_at > loaded_at, "{status}");
     let human = ok(&lab, &["status"]);
     assert!(
-        human.contains("action rst") && human.contains("config.pending_restart enforce"),
+        human.contains("action reply") && human.contains("config.pending_restart enforce"),
         "{human}"
     );
 
@@ -370,7 +396,7 @@ fn status_tells_what_is_enforced_across_reloads() {
     assert!(refusal.contains("reload refused"), "{refusal}");
     let status = json(&lab, &["status"]);
     assert_eq!(status["bundle"], "strict", "{status}");
-    assert_eq!(status["action"], "rst", "{status}");
+    assert_eq!(status["action"], "reply", "{status}");
     let kept = &status["configuration"];
     assert_eq!(kept["loaded_at"].as_u64(), Some(reloaded_at), "{status}");
     assert_eq!(
@@ -417,7 +443,10 @@ fn protection_outlives_the_daemon() {
     let stale = HEARTBEAT_TIMEOUT + Duration::from_secs(2);
     let lab = lab("r");
     let heartbeat_ms = HEARTBEAT_TIMEOUT.as_millis().to_string();
+    // Rejects at full weight (2): under the default `reply` a reject counts a quarter.
     let args = [
+        "--action",
+        "rst",
         "--reputation-threshold",
         "3",
         "--heartbeat-timeout-ms",
@@ -746,9 +775,10 @@ fn each_section_is_applied_by_a_reload_or_waits_for_a_restart() {
             serde_json::json!([section]),
             "{section}: {status}"
         );
-        // Still what the start enforced: a reset on port 25, metrics on the old address.
-        assert_eq!(status["action"], "rst", "{section}: {status}");
-        assert_reset_for(&daemon, &lab, next_client(), "localhost", "localhost");
+        // Still what the start enforced: the reply (its text too) on port 25, metrics on the
+        // old address.
+        assert_eq!(status["action"], "reply", "{section}: {status}");
+        assert_refused(&lab, next_client(), "localhost", &seed_reject("localhost"));
         daemon
             .scrape()
             .unwrap_or_else(|e| panic!("{section}: metrics gone: {e:#}"));
@@ -773,12 +803,11 @@ fn each_section_is_applied_by_a_reload_or_waits_for_a_restart() {
         serde_json::json!(["dns"]),
         "{reloaded}"
     );
-    assert_reset_for(
-        &daemon,
+    assert_refused(
         &lab,
         next_client(),
         "mx2.example.net",
-        "dns_tempfail",
+        "451 4.7.1 HELO check failed temporarily - try again later (dns_tempfail)",
     );
     daemon.stop().expect("stopping the daemon");
 }

@@ -5,7 +5,9 @@
 //! Each row is its own flow (its own client port), so rows do not interfere; a flow's
 //! data starts at sequence number ISN + 1 = 1001.
 
-use helo_filter_common::{Counter, FAMILY_IPV4, FAMILY_IPV6, KernelConfig, flags, phase};
+use helo_filter_common::{
+    Counter, FAMILY_IPV4, FAMILY_IPV6, KernelConfig, REPLY_MARK, flags, phase,
+};
 use helo_filter_tests::{
     packet::{
         ACK, CLIENT_V4, CLIENT_V6, ETH_P_8021AD, ETH_P_8021Q, FIN, Frame, IPPROTO_UDP,
@@ -582,8 +584,7 @@ fn event_carries_flow_and_addresses() {
 
 /// Runs one frame and returns the action and the number of events it produced.
 fn step(program: &mut CaptureProgram, frame: Frame) -> (u32, usize) {
-    let action = program.run(&frame.bytes(), 1).return_value;
-    (action, program.drain().len())
+    step_bytes(program, &frame.bytes())
 }
 
 #[test]
@@ -599,10 +600,15 @@ fn the_gate_holds_payload_until_the_verdict() {
     );
     let mail = flow.data(16, b"MAIL FROM:<a@example.net>\r\n");
     assert_eq!(
-        step(&mut program, mail.clone()),
-        (XDP_DROP, 0),
+        program.run(&mail.bytes(), 1).return_value,
+        XDP_DROP,
         "held before the verdict"
     );
+    // Reported whole, for the daemon to answer if the verdict is `reply`.
+    let events = program.drain();
+    assert_eq!(events.len(), 1, "the held segment is reported");
+    assert_eq!(events[0].flags, flags::CLIENT_SEGMENT);
+    assert_eq!(events[0].payload(), &mail.bytes()[14 + 20..]);
     assert_eq!(
         step(&mut program, flow.frame(DATA + 16, ACK, b"")),
         (XDP_PASS, 0),
@@ -657,9 +663,11 @@ fn without_the_gate_nothing_is_held() {
         assert_eq!(events.len(), 1, "{gate}: the HELO is captured");
         assert_eq!(events[0].flags, HELO_DONE, "{gate}");
         let mail = flow.data(16, b"MAIL FROM:<a@example.net>\r\n");
+        // A held segment is reported (for action `reply`); a passed one is not.
+        let reported = usize::from(held == XDP_DROP);
         assert_eq!(
             step(&mut program, mail),
-            (held, 0),
+            (held, reported),
             "{gate}: the segment after the HELO line"
         );
 
@@ -1291,4 +1299,121 @@ fn a_flow_whose_ehlo_event_was_lost_is_never_held() {
         assert_eq!(action, XDP_PASS, "segment {i} after the lost EHLO is held");
     }
     assert_eq!(program.counter(Counter::GateHeld), 0);
+}
+
+/// Action `reply`: once the daemon condemned a flow with it (`CONDEMNED_REPLY` written into
+/// `FLOWS`), each client segment that carries data or a FIN is dropped and reported whole,
+/// from its TCP header on (`CLIENT_SEGMENT`), for the daemon to answer — a retransmission
+/// again, since its answer may have been lost; a bare ACK is dropped unreported. At egress
+/// only the RST of the MTA's destroyed socket is shot. IPv4 and IPv6, with VLAN tags, IPv4
+/// options and an IPv6 extension header moving the TCP header.
+#[test]
+fn flows_condemned_with_reply_report_each_segment_for_the_answer() {
+    const MAIL: &[u8] = b"MAIL FROM:<a@example.net>\r\n";
+    let cases: [(&str, bool, Wrap, usize); 4] = [
+        ("ipv4", false, |f| f, 14 + 20),
+        ("ipv6", true, |f| f, 14 + 40),
+        (
+            "vlan and ipv4 options",
+            false,
+            |f| f.vlan(ETH_P_8021Q, 7).ipv4_options(&[1, 1, 1, 1]),
+            18 + 24,
+        ),
+        (
+            "qinq and an ipv6 extension header",
+            true,
+            |f| {
+                f.vlan(ETH_P_8021AD, 8)
+                    .vlan(ETH_P_8021Q, 9)
+                    .ipv6_extension(IPV6_DEST_OPTS, 1)
+            },
+            22 + 40 + 16,
+        ),
+    ];
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    program.heartbeat(0);
+    for (i, (name, v6, wrap, tcp_at)) in cases.into_iter().enumerate() {
+        let port = 49_000 + i as u16;
+        let flow = if v6 { Flow::v6(port) } else { Flow::v4(port) };
+        let [syn, ehlo] = syn_then(&flow, b"EHLO localhost\r\n", wrap);
+        assert_eq!(step(&mut program, syn), (XDP_PASS, 0), "{name}: SYN");
+        assert_eq!(step(&mut program, ehlo), (XDP_PASS, 1), "{name}: EHLO");
+        let key = if v6 {
+            flow_key_v6(port, 25)
+        } else {
+            flow_key_v4(port, 25)
+        };
+        program.set_phase(&key, phase::CONDEMNED_REPLY);
+        let dropped = program.counter(Counter::CondemnedDropped);
+
+        let mail = wrap(flow.data(16, MAIL)).bytes();
+        for attempt in ["sent", "retransmitted"] {
+            assert_eq!(
+                program.run(&mail, 1).return_value,
+                XDP_DROP,
+                "{name}: MAIL FROM {attempt}"
+            );
+            let events = program.drain();
+            assert_eq!(events.len(), 1, "{name}: MAIL FROM {attempt}: one report");
+            let event = &events[0];
+            assert_eq!(event.flags, flags::CLIENT_SEGMENT, "{name}");
+            assert_eq!(event.key, key, "{name}");
+            assert_eq!(event.seq, DATA + 16, "{name}");
+            assert_eq!(event.stream_start_seq, DATA, "{name}");
+            assert_eq!(usize::from(event.wire_len), MAIL.len(), "{name}");
+            assert_eq!(
+                event.payload(),
+                &mail[tcp_at..],
+                "{name}: the report is the segment from its TCP header on"
+            );
+        }
+        let ack = wrap(flow.frame(DATA + 16, ACK, b"")).bytes();
+        assert_eq!(
+            step_bytes(&mut program, &ack),
+            (XDP_DROP, 0),
+            "{name}: bare ACK"
+        );
+        let fin = wrap(flow.frame(DATA + 16, FIN | ACK, b"")).bytes();
+        assert_eq!(step_bytes(&mut program, &fin), (XDP_DROP, 1), "{name}: FIN");
+        assert_eq!(
+            program.counter(Counter::CondemnedDropped),
+            dropped + 4,
+            "{name}: every client segment dropped and counted"
+        );
+
+        // At egress: the MTA's reply to the HELO leaves (the client then sends the command
+        // the daemon answers), and so do the daemon's marked segments, its RSTs included;
+        // the RST of the MTA's destroyed socket is shot.
+        let mta_reply = wrap(from_mta(port, v6, PSH | ACK, b"250 mx.example.org\r\n")).bytes();
+        let answer = wrap(from_mta(port, v6, PSH | ACK | FIN, b"550 5.7.1 no\r\n")).bytes();
+        let rst = wrap(from_mta(port, v6, RST | ACK, b"")).bytes();
+        for (what, frame, mark, returns) in [
+            ("the MTA's reply", &mta_reply, 0, TC_ACT_OK),
+            ("the daemon's answer", &answer, REPLY_MARK, TC_ACT_OK),
+            ("the daemon's RST", &rst, REPLY_MARK, TC_ACT_OK),
+            ("the destroyed socket's RST", &rst, 0, TC_ACT_SHOT),
+            ("a RST marked otherwise", &rst, REPLY_MARK + 1, TC_ACT_SHOT),
+        ] {
+            assert_eq!(
+                program.run_egress_marked(frame, mark),
+                returns,
+                "{name}: {what}"
+            );
+        }
+        assert_eq!(
+            program.counter(Counter::CondemnedDropped),
+            dropped + 6,
+            "{name}: the two RSTs shot counted"
+        );
+        assert!(
+            program.drain().is_empty(),
+            "{name}: nothing at egress is reported"
+        );
+    }
+}
+
+/// Runs raw frame bytes and returns the action and the number of events they produced.
+fn step_bytes(program: &mut CaptureProgram, frame: &[u8]) -> (u32, usize) {
+    let action = program.run(frame, 1).return_value;
+    (action, program.drain().len())
 }

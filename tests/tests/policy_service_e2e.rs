@@ -195,8 +195,7 @@ const POLICY_LISTEN: &str = "inet:127.0.0.1:10031";
 #[test]
 fn postfix_refuses_bogus_helos_at_rcpt_time() {
     require_root();
-    let name = format!("hf{}p", std::process::id() % 100_000);
-    let mut lab = Lab::create(&name).expect("creating the lab");
+    let mut lab = Lab::create(&unique_name("p")).expect("creating the lab");
     lab.start_dns().expect("starting dnsmasq");
     let policy = POLICY_LISTEN.strip_prefix("inet:").expect("inet");
     lab.start_postfix(&format!(
@@ -283,8 +282,11 @@ fn postfix_refuses_bogus_helos_at_rcpt_time() {
 #[test]
 fn the_daemons_policy_listener_feeds_reputation_once_per_session() {
     let lab = lab("q");
-    // A reject weighs 2: one session stays under 3, two cross it.
+    // A reject weighs 2 (at full weight: under the default `reply` a reject counts a
+    // quarter): one session stays under 3, two cross it.
     let args = [
+        "--action",
+        "rst",
         "--policy-listen",
         POLICY_LISTEN,
         "--reputation-threshold",

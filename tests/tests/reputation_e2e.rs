@@ -18,7 +18,15 @@ use xtask::{
 #[test]
 fn repeat_offenders_are_denied_at_syn_time_until_the_denial_expires() {
     let lab = lab("h");
-    let args = ["--reputation-threshold", "3.5", "--deny-ttl", "5"];
+    // Rejects at full weight (2): under the default `reply` a reject counts a quarter.
+    let args = [
+        "--action",
+        "rst",
+        "--reputation-threshold",
+        "3.5",
+        "--deny-ttl",
+        "5",
+    ];
     let mut daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
     let offender = v4(2, 48001);
     assert!(connects(&lab, offender), "not denied yet");
@@ -185,7 +193,8 @@ fn accepted_sessions_with_a_soft_score_never_lead_to_a_denial() {
 #[test]
 fn rejected_sessions_from_the_relay_still_lead_to_a_denial() {
     let lab = lab("t");
-    let mut daemon = Daemon::start(&lab, &[], false).expect("starting the daemon");
+    // Rejects at full weight (2): under the default `reply` a reject counts a quarter.
+    let mut daemon = Daemon::start(&lab, &["--action", "rst"], false).expect("starting the daemon");
     for port in 56101..56104 {
         let client = v4(RELAY, port);
         let (completed, transcript) =

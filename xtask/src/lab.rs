@@ -14,7 +14,7 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -85,8 +85,10 @@ impl PostfixInstance {
 
 impl Drop for PostfixInstance {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "postfix", "-c"])
+        // Bounded: `postfix stop` waits on the master's lock, which a master still starting
+        // on a loaded machine can hold (a test once hung here).
+        let _ = Command::new("timeout")
+            .args(["30", "ip", "netns", "exec", &self.ns, "postfix", "-c"])
             .arg(&self.config)
             .arg("stop")
             .stdout(Stdio::null())
@@ -329,55 +331,23 @@ impl Lab {
     /// `status=sent`.
     pub fn start_postfix(&mut self, main_cf_extra: &str) -> anyhow::Result<&PostfixInstance> {
         let dir = std::env::temp_dir().join(format!("helo-filter-postfix-{}", self.mx_ns));
-        let _ = fs::remove_dir_all(&dir);
-        let config = dir.join("etc");
-        for sub in ["etc", "spool", "lib"] {
-            fs::create_dir_all(dir.join(sub))?;
-        }
-        run(Command::new("chown")
-            .args(["postfix:postfix"])
-            .arg(dir.join("lib")))?;
-        let d = dir.display();
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             inet_interfaces = {MX_V4}, {MX_V6}\n\
-             inet_protocols = all\n\
-             myhostname = mx.example.org\n\
-             mydestination = example.org\n\
-             mynetworks = 127.0.0.0/8\n\
-             smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
-             smtpd_tls_security_level = none\n\
-             smtpd_client_connection_rate_limit = 0\n\
-             queue_directory = {d}/spool\n\
-             data_directory = {d}/lib\n\
-             maillog_file = {d}/maillog\n\
-             maillog_file_prefixes = {d}\n\
-             alias_maps =\n\
-             alias_database =\n\
-             local_recipient_maps =\n\
-             local_transport = discard:lab\n\
-             default_transport = discard:lab\n\
-             {main_cf_extra}\n"
-        );
-        fs::write(config.join("main.cf"), main_cf)?;
-        // The package's pristine copies: on a machine where Postfix was installed with "No
-        // configuration" they are all there is.
-        fs::copy(
-            "/usr/share/postfix/master.cf.dist",
-            config.join("master.cf"),
-        )
-        .context("/usr/share/postfix/master.cf.dist (Debian package postfix)")?;
-        fs::copy(
-            "/usr/share/postfix/dynamicmaps.cf",
-            config.join("dynamicmaps.cf"),
+        let config = postfix_directories(
+            &dir,
+            &format!(
+                "inet_interfaces = {MX_V4}, {MX_V6}\n\
+                 inet_protocols = all\n\
+                 myhostname = mx.example.org\n\
+                 mydestination = example.org\n\
+                 mynetworks = 127.0.0.0/8\n\
+                 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n\
+                 smtpd_tls_security_level = none\n\
+                 smtpd_client_connection_rate_limit = 0\n\
+                 local_recipient_maps =\n\
+                 local_transport = discard:lab\n\
+                 default_transport = discard:lab\n\
+                 {main_cf_extra}\n"
+            ),
         )?;
-        fs::create_dir_all(config.join("dynamicmaps.cf.d"))?;
-        // No chroot: smtpd then reads the namespace's resolv.conf, which `ip netns exec`
-        // mounts over /etc/resolv.conf.
-        run(Command::new("postconf")
-            .arg("-c")
-            .arg(&config)
-            .args(["-F", "*/*/chroot = n"]))?;
         let netns_etc = format!("/etc/netns/{}", self.mx_ns);
         fs::create_dir_all(&netns_etc)?;
         // One short try: a test that makes DNS time out must not stall Postfix's own
@@ -521,6 +491,134 @@ impl Lab {
     }
 }
 
+/// The uid and gid the sending Postfix delivers its local mail (bounces) as: Debian's
+/// `nobody` and `nogroup`.
+const LOCAL_MAIL_OWNER: u32 = 65534;
+
+impl Lab {
+    /// Starts a real Postfix as the *sending* MTA in the client namespace: it relays
+    /// everything to the MX (`relayhost = [198.51.100.25]`), greets with `helo_name`
+    /// (`smtp_helo_name`) from the client address `bind` (`smtp_bind_address`) with TLS at
+    /// `tls_level` (`smtp_tls_security_level`: `none`, or Debian's `may`), and listens on
+    /// nothing (every inet service disabled). Its own configuration, queue, log and mail
+    /// directories are under the temp dir, named after the client namespace and `bind`, so
+    /// that several can run side by side. Mail for example.net (the bounces to a sender
+    /// there) is delivered locally, into one Maildir ([`PostfixInstance::mailbox`]). Submit
+    /// with [`PostfixInstance::sendmail`]; the instance stops when dropped (drop it before
+    /// the lab).
+    pub fn start_sending_postfix(
+        &self,
+        helo_name: &str,
+        bind: Ipv4Addr,
+        tls_level: &str,
+    ) -> anyhow::Result<PostfixInstance> {
+        let dir =
+            std::env::temp_dir().join(format!("helo-filter-postfix-{}-{bind}", self.client_ns));
+        let d = dir.display();
+        let config = postfix_directories(
+            &dir,
+            &format!(
+                "inet_interfaces = loopback-only\n\
+                 inet_protocols = ipv4\n\
+                 master_service_disable = inet\n\
+                 myhostname = sender.example.net\n\
+                 mydestination =\n\
+                 relayhost = [{MX_V4}]\n\
+                 smtp_helo_name = {helo_name}\n\
+                 smtp_bind_address = {bind}\n\
+                 smtp_dns_support_level = disabled\n\
+                 smtp_tls_security_level = {tls_level}\n\
+                 virtual_mailbox_domains = example.net\n\
+                 virtual_mailbox_base = {d}/mail\n\
+                 virtual_mailbox_maps = inline:{{ @example.net=example.net/ }}\n\
+                 virtual_uid_maps = static:{LOCAL_MAIL_OWNER}\n\
+                 virtual_gid_maps = static:{LOCAL_MAIL_OWNER}\n"
+            ),
+        )?;
+        fs::create_dir_all(dir.join("mail"))?;
+        let owner = format!("{LOCAL_MAIL_OWNER}:{LOCAL_MAIL_OWNER}");
+        run(Command::new("chown").arg(&owner).arg(dir.join("mail")))?;
+        let instance = PostfixInstance {
+            dir,
+            config: config.clone(),
+            ns: self.client_ns.clone(),
+        };
+        run(self
+            .command_in(&self.client_ns, "postfix")
+            .arg("-c")
+            .arg(&config)
+            .arg("start"))
+        .context("starting the sending Postfix")?;
+        // Nothing listens: ready once the queue manager and pickup run (master starts them).
+        let spool = instance.dir.join("spool");
+        wait_until(Duration::from_secs(20), || {
+            ["public/qmgr", "public/pickup"]
+                .iter()
+                .all(|fifo| spool.join(fifo).exists())
+                && spool.join("pid/master.pid").exists()
+        })
+        .context("the sending Postfix did not start")?;
+        Ok(instance)
+    }
+}
+
+impl PostfixInstance {
+    /// Submits a message from `from` to `to` with `body` (a few lines, no headers needed)
+    /// through this instance's `sendmail`, in its namespace.
+    pub fn sendmail(&self, from: &str, to: &str, body: &str) -> anyhow::Result<()> {
+        use std::io::Write as _;
+
+        // Bounded: sendmail waits on the queue's pickup service.
+        let mut child = netns::command_in(&self.ns, "timeout")
+            .args(["30", "sendmail"])
+            .arg("-C")
+            .arg(&self.config)
+            .args(["-f", from, to])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running sendmail")?;
+        let message = format!("From: <{from}>\nTo: <{to}>\nSubject: lab\n\n{body}\n");
+        child
+            .stdin
+            .take()
+            .context("sendmail's stdin")?
+            .write_all(message.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "sendmail failed: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// The messages delivered locally so far (the Maildirs under `mail/`, each message
+    /// whole), oldest first by file name; empty for an instance that delivers nothing
+    /// locally.
+    pub fn mailbox(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        let Ok(boxes) = fs::read_dir(self.dir.join("mail")) else {
+            return Vec::new();
+        };
+        for mailbox in boxes.flatten() {
+            for sub in ["new", "cur"] {
+                if let Ok(entries) = fs::read_dir(mailbox.path().join(sub)) {
+                    files.extend(entries.flatten().map(|e| e.path()));
+                }
+            }
+        }
+        files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+        files
+            .iter()
+            .filter_map(|f| fs::read_to_string(f).ok())
+            .collect()
+    }
+}
+
 /// The BPF file system the labs' daemons pin under.
 const LAB_BPFFS: &str = "/run/helo-filter-lab/bpffs";
 
@@ -639,6 +737,52 @@ pub fn remove_stale_labs() {
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
     output(command).map(drop)
+}
+
+/// A private Postfix instance's directories under `dir` (made afresh): its configuration
+/// (returned: `main.cf` with `main_cf` and the instance's own paths, the package's pristine
+/// `master.cf` and `dynamicmaps.cf`, no chroot), queue, data directory and log. Nothing
+/// under /etc/postfix is read or changed.
+fn postfix_directories(dir: &Path, main_cf: &str) -> anyhow::Result<PathBuf> {
+    let _ = fs::remove_dir_all(dir);
+    let config = dir.join("etc");
+    for sub in ["etc", "spool", "lib"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    run(Command::new("chown")
+        .args(["postfix:postfix"])
+        .arg(dir.join("lib")))?;
+    let d = dir.display();
+    let main_cf = format!(
+        "compatibility_level = 3.6\n\
+         {main_cf}\
+         queue_directory = {d}/spool\n\
+         data_directory = {d}/lib\n\
+         maillog_file = {d}/maillog\n\
+         maillog_file_prefixes = {d}\n\
+         alias_maps =\n\
+         alias_database =\n"
+    );
+    fs::write(config.join("main.cf"), main_cf)?;
+    // The package's pristine copies: on a machine where Postfix was installed with "No
+    // configuration" they are all there is.
+    fs::copy(
+        "/usr/share/postfix/master.cf.dist",
+        config.join("master.cf"),
+    )
+    .context("/usr/share/postfix/master.cf.dist (Debian package postfix)")?;
+    fs::copy(
+        "/usr/share/postfix/dynamicmaps.cf",
+        config.join("dynamicmaps.cf"),
+    )?;
+    fs::create_dir_all(config.join("dynamicmaps.cf.d"))?;
+    // No chroot: smtpd then reads the namespace's resolv.conf, which `ip netns exec` mounts
+    // over /etc/resolv.conf.
+    run(Command::new("postconf")
+        .arg("-c")
+        .arg(&config)
+        .args(["-F", "*/*/chroot = n"]))?;
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -419,7 +419,8 @@ fn print_counters(page: &str) {
     for series in [
         "helo_filter_ringbuf_dropped_total",
         "helo_filter_helo_events_total",
-        "helo_filter_actions_total{action=\"rst\"}",
+        "helo_filter_actions_total{action=\"reply\"}",
+        "helo_filter_replies_total{segment=\"reject\"}",
         "helo_filter_helo_to_action_seconds_count",
     ] {
         println!(

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, RingBuf},
 };
-use helo_filter_common::maps;
+use helo_filter_common::{REPLY_MARK, maps};
 use log::{error, info, warn};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
@@ -19,7 +19,10 @@ use tokio::{
 
 use crate::{
     config::{Action, Deployment, HEARTBEAT_INTERVAL_MS, PolicyFile, RunArgs},
-    io::notify::{self, Notifier},
+    io::{
+        notify::{self, Notifier},
+        raw_socket::RawSockets,
+    },
     kernel::{self, CounterReader, Heartbeat, lists::KernelLists, pins::PinDir},
     metrics,
     operator::{
@@ -28,10 +31,11 @@ use crate::{
         state::StateDir,
     },
     pipeline::{
+        answer::Answerer,
         capture::{self, Limits},
         enforce::Enforcer,
         probe::{self, Probe},
-        reputation::Reputation,
+        reputation::{Reputation, ReputationSettings},
         stage::{Stage, policy_stage},
     },
     policy::PolicyEngine,
@@ -42,6 +46,9 @@ use crate::{
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
 const POLICY_QUEUE: usize = 4096;
 const COUNTER_REFRESH: Duration = Duration::from_secs(1);
+/// How often action `reply` frees the MTA of clients that sent nothing more, and forgets
+/// the flows it answered long ago.
+const ANSWERED_SWEEP: Duration = Duration::from_secs(1);
 /// How often expired denials end and the deny-list cap is enforced.
 const REPUTATION_SWEEP: Duration = Duration::from_secs(1);
 /// The exit status after a task panicked (EX_SOFTWARE): an internal error, for systemd's
@@ -67,6 +74,8 @@ struct Daemon {
     operator: Arc<Operator>,
     counters: Arc<CounterReader>,
     heartbeat: Heartbeat,
+    /// Action `reply` only.
+    answerer: Option<Arc<Answerer>>,
 }
 
 /// Runs the daemon; returns its exit status.
@@ -139,10 +148,27 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
 
     let mut ebpf = kernel::load(&file.kernel_config(), Some(&pins))?;
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
+    let answerer = match enforced_action(file) {
+        Action::Reply => {
+            let sockets = RawSockets::open(REPLY_MARK)
+                .context("opening the raw sockets of action reply (CAP_NET_RAW needed)")?;
+            Some(Arc::new(Answerer::new(
+                enforce.deployment,
+                sockets,
+                file.postfix.clone(),
+            )))
+        }
+        _ => None,
+    };
     let stage = Arc::new(Stage::new(
         PolicyEngine::new(file.settings(), dns.clone()),
-        Enforcer::new(flows, enforce.deployment, enforced_action(file)),
-        Reputation::new((&file.reputation).into()),
+        Enforcer::new(
+            flows,
+            enforce.deployment,
+            enforced_action(file),
+            answerer.clone(),
+        ),
+        Reputation::new(reputation_settings(file)),
         KernelLists::new(&mut ebpf)?,
     ));
     let counters = Arc::new(CounterReader::new(&mut ebpf)?);
@@ -166,7 +192,18 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
         operator,
         counters,
         heartbeat,
+        answerer,
     })
+}
+
+/// Reputation as configured; under action `reply` a reject counts `reply_weight` of its
+/// weight.
+fn reputation_settings(file: &PolicyFile) -> ReputationSettings {
+    let settings = ReputationSettings::from(&file.reputation);
+    match enforced_action(file) {
+        Action::Reply => settings.replying(file.reputation.reply_weight),
+        _ => settings,
+    }
 }
 
 /// `--monitor` enforces nothing, whatever the action.
@@ -181,8 +218,9 @@ fn enforced_action(file: &PolicyFile) -> Action {
 /// Attaches the program to every interface (adopting a pinned link where there is one) and
 /// releases the pins of interfaces no longer configured.
 fn attach(file: &PolicyFile, daemon: &mut Daemon) -> anyhow::Result<()> {
-    // On an MX, `drop` must also keep the destroyed socket's RST from the client.
-    let egress = enforced_action(file) == Action::Drop && file.enforce.deployment == Deployment::Mx;
+    // On an MX, `drop` and `reply` must also keep the destroyed socket's RST from the client.
+    let egress = matches!(enforced_action(file), Action::Drop | Action::Reply)
+        && file.enforce.deployment == Deployment::Mx;
     let ifaces = &file.kernel.interfaces;
     let mut attachments = Vec::new();
     for iface in ifaces {
@@ -302,7 +340,17 @@ async fn spawn(
     // One probe at a time; without a watchdog the sender is dropped and capture stops
     // listening for probes.
     let (probes, probed) = mpsc::channel::<Probe>(1);
-    tasks.spawn_vital("capture", capture::run(ring, tx, probed, Limits::default()));
+    if let Some(answerer) = &daemon.answerer {
+        let forgetting = Arc::clone(answerer);
+        tasks.every(ANSWERED_SWEEP, "forgetting answered flows", move || {
+            forgetting.expire(std::time::Instant::now());
+            Ok(())
+        });
+    }
+    tasks.spawn_vital(
+        "capture",
+        capture::run(ring, tx, probed, Limits::default(), daemon.answerer),
+    );
     tasks.spawn(
         "policy stage",
         policy_stage(rx, daemon.stage, tasks.clone()),

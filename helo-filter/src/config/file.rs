@@ -11,7 +11,7 @@ use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS};
 use serde::Deserialize;
 
 use super::{
-    Action, ControlSection, DnsSection, EnforceSection, KernelSection, ListsSection,
+    ControlSection, DenyAnswer, DnsSection, EnforceSection, KernelSection, ListsSection,
     MetricsSection, PolicySection, PostfixSection, ReputationSection, StateSection, locate::locate,
 };
 use crate::{
@@ -154,7 +154,7 @@ impl PolicyFile {
                 false => enforce.gate_deadline_ms,
             },
             heartbeat_timeout_ms: enforce.heartbeat_timeout_ms,
-            deny_with_rst: u32::from(enforce.deny_answer == Action::Rst),
+            deny_with_rst: u32::from(enforce.deny_answer == DenyAnswer::Rst),
         };
         config.ports[..ports.len()].copy_from_slice(ports);
         config

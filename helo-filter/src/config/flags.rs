@@ -9,7 +9,9 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::{Action, ConfigError, Deployment, HostName, ListenAddr, Loaded, PolicyFile};
+use super::{
+    Action, ConfigError, DenyAnswer, Deployment, HostName, ListenAddr, Loaded, PolicyFile,
+};
 use crate::{
     kernel::XdpModeChoice,
     policy::{Bundle, DenyPattern},
@@ -127,14 +129,15 @@ pub struct RunArgs {
     /// forwards SMTP traffic to MTAs elsewhere) [default: mx].
     #[arg(long, value_enum)]
     pub deployment: Option<Deployment>,
-    /// What to do with a rejected session: `rst` (the client gets a RST) or `drop` (the
-    /// client gets silence). On an MX the MTA's socket is destroyed at once either way
-    /// [default: rst].
+    /// What to do with a rejected session: `reply` (the client reads `550 5.7.1 Access
+    /// denied - bogus HELO (<reason>)` in answer to its next command), `rst` (the client
+    /// gets a RST) or `drop` (the client gets silence). The MTA is freed in every case
+    /// [default: reply].
     #[arg(long, value_enum)]
     pub action: Option<Action>,
     /// How a denied source's SYN is answered: `drop` (silence) or `rst` [default: drop].
     #[arg(long, value_enum)]
-    pub deny_answer: Option<Action>,
+    pub deny_answer: Option<DenyAnswer>,
     /// Enforce nothing: count the actions that would have been taken.
     #[arg(long)]
     pub monitor: bool,

@@ -1,8 +1,11 @@
-//! `[postfix]`: the policy service's listener and replies.
+//! `[postfix]`: the policy service's listener, and the replies that both it and action
+//! `reply` give a rejected client.
 
 use std::{fmt, net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
+
+use crate::policy::Reason;
 
 /// Where the service listens: `unix:PATH` or `inet:HOST:PORT`, as in Postfix's
 /// `check_policy_service`.
@@ -107,5 +110,46 @@ impl Default for PostfixSection {
                 "4.7.1 HELO check failed temporarily - try again later".to_owned(),
             ),
         }
+    }
+}
+
+impl PostfixSection {
+    /// The reply to a session rejected for `reason`, `CODE TEXT (reason)`: what the policy
+    /// service answers Postfix, and what action `reply` answers the client itself.
+    pub fn reject_reply(&self, reason: Reason) -> String {
+        format!(
+            "{} {} ({})",
+            self.reject_code.0,
+            self.reject_text.0,
+            reason.as_str()
+        )
+    }
+
+    /// The SMTP reply action `reply` gives a session rejected for `reason`: the reject, or
+    /// for a DNS failure under a fail-closed policy a temporary `451` with the defer text,
+    /// as the policy service defers it: the sender tries again later.
+    pub fn smtp_reply(&self, reason: Reason) -> String {
+        match reason {
+            Reason::DnsTempfail => format!("451 {} ({})", self.defer_text.0, reason.as_str()),
+            _ => self.reject_reply(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dns_failure_is_answered_for_later_and_every_other_reason_with_the_seeds_reject() {
+        let replies = PostfixSection::default();
+        assert_eq!(
+            replies.smtp_reply(Reason::Localhost),
+            "550 5.7.1 Access denied - bogus HELO (localhost)"
+        );
+        assert_eq!(
+            replies.smtp_reply(Reason::DnsTempfail),
+            "451 4.7.1 HELO check failed temporarily - try again later (dns_tempfail)"
+        );
     }
 }

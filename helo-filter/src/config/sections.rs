@@ -14,6 +14,10 @@ use crate::{config::ReputationWeights, kernel::XdpModeChoice};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    /// The client reads `550 5.7.1 Access denied - bogus HELO (<reason>)` in answer to its
+    /// next command, then the connection ends; the MTA is freed at once (on an MX its
+    /// socket is destroyed, in a gateway it is sent a RST).
+    Reply,
     /// The server-side socket is destroyed; the client gets a RST.
     Rst,
     /// The server-side socket is destroyed; the client gets silence.
@@ -25,16 +29,27 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 3] = [Action::Rst, Action::Drop, Action::Monitor];
+    pub const ALL: [Action; 4] = [Action::Reply, Action::Rst, Action::Drop, Action::Monitor];
 
     /// The `action` label of `helo_filter_actions_total`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Action::Reply => "reply",
             Action::Rst => "rst",
             Action::Drop => "drop",
             Action::Monitor => "monitor",
         }
     }
+}
+
+/// How a denied source's SYN is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyAnswer {
+    /// Silence: the client's connect times out.
+    Drop,
+    /// A RST: the client's connect is refused at once.
+    Rst,
 }
 
 /// Where the filter sits.
@@ -63,7 +78,7 @@ pub struct EnforceSection {
     pub deployment: Deployment,
     pub action: Action,
     pub monitor: bool,
-    pub deny_answer: Action,
+    pub deny_answer: DenyAnswer,
     pub gate_deadline_ms: u32,
     pub heartbeat_timeout_ms: u32,
 }
@@ -72,9 +87,9 @@ impl Default for EnforceSection {
     fn default() -> Self {
         EnforceSection {
             deployment: Deployment::Mx,
-            action: Action::Rst,
+            action: Action::Reply,
             monitor: false,
-            deny_answer: Action::Drop,
+            deny_answer: DenyAnswer::Drop,
             gate_deadline_ms: KernelConfig::DEFAULT_GATE_DEADLINE_MS,
             heartbeat_timeout_ms: KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS,
         }
@@ -96,6 +111,10 @@ pub struct ReputationSection {
     /// clean whatever its soft score, as the spec says; above 0 it can deny legitimate
     /// relays, see `warnings`).
     pub soft_score_weight: f64,
+    /// Under action `reply`, the fraction of its weight a reject counts: a sender that
+    /// stops after the 550 keeps hearing it (it is not SYN-dropped after a few messages, its
+    /// later mail then deferred, not bounced), while one that floods is still denied.
+    pub reply_weight: f64,
     pub weights: ReputationWeights,
 }
 
@@ -108,6 +127,7 @@ impl Default for ReputationSection {
             max_denied: 10_000,
             reject_weight: 2.0,
             soft_score_weight: 0.0,
+            reply_weight: 0.25,
             weights: ReputationWeights::default(),
         }
     }

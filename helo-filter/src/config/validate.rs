@@ -236,6 +236,14 @@ fn problems(c: &PolicyFile) -> Vec<Problem> {
         ),
     );
     refuse(
+        "reputation.reply_weight",
+        !valid_weight(reputation.reply_weight),
+        format!(
+            "a finite number, 0 or more, {} given",
+            reputation.reply_weight
+        ),
+    );
+    refuse(
         "reputation.soft_score_weight",
         !valid_weight(reputation.soft_score_weight),
         format!(

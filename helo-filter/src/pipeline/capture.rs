@@ -1,15 +1,18 @@
 //! Reads capture events from the kernel's ring buffer and turns them into sessions for
 //! the policy stage.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{MapData, RingBuf};
-use helo_filter_common::CaptureEvent;
+use helo_filter_common::{CaptureEvent, flags};
 use log::{debug, warn};
 use tokio::sync::mpsc;
 
 pub use super::reassembly::{Limits, Reassembler};
-use super::{probe::Probe, session::Session, stage::Queued};
+use super::{answer::Answerer, probe::Probe, session::Session, stage::Queued};
 use crate::{kernel, metrics};
 
 /// Events handled per wake-up before yielding, so a busy ring cannot starve other tasks.
@@ -17,14 +20,16 @@ const DRAIN_BUDGET: usize = 256;
 /// How often undecided flows are checked for their time-out.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Drains the ring buffer forever, sending each decided session to `sessions`. A full
-/// channel never blocks the reader: the session is passed (not judged) and counted. The
+/// Drains the ring buffer forever, sending each decided session to `sessions`, and each
+/// segment of a flow condemned with `reply` to `answerer`. A full channel never blocks the
+/// reader: the session is passed (not judged) and counted. The
 /// watchdog's `probes` take the same loop into the same channel (see [`super::probe`]).
 pub async fn run(
     ring: RingBuf<MapData>,
     sessions: mpsc::Sender<Queued>,
     mut probes: mpsc::Receiver<Probe>,
     limits: Limits,
+    answerer: Option<Arc<Answerer>>,
 ) -> anyhow::Result<()> {
     let mut ring = kernel::readable_fd(ring)?;
     let mut reassembler = Reassembler::new(limits);
@@ -51,6 +56,14 @@ pub async fn run(
                         continue;
                     };
                     drop(item);
+                    if event.flags & flags::CLIENT_SEGMENT != 0 {
+                        // Held segments are reported whatever the action: answered
+                        // under `reply` only.
+                        if let Some(answerer) = &answerer {
+                            answerer.answer(&event);
+                        }
+                        continue;
+                    }
                     let (session, evicted) = reassembler.push(&event, Instant::now());
                     if evicted > 0 {
                         warn!("reassembly full: gave up {evicted} undecided flow(s)");

@@ -7,9 +7,15 @@
 //!   RST included): the client gets silence.
 //! - Deployment `gateway` (the MTA is elsewhere): the flow is condemned in the kernel, which
 //!   drops the client's further packets (`drop`) or answers each with a RST (`rst`).
+//! - Action `reply`, in either deployment: the flow is condemned so that the kernel reports
+//!   the client's next segments, which the daemon answers with the reject (see
+//!   [`super::answer`]); on an MX the MTA's socket is destroyed too, its RST kept from the
+//!   client by TC egress.
 //!
 //! `--monitor` enforces nothing and counts what would have been done. An accept opens the
 //! kernel's gate for its flow: the client's held segments are retransmitted and delivered.
+
+use std::{net::SocketAddr, sync::Arc};
 
 use aya::maps::{HashMap, MapData, MapError};
 use helo_filter_common::{FlowKey, FlowState, phase};
@@ -20,7 +26,7 @@ use crate::{
     config::{Action, Deployment},
     metrics,
     metrics::DestroyOutcome,
-    pipeline::session::Session,
+    pipeline::{answer::Answerer, session::Session},
     policy::Verdict,
 };
 
@@ -39,6 +45,8 @@ pub struct Enforcer {
     action: Action,
     /// The kernel's flow table, where verdicts open the gate.
     flows: Mutex<HashMap<MapData, FlowKey, FlowState>>,
+    /// Answers the clients of flows condemned with action `reply` (that action only).
+    answerer: Option<Arc<Answerer>>,
 }
 
 impl Enforcer {
@@ -46,11 +54,13 @@ impl Enforcer {
         flows: HashMap<MapData, FlowKey, FlowState>,
         deployment: Deployment,
         action: Action,
+        answerer: Option<Arc<Answerer>>,
     ) -> Self {
         Enforcer {
             deployment,
             action,
             flows: Mutex::new(flows),
+            answerer,
         }
     }
 
@@ -64,18 +74,28 @@ impl Enforcer {
     pub fn apply(&self, session: &Session, verdict: &Verdict) -> Option<Enforcement> {
         if !verdict.is_reject() {
             self.set_phase(session, phase::DONE);
+            if let Some(answerer) = &self.answerer {
+                answerer.release(session);
+            }
             return None;
         }
         let mut destroyed = None;
         match (self.deployment, self.action) {
             (_, Action::Monitor) => self.set_phase(session, phase::DONE),
             (Deployment::Mx, Action::Rst) => {
-                destroyed = Some(destroy(session));
+                destroyed = Some(destroy_session(session));
                 self.set_phase(session, phase::DONE);
             }
             (Deployment::Mx, Action::Drop) => {
                 self.set_phase(session, phase::CONDEMNED);
-                destroyed = Some(destroy(session));
+                destroyed = Some(destroy_session(session));
+            }
+            // The MTA is freed once the client's next command is answered (see `answer`).
+            (_, Action::Reply) => {
+                self.set_phase(session, phase::CONDEMNED_REPLY);
+                if let (Some(answerer), Some(reason)) = (&self.answerer, verdict.primary()) {
+                    answerer.condemn(session, reason);
+                }
             }
             (Deployment::Gateway, Action::Rst) => self.set_phase(session, phase::CONDEMNED_RST),
             (Deployment::Gateway, Action::Drop) => self.set_phase(session, phase::CONDEMNED),
@@ -115,15 +135,21 @@ impl Enforcer {
 
 /// Destroys the MTA's socket of the session, counts the outcome, and says whether the
 /// socket was destroyed.
-fn destroy(session: &Session) -> bool {
-    let outcome = match super::sock_destroy::destroy_tcp_socket(session.server, session.client) {
+fn destroy_session(session: &Session) -> bool {
+    destroy(session.server, session.client)
+}
+
+/// Destroys the MTA's socket of the connection between `server` and `client`, counts the
+/// outcome, and says whether the socket was destroyed.
+pub(super) fn destroy(server: SocketAddr, client: SocketAddr) -> bool {
+    let outcome = match super::sock_destroy::destroy_tcp_socket(server, client) {
         Ok(true) => DestroyOutcome::Destroyed,
         Ok(false) => {
-            debug!("{}: the session had already ended", session.client);
+            debug!("{client}: the session had already ended");
             DestroyOutcome::NotFound
         }
         Err(e) => {
-            warn!("{}: cannot destroy the MTA's socket: {e}", session.client);
+            warn!("{client}: cannot destroy the MTA's socket: {e}");
             DestroyOutcome::Failed
         }
     };

@@ -118,14 +118,17 @@ impl Reassembler {
                 || flow.stream.len() >= MAX_CAPTURE_BYTES;
             capped.then_some(Opening::NoHelo(NoHeloCause::CapExceeded))
         });
+        let after_decisive_seq = event.stream_start_seq.wrapping_add(flow.scanned as u32);
         let session = opening.map(|opening| {
             self.flows.remove(&id);
             self.remember_decided(id);
+            let (client, server) = endpoints(&event.key);
             Session {
                 flow: event.key,
                 stream_start_seq: event.stream_start_seq,
-                client: socket_addr(&event.key, event.key.saddr, event.key.sport),
-                server: socket_addr(&event.key, event.key.daddr, event.key.dport),
+                after_decisive_seq,
+                client,
+                server,
                 ifindex: event.ifindex,
                 timestamp_ns: event.timestamp_ns,
                 opening,
@@ -218,6 +221,14 @@ impl FlowBuffer {
         }
         None
     }
+}
+
+/// The flow's client and server addresses.
+pub(super) fn endpoints(key: &FlowKey) -> (SocketAddr, SocketAddr) {
+    (
+        socket_addr(key, key.saddr, key.sport),
+        socket_addr(key, key.daddr, key.dport),
+    )
 }
 
 fn socket_addr(key: &FlowKey, addr: [u8; 16], port: u16) -> SocketAddr {

@@ -45,6 +45,20 @@ pub struct ReputationSettings {
     /// Opt-in: an accept with soft score s > 0 adds this × s instead of counting as clean.
     /// 0 (the default) follows the spec: accepted sessions never raise a score.
     pub soft_score_weight: f64,
+    /// What a reject counts of its weight: 1, or `[reputation] reply_weight` under action
+    /// `reply` (see [`ReputationSettings::replying`]).
+    pub reject_factor: f64,
+}
+
+impl ReputationSettings {
+    /// The settings of a daemon whose rejects are answered with the 550 (action `reply`):
+    /// each counts `reply_weight` of its weight.
+    pub fn replying(self, reply_weight: f64) -> Self {
+        ReputationSettings {
+            reject_factor: reply_weight,
+            ..self
+        }
+    }
 }
 
 /// What a clean session takes off its source's score.
@@ -67,6 +81,7 @@ impl From<&ReputationSection> for ReputationSettings {
                 .collect(),
             clean_credit: CLEAN_CREDIT,
             soft_score_weight: section.soft_score_weight,
+            reject_factor: 1.0,
         }
     }
 }
@@ -146,10 +161,12 @@ impl Reputation {
     ///
     /// | verdict (soft score s)   | change                                                  |
     /// |--------------------------|---------------------------------------------------------|
-    /// | reject                   | + (its primary reason's weight, else `reject_weight`) + s |
+    /// | reject                   | + f × ((its primary reason's weight, else `reject_weight`) + s) |
     /// | accept, s = 0            | − `clean_credit`                                        |
     /// | accept, s > 0, w = 0     | − `clean_credit` (counts as clean: the default)         |
     /// | accept, s > 0, w > 0     | + w × s (w: the opt-in `soft_score_weight`)             |
+    ///
+    /// (f: `reject_factor`, 1 unless the rejects are replied to.)
     pub fn delta(&self, verdict: &Verdict) -> f64 {
         let soft = f64::from(verdict.score);
         if verdict.is_reject() {
@@ -158,7 +175,7 @@ impl Reputation {
                 .and_then(|reason| self.settings.reason_weights.get(&reason))
                 .copied()
                 .unwrap_or(self.settings.reject_weight);
-            weight + soft
+            (weight + soft) * self.settings.reject_factor
         } else if verdict.score > 0 && self.settings.soft_score_weight > 0.0 {
             self.settings.soft_score_weight * soft
         } else {
@@ -401,7 +418,29 @@ mod tests {
             reason_weights: HashMap::new(),
             clean_credit: 1.0,
             soft_score_weight: 0.0,
+            reject_factor: 1.0,
         }
+    }
+
+    /// Under action `reply` a reject counts `reply_weight` of its weight: a sender that
+    /// stops after three 550s is not denied; one that keeps coming still is.
+    #[test]
+    fn replied_rejects_weigh_their_fraction() {
+        let r = Reputation::new(settings().replying(0.25));
+        assert_eq!(r.delta(&verdict(true, 0)), 0.5, "reject");
+        assert_eq!(r.delta(&verdict(true, 2)), 1.0, "reject with a soft score");
+        assert_eq!(r.delta(&verdict(false, 0)), -1.0, "clean accept: unchanged");
+        let ip: IpAddr = "203.0.113.10".parse().unwrap();
+        let now = Instant::now();
+        for message in 1..=3 {
+            assert_eq!(
+                r.record(ip, &verdict(true, 0), now),
+                None,
+                "message {message}"
+            );
+        }
+        let flood = (4..=10).find_map(|n| r.record(ip, &verdict(true, 0), now).map(|_| n));
+        assert_eq!(flood, Some(10), "denied at the tenth reject");
     }
 
     #[test]

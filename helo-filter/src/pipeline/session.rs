@@ -14,6 +14,9 @@ pub struct Session {
     /// The flow as the kernel keys it, and the sequence number its stream started at.
     pub flow: FlowKey,
     pub stream_start_seq: u32,
+    /// Where the client's stream goes on after its decisive line (the HELO, normally): the
+    /// bytes before reached the MTA, those from here on were held.
+    pub after_decisive_seq: u32,
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub ifindex: u32,

@@ -131,15 +131,7 @@ impl PolicyService {
                 Outcome::Defer,
                 format!("DEFER_IF_PERMIT {} (dns_tempfail)", replies.defer_text.0),
             ),
-            Some(reason) => (
-                Outcome::Reject,
-                format!(
-                    "{} {} ({})",
-                    replies.reject_code.0,
-                    replies.reject_text.0,
-                    reason.as_str()
-                ),
-            ),
+            Some(reason) => (Outcome::Reject, replies.reject_reply(reason)),
         }
     }
 
