@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Every figure a run must produce, in report order.
-pub const EXPECTED: [&str; 26] = [
+pub const EXPECTED: [&str; 27] = [
     "kernel.arp",
     "kernel.tcp_other_port",
     "kernel.smtp_accepted_flow",
@@ -46,6 +46,7 @@ pub const EXPECTED: [&str; 26] = [
     "lab.burst_fail_open",
     "peer.cpu_per_1000_bogus",
     "peer.good_sessions_per_s",
+    "peer.cpu_per_1000_bogus_reply",
     "flood.good_sessions_per_s_fixed",
     "flood.host_cpu_fixed",
     "flood.good_sessions_per_s_max",
@@ -89,8 +90,8 @@ const SECTIONS: [(&str, &str, &str); 5] = [
          away): (a) \
          Postfix alone with `smtpd_helo_required = yes` and `smtpd_helo_restrictions = \
          reject_invalid_helo_hostname, reject_non_fqdn_helo_hostname, \
-         reject_unknown_helo_hostname`; (b) Postfix without HELO restrictions behind helo-filter. \
-         Host CPU is user + system + softirq from `/proc/stat` over the flood.",
+         reject_unknown_helo_hostname`; (b) Postfix without HELO restrictions behind helo-filter \
+         enforcing `rst`; (c) the same with `reply`. Host CPU is user + system + softirq from `/proc/stat` over the flood.",
     ),
     (
         "flood",
