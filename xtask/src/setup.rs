@@ -69,6 +69,11 @@ const CAPABILITIES: &[Capability] = &[
         probe: smtp_sink_and_source,
     },
     Capability {
+        what: "the snakeoil certificate (ssl-cert), for a lab Postfix that offers STARTTLS",
+        provider: Provider::Debian(&["ssl-cert"]),
+        probe: snakeoil_certificate,
+    },
+    Capability {
         what: "dnsmasq (dnsmasq-base)",
         provider: Provider::Debian(&["dnsmasq-base"]),
         probe: || version("dnsmasq", &["--version"], "Dnsmasq version"),
@@ -271,6 +276,18 @@ fn postfix() -> Result<(), String> {
     let master = "/usr/share/postfix/master.cf.dist";
     if !std::path::Path::new(master).exists() {
         return Err(format!("{master} is missing"));
+    }
+    Ok(())
+}
+
+/// The certificate and key the lab's STARTTLS Postfix uses (ssl-cert's postinst makes them),
+/// present and readable.
+fn snakeoil_certificate() -> Result<(), String> {
+    for file in [
+        "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+        "/etc/ssl/private/ssl-cert-snakeoil.key",
+    ] {
+        std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
     }
     Ok(())
 }
