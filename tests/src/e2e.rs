@@ -180,8 +180,22 @@ pub fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
-/// Whether `client` can open a TCP connection to the MX's port 25 within a second.
+/// Whether `client` can open a TCP connection to the MX's port 25 within a second (from any
+/// port of its address).
 pub fn connects(lab: &Lab, client: SocketAddr) -> bool {
+    let any_port = SocketAddr::new(client.ip(), 0);
+    connect_outcome(lab, any_port, Duration::from_secs(1))
+        .0
+        .is_ok()
+}
+
+/// Connects from `client` (port 0: any port of its address) to its MX with `timeout`: the
+/// outcome (the error's kind) and how long it took.
+pub fn connect_outcome(
+    lab: &Lab,
+    client: SocketAddr,
+    timeout: Duration,
+) -> (Result<(), std::io::ErrorKind>, Duration) {
     let server = server_of(client);
     netns::in_netns(&lab.client_ns, move || {
         let socket = socket2::Socket::new(
@@ -191,12 +205,10 @@ pub fn connects(lab: &Lab, client: SocketAddr) -> bool {
         )
         .expect("socket");
         socket.set_reuse_address(true).expect("SO_REUSEADDR");
-        socket
-            .bind(&SocketAddr::new(client.ip(), 0).into())
-            .expect("bind");
-        socket
-            .connect_timeout(&server.into(), Duration::from_secs(1))
-            .is_ok()
+        socket.bind(&client.into()).expect("bind");
+        let started = std::time::Instant::now();
+        let outcome = socket.connect_timeout(&server.into(), timeout);
+        (outcome.map_err(|e| e.kind()), started.elapsed())
     })
 }
 

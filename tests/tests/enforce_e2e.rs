@@ -9,7 +9,7 @@ use helo_filter_tests::e2e::*;
 use xtask::{
     daemon::{Daemon, metric_value},
     lab::Lab,
-    netns, process,
+    process,
     sessions::{self, Greeting},
 };
 
@@ -338,15 +338,7 @@ fn assert_dropped_in_silence(lab: &Lab, daemon: &Daemon, client: SocketAddr) {
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
         other => panic!("after the HELO the client got {other:?} {line:?} instead of silence"),
     }
-    stream
-        .write_all(b"MAIL FROM:<bot@example.net>\r\n")
-        .expect("MAIL FROM is written (nothing came back to refuse it)");
-    line.clear();
-    let next = reader.read_line(&mut line);
-    assert!(
-        matches!(&next, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
-        "after MAIL FROM the client got {next:?} {line:?} instead of silence"
-    );
+    assert_silence_after_mail_from(&mut stream, &mut reader, client);
 
     let page = daemon.scrape().expect("scraping");
     for (action, count) in [("drop", 1.0), ("rst", 0.0)] {
@@ -431,12 +423,32 @@ fn gateway_mode_with_action_drop_leaves_bogus_clients_in_silence() {
     }
 }
 
+/// Sends MAIL FROM and asserts that nothing comes back before the read timeout: no reply, no
+/// RST, no close.
+fn assert_silence_after_mail_from(
+    stream: &mut std::net::TcpStream,
+    reader: &mut impl std::io::BufRead,
+    client: SocketAddr,
+) {
+    use std::io::{ErrorKind, Write as _};
+
+    stream
+        .write_all(b"MAIL FROM:<bot@example.net>\r\n")
+        .expect("MAIL FROM is written (nothing came back to refuse it)");
+    let mut line = String::new();
+    let next = reader.read_line(&mut line);
+    assert!(
+        matches!(&next, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+        "{client}: after MAIL FROM the client got {next:?} {line:?} instead of silence"
+    );
+}
+
 /// A raw client from `client` says `HELO localhost` and gets the MTA's 250 (the gate holds
 /// only what the client sends); once the daemon's verdict on it is logged, it sends MAIL
 /// FROM and hears nothing for 1.5 s (the MTA and a RST from XDP answer within milliseconds):
 /// no reply, no RST, no close. Returns the verdict line.
 fn silence_after_bogus_helo(lab: &Lab, daemon: &Daemon, client: SocketAddr) -> String {
-    use std::io::{BufRead as _, ErrorKind, Write as _};
+    use std::io::{BufRead as _, Write as _};
 
     let (mut stream, mut reader) = raw_connect(lab, client);
     stream.write_all(b"HELO localhost\r\n").expect("HELO");
@@ -450,15 +462,7 @@ fn silence_after_bogus_helo(lab: &Lab, daemon: &Daemon, client: SocketAddr) -> S
     stream
         .set_read_timeout(Some(Duration::from_millis(1500)))
         .expect("read timeout");
-    stream
-        .write_all(b"MAIL FROM:<bot@example.net>\r\n")
-        .expect("MAIL FROM is written (nothing came back to refuse it)");
-    line.clear();
-    let next = reader.read_line(&mut line);
-    assert!(
-        matches!(&next, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
-        "{client}: after MAIL FROM the client got {next:?} {line:?} instead of silence"
-    );
+    assert_silence_after_mail_from(&mut stream, &mut reader, client);
     verdict
 }
 
@@ -538,28 +542,6 @@ fn deny_answer_rst_refuses_denied_sources_where_drop_lets_them_time_out() {
         );
     }
     wait_for_metric(&daemon, syn_dropped, |v| v >= 2.0);
-}
-
-/// Connects from `client` (its port 0: any) to its MX with `timeout`: the outcome (the error's
-/// kind) and how long it took.
-fn connect_outcome(
-    lab: &Lab,
-    client: SocketAddr,
-    timeout: Duration,
-) -> (Result<(), std::io::ErrorKind>, Duration) {
-    let server = server_of(client);
-    netns::in_netns(&lab.client_ns, move || {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(client),
-            socket2::Type::STREAM,
-            None,
-        )
-        .expect("socket");
-        socket.bind(&client.into()).expect("bind");
-        let started = std::time::Instant::now();
-        let outcome = socket.connect_timeout(&server.into(), timeout);
-        (outcome.map_err(|e| e.kind()), started.elapsed())
-    })
 }
 
 /// With `[dns] fail_closed`, a DNS failure is an enforced reject.
