@@ -73,6 +73,13 @@ pub mod flags {
     /// the flow's verdict is `reply`. `data` holds the segment from its TCP header on
     /// (options, then payload), so the answer can echo its timestamps and acknowledge it.
     pub const CLIENT_SEGMENT: u32 = 1 << 6;
+    /// The kernel held this segment (it did not reach the MTA): the decisive line came
+    /// with more commands (`PIPELINED`), or was not a HELO/EHLO (reason `no_helo`).
+    pub const HELD: u32 = 1 << 7;
+    /// Not a capture: the RST of the MTA's destroyed socket, kept from a client condemned
+    /// with `reply` by TC egress. `seq` and `ack` are the MTA's send and receive positions
+    /// (whether it answered the HELO); `data` holds its TCP header (its timestamps).
+    pub const MTA_RESET: u32 = 1 << 8;
 }
 
 /// The `SO_MARK` of the segments the daemon sends as replies: the TC egress program lets
@@ -101,7 +108,9 @@ pub struct CaptureEvent {
     pub len: u16,
     /// Payload length of the segment on the wire (may exceed `len`).
     pub wire_len: u16,
-    pub _pad: u32,
+    /// The segment's acknowledgement number: how much of the server's stream the client
+    /// had read when it sent it.
+    pub ack: u32,
     pub data: [u8; MAX_CAPTURE_BYTES],
 }
 

@@ -96,7 +96,14 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
         return xdp_action::XDP_PASS;
     }
     match state.phase {
-        phase::CAPTURING => capture_segment(ctx, segment, state, config, now),
+        phase::CAPTURING => {
+            let action = capture_segment(ctx, segment, state, config, now);
+            if action == xdp_action::XDP_DROP {
+                // The decisive segment held: if the verdict is `reply`, answered at once.
+                report::client_segment(ctx, segment, state.stream_start_seq);
+            }
+            action
+        }
         phase::GATED => {
             let action = gate(state, config, now);
             if action == xdp_action::XDP_DROP {
@@ -236,9 +243,13 @@ fn capture_segment(
             state.phase = phase::GATED;
             state.gated_since_ns = now;
             // Commands sent with the HELO before our reply (RFC 2920 forbids it) are held
-            // with it: the verdict decides whether TCP may deliver them.
-            if event_flags & flags::PIPELINED != 0 && daemon_alive(config, now) {
+            // with it, and so is a first command that is not a HELO (reason `no_helo`):
+            // the verdict decides whether TCP may deliver them, and under `reply` the
+            // daemon answers them itself.
+            let other_first = event_flags & (flags::HELO_LINE | flags::CAPPED) == 0;
+            if (event_flags & flags::PIPELINED != 0 || other_first) && daemon_alive(config, now) {
                 count(Counter::GateHeld);
+                event_flags |= flags::HELD;
                 action = xdp_action::XDP_DROP;
             }
         } else {
@@ -255,7 +266,7 @@ fn capture_segment(
     event.seq = segment.seq;
     event.stream_start_seq = state.stream_start_seq;
     event.wire_len = segment.payload_len as u16;
-    event._pad = 0;
+    event.ack = segment.ack;
     entry.submit(0);
 
     if event_flags & flags::CONTINUATION != 0 {

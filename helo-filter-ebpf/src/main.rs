@@ -72,13 +72,15 @@ pub fn helo_egress(ctx: TcContext) -> i32 {
         }
         // Only the RST of the destroyed socket is kept back: the MTA's reply to the HELO
         // must reach the client (it then sends the command the daemon answers), and the
-        // daemon's answers are marked.
+        // daemon's answers are marked. The RST is reported: if the MTA had not answered
+        // the HELO yet, the daemon answers it.
         Some(state)
             if state.phase == phase::CONDEMNED_REPLY
                 && segment.flags & TCP_RST != 0
                 // SAFETY: the program's own __sk_buff, readable for this run.
                 && unsafe { (*ctx.skb.skb).mark } != REPLY_MARK =>
         {
+            report::mta_reset(&ctx, segment, client_flow, state.stream_start_seq);
             maps::count(Counter::CondemnedDropped);
             TC_ACT_SHOT
         }

@@ -1,10 +1,14 @@
-//! Client segments reported whole (from their TCP header on) for action `reply`: those the
-//! kernel drops instead of delivering (held by the gate, or of a flow condemned with
-//! `reply`). The daemon answers them: it echoes their timestamps and acknowledges them.
+//! Segments reported whole (from their TCP header on) for action `reply`: the client's that
+//! the kernel drops instead of delivering (held by the gate, or of a flow condemned with
+//! `reply`), which the daemon answers, echoing their timestamps and acknowledging them; and
+//! the RST of the MTA's destroyed socket, which tells the daemon where the MTA stopped.
 
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_xdp_load_bytes},
-    programs::XdpContext,
+    helpers::{
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    },
+    programs::{TcContext, XdpContext},
 };
 use helo_filter_common::{CaptureEvent, Counter, FlowKey, MAX_CAPTURE_BYTES, flags};
 
@@ -31,6 +35,35 @@ pub fn client_segment(ctx: &XdpContext, segment: &TcpSegment, stream_start_seq: 
             // SAFETY: `dst` has MAX_CAPTURE_BYTES bytes, `len` at most that; the helper
             // checks the source range against the frame and fails instead of reading past.
             unsafe { bpf_xdp_load_bytes(ctx.ctx, segment.tcp_offset as u32, dst, len) == 0 }
+        },
+    );
+}
+
+/// Reports the RST of the MTA's destroyed socket that TC egress keeps from a client
+/// condemned with `reply` (`flags::MTA_RESET`): its sequence numbers tell the daemon
+/// whether the MTA had answered the HELO, and if not, where the daemon's answer goes.
+#[inline(never)]
+pub fn mta_reset(
+    ctx: &TcContext,
+    segment: &TcpSegment,
+    client_flow: FlowKey,
+    stream_start_seq: u32,
+) {
+    // SAFETY: the program's own __sk_buff, readable for this run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    report(
+        client_flow,
+        flags::MTA_RESET,
+        segment,
+        stream_start_seq,
+        ifindex,
+        segment.payload_offset.saturating_sub(segment.tcp_offset),
+        |dst, len| {
+            // SAFETY: as in `client_segment`, for the socket buffer.
+            unsafe {
+                bpf_skb_load_bytes(ctx.skb.skb as *const _, segment.tcp_offset as u32, dst, len)
+                    == 0
+            }
         },
     );
 }
@@ -78,6 +111,6 @@ fn report(
     event.stream_start_seq = stream_start_seq;
     event.len = bounded_len as u16;
     event.wire_len = segment.payload_len as u16;
-    event._pad = 0;
+    event.ack = segment.ack;
     entry.submit(0);
 }

@@ -579,6 +579,7 @@ fn event_carries_flow_and_addresses() {
     assert_eq!(event.key.sport, 42_000);
     assert_eq!(event.stream_start_seq, DATA);
     assert_eq!(event.wire_len, 16);
+    assert_eq!(event.ack, 1, "the acknowledgement number it carried");
     assert!(event.timestamp_ns > 0);
 }
 
@@ -637,8 +638,8 @@ fn the_gate_holds_payload_until_the_verdict() {
 }
 
 /// Monitor mode (`KernelConfig::NO_GATE`): the same frames as under the gate, a segment after
-/// the decisive line and a HELO with a command pipelined behind it, pass, and are still
-/// captured; under the gate both are dropped.
+/// the decisive line, a HELO with a command pipelined behind it and another command first,
+/// pass, and are still captured; under the gate all three are dropped (and reported).
 #[test]
 fn without_the_gate_nothing_is_held() {
     let monitor = KernelConfig {
@@ -679,14 +680,36 @@ fn without_the_gate_nothing_is_held() {
             held,
             "{gate}: a pipelined HELO segment"
         );
+        let held_flag = if held == XDP_DROP { flags::HELD } else { 0 };
         let events = program.drain();
-        assert_eq!(events.len(), 1, "{gate}: the pipelined HELO is captured");
+        assert_eq!(
+            events.len(),
+            1 + reported,
+            "{gate}: the pipelined HELO is captured (and reported if held)"
+        );
         assert_eq!(
             events[0].flags,
-            HELO_DONE | flags::PIPELINED,
+            HELO_DONE | flags::PIPELINED | held_flag,
             "{gate}: and flagged"
         );
-        let dropped = if held == XDP_DROP { 2 } else { 0 };
+
+        // Another command first (reason `no_helo`): held like a pipelined HELO, so that
+        // under `reply` the daemon's answer is the reply to it.
+        let flow = Flow::v4(47_002);
+        step(&mut program, flow.syn());
+        let mail_first = flow.data(0, b"MAIL FROM:<>\r\n");
+        assert_eq!(
+            program.run(&mail_first.bytes(), 1).return_value,
+            held,
+            "{gate}: another command first"
+        );
+        let events = program.drain();
+        assert_eq!(events.len(), 1 + reported, "{gate}: captured");
+        assert_eq!(events[0].flags, flags::FINAL | held_flag, "{gate}");
+        if reported == 1 {
+            assert_eq!(events[1].flags, flags::CLIENT_SEGMENT, "{gate}");
+        }
+        let dropped = if held == XDP_DROP { 3 } else { 0 };
         assert_eq!(program.counter(Counter::GateHeld), dropped, "{gate}");
         assert_eq!(program.counter(Counter::HeloEvents), 2, "{gate}");
     }
@@ -1305,7 +1328,7 @@ fn a_flow_whose_ehlo_event_was_lost_is_never_held() {
 /// `FLOWS`), each client segment that carries data or a FIN is dropped and reported whole,
 /// from its TCP header on (`CLIENT_SEGMENT`), for the daemon to answer — a retransmission
 /// again, since its answer may have been lost; a bare ACK is dropped unreported. At egress
-/// only the RST of the MTA's destroyed socket is shot. IPv4 and IPv6, with VLAN tags, IPv4
+/// only the RST of the MTA's destroyed socket is shot, and reported (`MTA_RESET`). IPv4 and IPv6, with VLAN tags, IPv4
 /// options and an IPv6 extension header moving the TCP header.
 #[test]
 fn flows_condemned_with_reply_report_each_segment_for_the_answer() {
@@ -1405,10 +1428,18 @@ fn flows_condemned_with_reply_report_each_segment_for_the_answer() {
             dropped + 6,
             "{name}: the two RSTs shot counted"
         );
-        assert!(
-            program.drain().is_empty(),
-            "{name}: nothing at egress is reported"
-        );
+        // Each RST shot is reported with the MTA's positions and its TCP header, keyed by
+        // the client's flow: whether the MTA had answered the HELO.
+        let resets = program.drain();
+        assert_eq!(resets.len(), 2, "{name}: the RSTs shot are reported");
+        for reset in &resets {
+            assert_eq!(reset.flags, flags::MTA_RESET, "{name}");
+            assert_eq!(reset.key, key, "{name}");
+            assert_eq!((reset.seq, reset.ack), (7000, 1), "{name}");
+            assert_eq!(reset.stream_start_seq, DATA, "{name}");
+            assert_eq!(reset.wire_len, 0, "{name}");
+            assert_eq!(reset.payload(), &rst[tcp_at..], "{name}: its TCP header");
+        }
     }
 }
 

@@ -175,6 +175,69 @@ fn a_pipelined_batch_gets_one_reply_per_command_and_the_connection_ends() {
     daemon.stop().expect("stopping the daemon");
 }
 
+/// The verdict beats the MTA's answer to the HELO (smtp-sink waits 3 s before answering an
+/// EHLO): the MTA's socket is destroyed a second after the verdict, and the client reads
+/// the 550 as the reply to its EHLO, long before the MTA would have answered, and the session goes on as with an MTA that refuses the EHLO: its QUIT gets
+/// `221` and the end of the connection. IPv4 and IPv6; a good session is still delivered.
+#[test]
+fn a_verdict_before_the_mtas_answer_answers_the_helo_itself() {
+    require_root();
+    let mut lab = Lab::create(&unique_name("re")).expect("creating the lab");
+    lab.start_smtp_sink_with(&["-W", "ehlo:3", "-W", "helo:3"])
+        .expect("starting a slow smtp-sink");
+    lab.start_dns().expect("starting dnsmasq");
+    let daemon = start(&lab);
+    for client in [v4(3, 45_301), v6(3, 45_302)] {
+        let (mut stream, mut reader) = raw_connect(&lab, client);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let sent = Instant::now();
+        stream.write_all(b"EHLO localhost\r\n").expect("EHLO");
+        let mut reply = String::new();
+        reader.read_line(&mut reply).expect("the EHLO reply");
+        let took = sent.elapsed();
+        assert_eq!(reply.trim_end(), reject("localhost"), "{client}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{client}: answered after {took:?}, not before the MTA's 3 s"
+        );
+        stream.write_all(b"QUIT\r\n").expect("QUIT");
+        let mut bye = String::new();
+        reader.read_line(&mut bye).expect("the QUIT reply");
+        assert_eq!(bye.trim_end(), "221 2.0.0 Bye", "{client}");
+        let mut rest = String::new();
+        assert_eq!(
+            reader.read_line(&mut rest).map_err(|e| e.kind()),
+            Ok(0),
+            "{client}: the connection did not end ({rest:?})"
+        );
+    }
+    let (completed, transcript) =
+        sessions::swaks_transcript(&lab, v4(1, 45_303), Greeting::Ehlo, "mail.example.net")
+            .expect("swaks");
+    assert!(completed, "a good session:\n{transcript}");
+    let page = wait_for_metric(
+        &daemon,
+        "helo_filter_replies_total{segment=\"reject\"}",
+        |v| v >= 4.0,
+    );
+    assert_eq!(
+        metric_value(&page, "helo_filter_replies_total{segment=\"reject\"}"),
+        Some(4.0),
+        "two EHLOs and two QUITs answered: {page}"
+    );
+    assert_eq!(
+        metric_value(
+            &page,
+            "helo_filter_sock_destroy_total{outcome=\"destroyed\"}"
+        ),
+        Some(2.0),
+        "{page}"
+    );
+    daemon.stop().expect("stopping the daemon");
+}
+
 /// Behind a gateway, a real Postfix with five process slots that would wait 300 s for a
 /// silent client: 50 bogus sessions, 10 at a time, each read the 550 in reply to MAIL FROM,
 /// and Postfix is freed of each by the RST the filter sends it from the client's address (it

@@ -296,13 +296,20 @@ impl Lab {
     /// Starts smtp-sink on the MX's port 25 over IPv4 and IPv6 and waits until both
     /// accept connections.
     pub fn start_smtp_sink(&mut self) -> anyhow::Result<()> {
+        self.start_smtp_sink_with(&[])
+    }
+
+    /// [`Lab::start_smtp_sink`] with more smtp-sink options (`-W ehlo:3`: a slow answer).
+    pub fn start_smtp_sink_with(&mut self, options: &[&str]) -> anyhow::Result<()> {
         for listen in [
             format!("{MX_V4}:{SMTP_PORT}"),
             format!("[{MX_V6}]:{SMTP_PORT}"),
         ] {
             let child = self
                 .command_in(&self.mx_ns, "smtp-sink")
-                .args(["-u", "nobody", "-c", &listen, "256"])
+                .args(["-u", "nobody", "-c"])
+                .args(options)
+                .args([&listen, "256"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -31,7 +31,7 @@ use crate::{
         state::StateDir,
     },
     pipeline::{
-        answer::Answerer,
+        answer::{Answerer, FREE_UNANSWERED_AFTER},
         capture::{self, Limits},
         enforce::Enforcer,
         probe::{self, Probe},
@@ -46,9 +46,11 @@ use crate::{
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
 const POLICY_QUEUE: usize = 4096;
 const COUNTER_REFRESH: Duration = Duration::from_secs(1);
-/// How often action `reply` frees the MTA of clients that sent nothing more, and forgets
-/// the flows it answered long ago.
+/// How often action `reply` forgets the flows it answered long ago.
 const ANSWERED_SWEEP: Duration = Duration::from_secs(1);
+/// How often action `reply` frees the MTA of clients that sent nothing more: a tenth of
+/// the wait, so a flow is freed within 10% of it.
+const FREEING_SWEEP: Duration = FREE_UNANSWERED_AFTER.checked_div(10).unwrap();
 /// How often expired denials end and the deny-list cap is enforced.
 const REPUTATION_SWEEP: Duration = Duration::from_secs(1);
 /// The exit status after a task panicked (EX_SOFTWARE): an internal error, for systemd's
@@ -346,6 +348,15 @@ async fn spawn(
             forgetting.expire(std::time::Instant::now());
             Ok(())
         });
+        let freeing = Arc::clone(answerer);
+        tasks.every(
+            FREEING_SWEEP,
+            "freeing the MTA of silent clients",
+            move || {
+                freeing.free_unanswered(std::time::Instant::now());
+                Ok(())
+            },
+        );
     }
     tasks.spawn_vital(
         "capture",

@@ -10,19 +10,30 @@
 //! gate held is answered at the verdict; the same segment sent again (our answer was lost)
 //! gets the same answer again; any later segment gets a RST.
 //!
-//! The MTA answers the HELO itself, whatever the verdict's timing, so the reject is always
-//! the reply to the command after it (normally MAIL FROM), which a sending MTA bounces on;
-//! then the MTA is freed. On an MX its socket is destroyed (TC egress keeps the RST from the
-//! client); in a gateway it is sent a RST from the client's address with the sequence number
-//! it expects (RFC 5961: nothing else is taken without a challenge), the first byte it did
-//! not get: where the answered segment starts. A client that sends nothing after its HELO
-//! frees the MTA on an MX after [`FREE_UNANSWERED_AFTER`].
+//! Normally the MTA has answered the HELO by the verdict, so the reject is the reply to the
+//! command after it (normally MAIL FROM), which a sending MTA bounces on. The MTA is freed:
+//! - on an MX its socket is destroyed once the client's next command is answered (which
+//!   shows that the MTA answered the HELO), or [`FREE_UNANSWERED_AFTER`] after the verdict
+//!   at the latest: destroyed at once, it could take the MTA's answer to the HELO with it,
+//!   and the sender would read the reject to its EHLO instead of its MAIL FROM. TC egress
+//!   keeps the socket's RST from the client and reports it (`flags::MTA_RESET`). The RST
+//!   carries where the MTA's stream stopped: if that is where the client had read to when
+//!   it sent its HELO, the MTA had not answered the HELO (the verdict beat a slow MTA),
+//!   and the filter answers the HELO itself with the reject, a valid reply to HELO/EHLO;
+//! - in a gateway once the client's next command is answered (which shows that the MTA
+//!   answered the HELO, whose reply it would otherwise never send): it is sent a RST from
+//!   the client's address with the sequence number it expects (RFC 5961: nothing else is
+//!   taken without a challenge), the first byte it did not get.
+//!
+//! A decisive segment the kernel held (a pipelined HELO, or another command first) never
+//! reached the MTA: it is answered whole, every line its reply.
 //!
 //! The segments are sent through raw sockets (see `io::raw_socket`), marked so that TC
 //! egress lets them through: the daemon has the reply table, and the kernel program stays
 //! as small as the RST it already builds (docs/architecture.md says why).
 
 use std::{
+    collections::VecDeque,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -30,12 +41,13 @@ use std::{
 use dashmap::DashMap;
 use helo_filter_common::{CaptureEvent, FlowKey};
 use log::{debug, warn};
+use parking_lot::Mutex;
 
 use super::{
     enforce::destroy,
     reassembly::endpoints,
     segment::{ACK, FIN, Header, PSH, RST, Reported, Timestamps, ip_packet},
-    session::Session,
+    session::{DecisiveSegment, Opening, Session},
 };
 use crate::{
     config::{Deployment, PostfixSection},
@@ -51,8 +63,9 @@ const FORGET_AFTER: Duration = Duration::from_secs(120);
 /// A held segment waits this long for its flow's verdict (normally milliseconds).
 const HELD_FOR: Duration = Duration::from_secs(10);
 /// On an MX, a condemned client that has sent nothing more by then has its MTA socket
-/// destroyed anyway: the MTA's slot is not held for the client's sake.
-const FREE_UNANSWERED_AFTER: Duration = Duration::from_secs(2);
+/// destroyed anyway (and its HELO answered by the filter if the MTA had not): the MTA's
+/// slot is not held for a silent client, nor a client waiting for a slow MTA.
+pub const FREE_UNANSWERED_AFTER: Duration = Duration::from_secs(1);
 /// The answer to each command after the first of a pipelined batch.
 const LATER_COMMAND: &str = "503 5.5.1 Bad sequence of commands - bogus HELO\r\n";
 /// The answer to QUIT.
@@ -61,9 +74,14 @@ const BYE: &str = "221 2.0.0 Bye\r\n";
 /// A flow condemned with `reply`.
 struct Condemned {
     stream_start_seq: u32,
-    /// Where the client's commands after its HELO start: a segment from before (its HELO
-    /// sent again) is the MTA's to answer.
+    /// Where the client's bytes the MTA got end: a segment wholly before (its HELO sent
+    /// again) is the MTA's to answer.
+    mta_has_until: u32,
+    /// Where the client's commands after its decisive line start.
     after_decisive_seq: u32,
+    decisive_segment: DecisiveSegment,
+    /// Whether the decisive line is a HELO/EHLO (else a transaction command came first).
+    decisive_is_helo: bool,
     /// The reject, CRLF included.
     reject: String,
     /// Once the first command is answered.
@@ -104,7 +122,7 @@ impl Condemned {
             Some(c) if c.next_client_seq != segment.seq => return Decision::Ignore,
             Some(c) => (c.next_reply_seq, c.refused),
             None if segment.payload.is_empty() => return Decision::Reset,
-            None if self.after_decisive_seq.wrapping_sub(end) as i32 >= 0 => {
+            None if self.mta_has_until.wrapping_sub(end) as i32 >= 0 => {
                 return Decision::Ignore;
             }
             None => (segment.ack, false),
@@ -116,7 +134,6 @@ impl Condemned {
             fin,
             reply,
         };
-        let first = self.conversation.is_none();
         self.conversation = Some(Conversation {
             next_client_seq: end,
             next_reply_seq: reply_seq
@@ -125,7 +142,37 @@ impl Condemned {
             last: sent.clone(),
             refused,
         });
-        Decision::Reply { sent, first }
+        Decision::Reply { sent, first: true }
+    }
+
+    /// The MTA's socket was destroyed, its RST at `reset` (where its stream stopped): if
+    /// the MTA had sent nothing past what the client had read when it sent its decisive
+    /// line, the line is unanswered, and ours to answer there. A HELO's reject leaves the
+    /// session open, as an MTA's would; a transaction command's ends it.
+    fn answer_for_the_mta(&mut self, reset: &Reported) -> Option<Sent> {
+        if self.conversation.is_some()
+            || self.decisive_segment.held
+            || reset.seq != self.decisive_segment.ack
+        {
+            return None;
+        }
+        let refused = !self.decisive_is_helo;
+        let sent = Sent {
+            client_seq: self.decisive_segment.seq,
+            reply_seq: reset.seq,
+            reply: self.reject.clone(),
+            fin: refused,
+        };
+        self.conversation = Some(Conversation {
+            next_client_seq: self.after_decisive_seq,
+            next_reply_seq: reset
+                .seq
+                .wrapping_add(sent.reply.len() as u32)
+                .wrapping_add(u32::from(refused)),
+            last: sent.clone(),
+            refused,
+        });
+        Some(sent)
     }
 }
 
@@ -171,6 +218,8 @@ pub struct Answerer {
     replies: PostfixSection,
     condemned: DashMap<FlowKey, Condemned>,
     held: DashMap<FlowKey, Held>,
+    /// On an MX, the condemned flows whose MTA is not freed yet, in the order condemned.
+    unfreed: Mutex<VecDeque<(Instant, FlowKey, u32)>>,
 }
 
 impl Answerer {
@@ -181,17 +230,26 @@ impl Answerer {
             replies,
             condemned: DashMap::new(),
             held: DashMap::new(),
+            unfreed: Mutex::new(VecDeque::new()),
         }
     }
 
     /// A session rejected for `reason`: its reply is remembered, and a segment the gate
     /// holds is answered at once (the client need not send it again).
     pub fn condemn(&self, session: &Session, reason: Reason) {
+        let decisive_segment = session.decisive_segment;
         self.condemned.insert(
             session.flow,
             Condemned {
                 stream_start_seq: session.stream_start_seq,
+                mta_has_until: if decisive_segment.held {
+                    decisive_segment.seq
+                } else {
+                    session.after_decisive_seq
+                },
                 after_decisive_seq: session.after_decisive_seq,
+                decisive_segment,
+                decisive_is_helo: matches!(session.opening, Opening::Helo(_)),
                 reject: format!("{}\r\n", self.replies.smtp_reply(reason)),
                 conversation: None,
                 freed: false,
@@ -208,6 +266,71 @@ impl Answerer {
                 held.wire_len,
             );
         }
+        if self.deployment == Deployment::Mx {
+            self.unfreed
+                .lock()
+                .push_back((Instant::now(), session.flow, session.stream_start_seq));
+        }
+    }
+
+    /// On an MX, destroys the MTA's socket of the flows condemned [`FREE_UNANSWERED_AFTER`]
+    /// ago or more whose client has sent nothing since.
+    pub fn free_unanswered(&self, now: Instant) {
+        loop {
+            let (key, stream_start_seq) = {
+                let mut unfreed = self.unfreed.lock();
+                match unfreed.front() {
+                    Some(&(since, key, start))
+                        if now.duration_since(since) >= FREE_UNANSWERED_AFTER =>
+                    {
+                        unfreed.pop_front();
+                        (key, start)
+                    }
+                    _ => return,
+                }
+            };
+            let silent = matches!(
+                self.condemned.get(&key),
+                Some(flow) if flow.stream_start_seq == stream_start_seq && !flow.freed
+            );
+            if silent {
+                let (client, server) = endpoints(&key);
+                self.free_mta(&key, client, server, 0);
+            }
+        }
+    }
+
+    /// The RST of a condemned flow's destroyed MTA socket, kept from the client: if the
+    /// MTA had not answered the decisive line, the filter answers it.
+    pub fn mta_reset(&self, event: &CaptureEvent) {
+        let Some(reset) = Reported::parse(event.payload()) else {
+            warn!("ignoring a reported reset of {} bytes", event.len);
+            return;
+        };
+        let sent = match self.condemned.get_mut(&event.key) {
+            Some(mut flow) if flow.stream_start_seq == event.stream_start_seq => flow
+                .answer_for_the_mta(&reset)
+                .map(|sent| (sent, flow.after_decisive_seq)),
+            _ => None,
+        };
+        let Some((sent, line_end)) = sent else {
+            return;
+        };
+        let (client, server) = endpoints(&event.key);
+        let header = Header {
+            seq: sent.reply_seq,
+            ack: line_end,
+            flags: if sent.fin { ACK | PSH | FIN } else { ACK | PSH },
+            // The MTA's own, as its answer would have carried them.
+            timestamps: reset.timestamps,
+        };
+        self.send(
+            server,
+            client,
+            header,
+            sent.reply.as_bytes(),
+            ReplyOutcome::Reject,
+        );
     }
 
     /// A session accepted: nothing of it is to be answered.
@@ -245,15 +368,6 @@ impl Answerer {
     /// Forgets flows condemned longer ago than [`FORGET_AFTER`], and held segments whose
     /// verdict never came.
     pub fn expire(&self, now: Instant) {
-        if self.deployment == Deployment::Mx {
-            for mut flow in self.condemned.iter_mut() {
-                if !flow.freed && now.duration_since(flow.since) >= FREE_UNANSWERED_AFTER {
-                    flow.freed = true;
-                    let (client, server) = endpoints(flow.key());
-                    destroy(server, client);
-                }
-            }
-        }
         self.condemned
             .retain(|_, c| now.duration_since(c.since) < FORGET_AFTER);
         self.held
@@ -327,8 +441,8 @@ impl Answerer {
         self.send(server, client, header, b"", ReplyOutcome::Reset);
     }
 
-    /// Frees the MTA once the client is answered: on an MX its socket is destroyed; in a
-    /// gateway it is sent a RST from the client at `seq`, the first byte it did not get.
+    /// Frees the MTA, once: on an MX its socket is destroyed; in a gateway it is sent a RST
+    /// from the client at `seq`, the first byte it did not get.
     fn free_mta(&self, key: &FlowKey, client: SocketAddr, server: SocketAddr, seq: u32) {
         match self.condemned.get_mut(key) {
             Some(mut flow) if !flow.freed => flow.freed = true,
@@ -479,7 +593,14 @@ mod tests {
     fn condemned() -> Condemned {
         Condemned {
             stream_start_seq: 1001,
+            mta_has_until: 1017,
             after_decisive_seq: 1017,
+            decisive_segment: DecisiveSegment {
+                seq: 1001,
+                ack: 5000,
+                held: false,
+            },
+            decisive_is_helo: true,
             reject: REJECT.to_owned(),
             conversation: None,
             freed: false,
@@ -554,7 +675,7 @@ mod tests {
             Decision::Ignore,
             "out of order: the client sends it again"
         );
-        let Decision::Reply { sent, first: false } =
+        let Decision::Reply { sent, first: true } =
             flow.decide(&segment(mail_at, reply_at, ACK | PSH, MAIL), len(MAIL))
         else {
             panic!("MAIL FROM is answered");
@@ -592,6 +713,61 @@ mod tests {
         };
         assert_eq!(sent.reply, format!("{REJECT}{REJECT}"));
         assert!(sent.fin);
+    }
+
+    /// The verdict beat the MTA's answer to the HELO: its RST stops where the client had
+    /// read to (5000), so the filter answers the HELO, and then the MAIL FROM after it.
+    #[test]
+    fn an_unanswered_helo_is_answered_where_the_mtas_stream_stopped() {
+        let mut flow = condemned();
+        let reset_at = |seq| segment(seq, 1017, RST | ACK, b"");
+        let answered_by_the_mta = 5000 + 40;
+        assert_eq!(
+            flow.answer_for_the_mta(&reset_at(answered_by_the_mta)),
+            None
+        );
+        let sent = flow.answer_for_the_mta(&reset_at(5000));
+        assert_eq!(
+            sent,
+            Some(Sent {
+                client_seq: 1001,
+                reply_seq: 5000,
+                reply: REJECT.to_owned(),
+                fin: false,
+            }),
+            "a HELO's reject leaves the session open"
+        );
+        assert_eq!(flow.answer_for_the_mta(&reset_at(5000)), None, "once");
+        let reply_at = 5000 + REJECT.len() as u32;
+        let Decision::Reply { sent, first: true } =
+            flow.decide(&segment(1017, reply_at, ACK | PSH, MAIL), len(MAIL))
+        else {
+            panic!("MAIL FROM is answered");
+        };
+        assert_eq!((sent.reply_seq, sent.fin), (reply_at, true));
+    }
+
+    #[test]
+    fn a_held_decisive_segment_or_another_command_first_is_answered_as_such() {
+        let mut held = condemned();
+        held.decisive_segment.held = true;
+        held.mta_has_until = 1001;
+        assert_eq!(
+            held.answer_for_the_mta(&segment(5000, 1001, RST | ACK, b"")),
+            None,
+            "the MTA never got it: the held segment is answered instead"
+        );
+        let mail_first = b"MAIL FROM:<a@example.net>\r\n";
+        assert!(matches!(
+            held.decide(&segment(1001, 5000, ACK | PSH, mail_first), len(mail_first)),
+            Decision::Reply { first: true, .. }
+        ));
+        let mut other_first = condemned();
+        other_first.decisive_is_helo = false;
+        let sent = other_first
+            .answer_for_the_mta(&segment(5000, 1017, RST | ACK, b""))
+            .expect("answered");
+        assert!(sent.fin, "a refused transaction command ends the session");
     }
 
     #[test]

@@ -56,6 +56,12 @@ pub async fn run(
                         continue;
                     };
                     drop(item);
+                    if event.flags & flags::MTA_RESET != 0 {
+                        if let Some(answerer) = &answerer {
+                            answerer.mta_reset(&event);
+                        }
+                        continue;
+                    }
                     if event.flags & flags::CLIENT_SEGMENT != 0 {
                         // Held segments are reported whatever the action: answered
                         // under `reply` only.

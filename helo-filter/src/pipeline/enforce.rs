@@ -90,7 +90,7 @@ impl Enforcer {
                 self.set_phase(session, phase::CONDEMNED);
                 destroyed = Some(destroy_session(session));
             }
-            // The MTA is freed once the client's next command is answered (see `answer`).
+            // The MTA is freed by the answerer (on an MX at once, see `answer`).
             (_, Action::Reply) => {
                 self.set_phase(session, phase::CONDEMNED_REPLY);
                 if let (Some(answerer), Some(reason)) = (&self.answerer, verdict.primary()) {

@@ -17,7 +17,7 @@ use helo_filter_common::{
 };
 
 use crate::pipeline::{
-    session::{HeloCommand, NoHeloCause, Opening, Session},
+    session::{DecisiveSegment, HeloCommand, NoHeloCause, Opening, Session},
     smtp::{Verb, escape_for_log, parse_command, strip_line_end},
 };
 
@@ -127,6 +127,11 @@ impl Reassembler {
                 flow: event.key,
                 stream_start_seq: event.stream_start_seq,
                 after_decisive_seq,
+                decisive_segment: DecisiveSegment {
+                    seq: event.seq,
+                    ack: event.ack,
+                    held: event.flags & flags::HELD != 0,
+                },
                 client,
                 server,
                 ifindex: event.ifindex,
@@ -272,7 +277,7 @@ mod tests {
             stream_start_seq: START,
             len: payload.len() as u16,
             wire_len: payload.len() as u16,
-            _pad: 0,
+            ack: 0,
             data,
         }
     }

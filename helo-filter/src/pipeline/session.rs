@@ -17,12 +17,26 @@ pub struct Session {
     /// Where the client's stream goes on after its decisive line (the HELO, normally): the
     /// bytes before reached the MTA, those from here on were held.
     pub after_decisive_seq: u32,
+    /// The segment that ended the decisive line.
+    pub decisive_segment: DecisiveSegment,
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub ifindex: u32,
     /// Kernel boot-time timestamp of the segment that decided the session.
     pub timestamp_ns: u64,
     pub opening: Opening,
+}
+
+/// The client segment that ended a session's decisive line, as the kernel saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecisiveSegment {
+    /// Where it starts.
+    pub seq: u32,
+    /// What of the server's stream it acknowledged: where the MTA's answer to the line
+    /// starts.
+    pub ack: u32,
+    /// The kernel held it (`flags::HELD`): none of it reached the MTA.
+    pub held: bool,
 }
 
 /// What the session's first decisive line was: its HELO/EHLO, or the reason there was none.
