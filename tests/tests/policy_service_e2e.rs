@@ -96,11 +96,15 @@ fn requests_total(page: &str, action: &str) -> Option<f64> {
 
 /// One persistent connection takes good, bogus and broken requests in turn: each gets its
 /// reply (the broken ones `DUNNO`) and the connection stays in step; then many clients at
-/// once. Reply code and text come from `[postfix]`; `[lists] allow` is trusted.
+/// once. The reject's code and text come from the old `[postfix]` names of the reply table's
+/// defaults, one reason's from its `[replies.reasons]` entry (a 4xx: counted `defer`);
+/// `[lists] allow` is trusted.
 #[test]
 fn the_protocol_survives_malformed_and_oversized_requests() {
     let service = Service::start(
         "[postfix]\nreject_code = 554\nreject_text = \"5.7.0 Go away\"\n\
+         [replies.reasons.not_fqdn]\ncode = 450\nenhanced = \"4.7.1\"\n\
+         text = \"Helo command rejected: need fully-qualified hostname\"\n\
          [lists]\nallow = [\"198.51.100.0/24\"]\n",
     );
     let mut client = service.connect();
@@ -134,7 +138,7 @@ fn the_protocol_survives_malformed_and_oversized_requests() {
         // Still in step after all that.
         (
             rcpt_request("203.0.113.13", "mon-serveur", "a7"),
-            "554 5.7.0 Go away (not_fqdn)",
+            "450 4.7.1 Helo command rejected: need fully-qualified hostname (not_fqdn)",
         ),
         // Loopback (trusted by default) and the allow list.
         (rcpt_request("127.0.0.1", "localhost", "a8"), "DUNNO"),
@@ -175,9 +179,10 @@ fn the_protocol_survives_malformed_and_oversized_requests() {
     assert_eq!(requests_total(&page, "error"), Some(5.0), "{page}");
     assert_eq!(
         requests_total(&page, "reject"),
-        Some(4.0 + 32.0 * 12.0),
+        Some(3.0 + 32.0 * 12.0),
         "{page}"
     );
+    assert_eq!(requests_total(&page, "defer"), Some(1.0), "{page}");
     assert_eq!(
         requests_total(&page, "dunno"),
         Some(3.0 + 32.0 * 13.0),

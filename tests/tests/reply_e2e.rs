@@ -116,6 +116,54 @@ fn bogus_senders_read_the_550_from_an_mta_without_helo_checks() {
     daemon.stop().expect("stopping the daemon");
 }
 
+/// What a raw client from `client` reads after its `EHLO helo` (answered by the MTA) and
+/// then `batch` in one segment: the reply lines until the connection ends, when the first
+/// came, and how it ended.
+struct AfterEhlo {
+    replies: Vec<String>,
+    first_at: Option<Instant>,
+    ended: std::io::Result<()>,
+}
+
+fn after_ehlo(lab: &Lab, client: SocketAddr, helo: &str, batch: &[u8]) -> AfterEhlo {
+    let (mut stream, mut reader) = raw_connect(lab, client);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    stream
+        .write_all(format!("EHLO {helo}\r\n").as_bytes())
+        .expect("EHLO");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("the EHLO reply");
+        assert!(line.starts_with("250"), "{client}: EHLO reply {line:?}");
+        if line.starts_with("250 ") {
+            break;
+        }
+    }
+    stream.write_all(batch).expect("the batch");
+    let mut replies = Vec::new();
+    let mut first_at = None;
+    let ended = loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break Ok(()),
+            Ok(_) => {
+                first_at.get_or_insert_with(Instant::now);
+                replies.push(line.trim_end().to_owned());
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    AfterEhlo {
+        replies,
+        first_at,
+        ended,
+    }
+}
+
+const MAIL: &[u8] = b"MAIL FROM:<a@example.net>\r\n";
+
 /// A raw client pipelines MAIL FROM, RCPT TO and DATA in one segment after a bogus EHLO: it
 /// reads one reply per command, in order (`550`, `503`, `503`), and the end of the
 /// connection with them (within 1 s of the first), over IPv4 and IPv6.
@@ -124,39 +172,19 @@ fn a_pipelined_batch_gets_one_reply_per_command_and_the_connection_ends() {
     let lab = lab("rp");
     let daemon = start(&lab);
     for client in [v4(2, 45_201), v6(2, 45_202)] {
-        let (mut stream, mut reader) = raw_connect(&lab, client);
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("read timeout");
-        stream.write_all(b"EHLO localhost\r\n").expect("EHLO");
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).expect("the EHLO reply");
-            assert!(line.starts_with("250"), "{client}: EHLO reply {line:?}");
-            if line.starts_with("250 ") {
-                break;
-            }
-        }
-        stream
-            .write_all(b"MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
-            .expect("the pipelined batch");
-        let mut replies = Vec::new();
-        let mut first_at = None;
-        let ended = loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) => break Ok(()),
-                Ok(_) => {
-                    first_at.get_or_insert_with(Instant::now);
-                    replies.push(line.trim_end().to_owned());
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        let first_at = first_at.unwrap_or_else(|| panic!("{client}: no reply ({ended:?})"));
+        let read = after_ehlo(
+            &lab,
+            client,
+            "localhost",
+            b"MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n",
+        );
+        let first_at = read
+            .first_at
+            .unwrap_or_else(|| panic!("{client}: no reply ({:?})", read.ended));
         assert!(
-            ended.is_ok(),
-            "{client}: the connection did not end: {ended:?}"
+            read.ended.is_ok(),
+            "{client}: the connection did not end: {:?}",
+            read.ended
         );
         assert!(
             first_at.elapsed() < Duration::from_secs(1),
@@ -165,13 +193,63 @@ fn a_pipelined_batch_gets_one_reply_per_command_and_the_connection_ends() {
         );
         let later = "503 5.5.1 Bad sequence of commands - bogus HELO";
         assert_eq!(
-            replies,
+            read.replies,
             [reject("localhost").as_str(), later, later],
             "{client}"
         );
     }
     let line = verdict_line(&daemon, v4(2, 45_201));
     assert!(line.ends_with("action=reply"), "{line}");
+    daemon.stop().expect("stopping the daemon");
+}
+
+/// The reply table (`[replies]`): a reason's own entry (a 4xx, as Postfix's
+/// `reject_unknown_helo_hostname` would answer) and the default's new text, each the reply
+/// to the bogus client's MAIL FROM; a client that sends MAIL FROM without a HELO reads the
+/// reject as the reply to it.
+#[test]
+fn each_reason_gets_its_reply_from_the_table() {
+    let lab = lab("rt");
+    let config = std::env::temp_dir().join(format!("hf-replies-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[replies]\ntext = \"Go away\"\n\
+         [replies.reasons.not_fqdn]\ncode = 450\nenhanced = \"4.7.1\"\n\
+         text = \"Helo command rejected: need fully-qualified hostname\"\n",
+    )
+    .expect("config");
+    let args = [
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--action",
+        "reply",
+        NO_REPUTATION[0],
+        NO_REPUTATION[1],
+    ];
+    let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
+    let _ = std::fs::remove_file(&config);
+    for (client, helo, reply) in [
+        (
+            v4(2, 45_211),
+            "mon-serveur",
+            "450 4.7.1 Helo command rejected: need fully-qualified hostname (not_fqdn)",
+        ),
+        (v6(2, 45_212), "localhost", "550 5.7.1 Go away (localhost)"),
+    ] {
+        let read = after_ehlo(&lab, client, helo, MAIL);
+        assert_eq!(read.replies, [reply], "{client} {helo}");
+        assert!(read.ended.is_ok(), "{client}: {:?}", read.ended);
+    }
+    // No HELO at all: the kernel holds the MAIL FROM (smtp-sink, which would take it, never
+    // answers it), and the filter's reply is the answer to it.
+    let client = v4(2, 45_213);
+    let (mut stream, reader) = raw_connect(&lab, client);
+    stream.write_all(MAIL).expect("MAIL FROM");
+    let replies: Vec<String> = reader
+        .lines()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{client}: the connection did not end: {e}"));
+    assert_eq!(replies, ["550 5.7.1 Go away (no_helo)"], "{client}");
     daemon.stop().expect("stopping the daemon");
 }
 

@@ -51,7 +51,7 @@ pub async fn run(args: PolicyCommandArgs) -> anyhow::Result<()> {
     let listener = Listener::bind(&listen, &file.postfix.socket_group).await?;
     let monitor = args.monitor || file.enforce.monitor;
     let engine = Arc::new(parking_lot::RwLock::new(engine));
-    let service = PolicyService::new(Arc::clone(&engine), file.postfix, monitor, None);
+    let service = PolicyService::new(Arc::clone(&engine), file.replies(), monitor, None);
     let serving = listener.serve(Arc::new(service));
     tokio::pin!(serving);
     let notifier = Notifier::from_env();

@@ -157,7 +157,7 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
             Some(Arc::new(Answerer::new(
                 enforce.deployment,
                 sockets,
-                file.postfix.clone(),
+                file.replies(),
             )))
         }
         _ => None,
@@ -317,7 +317,7 @@ async fn spawn(
         let remembering = Arc::clone(&daemon.stage);
         let service = PolicyService::new(
             Arc::clone(daemon.stage.engine()),
-            file.postfix.clone(),
+            file.replies(),
             file.enforce.monitor,
             Some(Box::new(move |client, verdict| {
                 remembering.remember(client, verdict)

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::{
     ControlSection, DenyAnswer, DnsSection, EnforceSection, KernelSection, ListsSection,
-    MetricsSection, PolicySection, PostfixSection, ReputationSection, StateSection, locate::locate,
+    MetricsSection, PolicySection, PostfixSection, Replies, RepliesSection, ReputationSection,
+    StateSection, locate::locate,
 };
 use crate::{
     dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings},
@@ -38,6 +39,8 @@ pub struct PolicyFile {
     pub lists: ListsSection,
     /// `[postfix]`
     pub postfix: PostfixSection,
+    /// `[replies]`
+    pub replies: RepliesSection,
     /// `[kernel]`
     pub kernel: KernelSection,
     /// `[control]`
@@ -171,6 +174,11 @@ impl PolicyFile {
             max_ttl: Duration::from_secs(d.max_ttl_secs),
             max_in_flight: d.max_in_flight.get(),
         }
+    }
+
+    /// The reply table: `[replies]`, with the old `[postfix]` names of its defaults.
+    pub fn replies(&self) -> Replies {
+        Replies::new(&self.replies, &self.postfix)
     }
 
     /// Builds the engine; with `[dns] enabled = false` it runs offline. `observer` sees the DNS

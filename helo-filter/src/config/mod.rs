@@ -5,6 +5,7 @@ mod flags;
 mod locate;
 mod policy_sections;
 mod postfix_section;
+mod replies;
 mod sections;
 mod validate;
 
@@ -12,5 +13,6 @@ pub use file::*;
 pub use flags::*;
 pub use policy_sections::*;
 pub use postfix_section::*;
+pub use replies::*;
 pub use sections::*;
 pub use validate::*;

@@ -8,7 +8,8 @@ use std::{collections::HashSet, hash::Hash, path::Path};
 
 use helo_filter_common::{MAX_SMTP_PORTS, maps};
 
-use super::{ConfigError, PolicyFile, locate::key_position};
+use super::{ConfigError, PolicyFile, ReasonKey, locate::key_position};
+use crate::policy::Reason;
 
 /// The daemon tells the kernel it is alive this often; the kernel's heartbeat timeout must
 /// leave room for two beats.
@@ -311,16 +312,79 @@ fn problems(c: &PolicyFile) -> Vec<Problem> {
             format!("a Unix socket path has at most {MAX_SOCKET_PATH} bytes"),
         );
     }
-    for (key, text) in [
-        ("postfix.reject_text", &c.postfix.reject_text.0),
-        ("postfix.defer_text", &c.postfix.defer_text.0),
+    let mut texts = vec![
+        (
+            "postfix.reject_text".to_owned(),
+            c.postfix.reject_text.as_ref(),
+        ),
+        (
+            "postfix.defer_text".to_owned(),
+            c.postfix.defer_text.as_ref(),
+        ),
+        ("replies.text".to_owned(), c.replies.text.as_ref()),
+    ];
+    for (reason, keys) in &c.replies.reasons {
+        let key = format!("replies.reasons.{}.text", reason.0.as_str());
+        texts.push((key, keys.text.as_ref()));
+    }
+    for (key, text) in texts {
+        let len = text.map_or(0, |t| t.0.len());
+        refuse(
+            &key,
+            len > MAX_REPLY_TEXT,
+            format!(
+                "at most {MAX_REPLY_TEXT} bytes (it goes into one SMTP reply line), {len} given"
+            ),
+        );
+    }
+    // An old name beside its new one: which one would count is not obvious.
+    let r = &c.replies;
+    for (old, set, new, new_set) in [
+        (
+            "postfix.reject_code",
+            c.postfix.reject_code.is_some(),
+            "replies.code",
+            r.code.is_some(),
+        ),
+        (
+            "postfix.reject_text",
+            c.postfix.reject_text.is_some(),
+            "replies.enhanced` and `replies.text",
+            r.enhanced.is_some() || r.text.is_some(),
+        ),
+        (
+            "postfix.defer_text",
+            c.postfix.defer_text.is_some(),
+            "replies.reasons.dns_tempfail",
+            r.reasons.contains_key(&ReasonKey(Reason::DnsTempfail)),
+        ),
     ] {
         refuse(
-            key,
-            text.len() > MAX_REPLY_TEXT,
+            old,
+            set && new_set,
+            format!("an old name of `{new}`, which is set too: keep one"),
+        );
+    }
+    let mut disagreeing = HashSet::new();
+    for (reason, reply) in c.replies().iter() {
+        // The key that made the disagreement: the reason's own, else the default's.
+        let key = match r.reasons.get(&ReasonKey(reason)) {
+            Some(keys) if keys.code.is_some() => {
+                format!("replies.reasons.{}.code", reason.as_str())
+            }
+            Some(keys) if keys.enhanced.is_some() => {
+                format!("replies.reasons.{}.enhanced", reason.as_str())
+            }
+            _ if r.code.is_some() || r.enhanced.is_none() => "replies.code".to_owned(),
+            _ => "replies.enhanced".to_owned(),
+        };
+        refuse(
+            &key,
+            !reply.classes_agree() && disagreeing.insert(key.clone()),
             format!(
-                "at most {MAX_REPLY_TEXT} bytes (it goes into one SMTP reply line), {} given",
-                text.len()
+                "{} does not agree with the enhanced code {} (RFC 3463: the same class)",
+                reply.code,
+                reply.enhanced.as_ref().map_or("", |e| e.0.as_str())
             ),
         );
     }

@@ -96,6 +96,7 @@ fn changed_sections(a: &PolicyFile, b: &PolicyFile) -> Vec<&'static str> {
         reputation,
         lists,
         postfix,
+        replies,
         kernel,
         control,
         metrics,
@@ -108,6 +109,7 @@ fn changed_sections(a: &PolicyFile, b: &PolicyFile) -> Vec<&'static str> {
         ("reputation", *reputation != b.reputation),
         ("lists", *lists != b.lists),
         ("postfix", *postfix != b.postfix),
+        ("replies", *replies != b.replies),
         ("kernel", *kernel != b.kernel),
         ("control", *control != b.control),
         ("metrics", *metrics != b.metrics),
@@ -444,7 +446,7 @@ mod tests {
     fn each_section_is_either_reloadable_or_waits_for_a_restart() {
         let start = PolicyFile::default();
         type Edit = fn(&mut PolicyFile);
-        let edits: [(&str, Edit); 10] = [
+        let edits: [(&str, Edit); 11] = [
             ("policy", |f| f.policy.our_addrs.push([192, 0, 2, 1].into())),
             ("dns", |f| f.dns.fail_closed = true),
             ("enforce", |f| f.enforce.monitor = true),
@@ -453,6 +455,9 @@ mod tests {
                 f.lists.deny.push("192.0.2.0/24".parse().expect("net"))
             }),
             ("postfix", |f| f.postfix.socket_group = "mail".to_owned()),
+            ("replies", |f| {
+                f.replies.code = Some(crate::config::ReplyCode(554))
+            }),
             ("kernel", |f| f.kernel.smtp_ports = vec![2525]),
             ("control", |f| f.control.socket = "/run/other.sock".into()),
             ("metrics", |f| {

@@ -50,7 +50,7 @@ use super::{
     session::{DecisiveSegment, Opening, Session},
 };
 use crate::{
-    config::{Deployment, PostfixSection},
+    config::{Deployment, Replies},
     io::raw_socket::RawSockets,
     metrics,
     metrics::ReplyOutcome,
@@ -214,8 +214,8 @@ struct Held {
 pub struct Answerer {
     deployment: Deployment,
     sockets: RawSockets,
-    /// Where the reject's text comes from (the policy service answers from it too).
-    replies: PostfixSection,
+    /// The reply table (the policy service answers from it too).
+    replies: Replies,
     condemned: DashMap<FlowKey, Condemned>,
     held: DashMap<FlowKey, Held>,
     /// On an MX, the condemned flows whose MTA is not freed yet, in the order condemned.
@@ -223,7 +223,7 @@ pub struct Answerer {
 }
 
 impl Answerer {
-    pub fn new(deployment: Deployment, sockets: RawSockets, replies: PostfixSection) -> Answerer {
+    pub fn new(deployment: Deployment, sockets: RawSockets, replies: Replies) -> Answerer {
         Answerer {
             deployment,
             sockets,
@@ -250,7 +250,7 @@ impl Answerer {
                 after_decisive_seq: session.after_decisive_seq,
                 decisive_segment,
                 decisive_is_helo: matches!(session.opening, Opening::Helo(_)),
-                reject: format!("{}\r\n", self.replies.smtp_reply(reason)),
+                reject: format!("{}\r\n", self.replies.reply(reason).line_for(reason)),
                 conversation: None,
                 freed: false,
                 since: Instant::now(),

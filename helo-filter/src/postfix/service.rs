@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::protocol::{Received, Request};
 use crate::{
-    config::PostfixSection,
+    config::Replies,
     metrics,
     metrics::Outcome,
     pipeline::{
@@ -33,7 +33,7 @@ pub type RejectHook = Box<dyn Fn(IpAddr, &Verdict) + Send + Sync>;
 /// The policy service shared by every connection.
 pub struct PolicyService {
     engine: SharedEngine,
-    replies: PostfixSection,
+    replies: Replies,
     /// Rejections are logged and counted but answered `DUNNO`.
     monitor: bool,
     on_reject: Option<RejectHook>,
@@ -43,7 +43,7 @@ pub struct PolicyService {
 impl PolicyService {
     pub fn new(
         engine: SharedEngine,
-        replies: PostfixSection,
+        replies: Replies,
         monitor: bool,
         on_reject: Option<RejectHook>,
     ) -> PolicyService {
@@ -123,15 +123,26 @@ impl PolicyService {
     }
 
     fn action(&self, verdict: &Verdict) -> (Outcome, String) {
-        let replies = &self.replies;
         match verdict.primary() {
             None => (Outcome::Dunno, "DUNNO".to_owned()),
             Some(_) if self.monitor => (Outcome::Dunno, "DUNNO".to_owned()),
-            Some(Reason::DnsTempfail) => (
+            // Deferred only if nothing else rejects the mail: Postfix answers 450 then.
+            Some(reason @ Reason::DnsTempfail) => (
                 Outcome::Defer,
-                format!("DEFER_IF_PERMIT {} (dns_tempfail)", replies.defer_text.0),
+                format!(
+                    "DEFER_IF_PERMIT {}",
+                    self.replies.reply(reason).text_for(reason)
+                ),
             ),
-            Some(reason) => (Outcome::Reject, replies.reject_reply(reason)),
+            Some(reason) => {
+                let reply = self.replies.reply(reason);
+                let outcome = if reply.is_temporary() {
+                    Outcome::Defer
+                } else {
+                    Outcome::Reject
+                };
+                (outcome, reply.line_for(reason))
+            }
         }
     }
 
@@ -212,7 +223,7 @@ mod tests {
         });
         let engine = PolicyEngine::new(PolicySettings::default(), None);
         let engine = Arc::new(parking_lot::RwLock::new(engine));
-        let service = PolicyService::new(engine, PostfixSection::default(), monitor, Some(hook));
+        let service = PolicyService::new(engine, Replies::default(), monitor, Some(hook));
         (service, told)
     }
 
