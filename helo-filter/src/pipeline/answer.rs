@@ -295,7 +295,7 @@ impl Answerer {
             );
             if silent {
                 let (client, server) = endpoints(&key);
-                self.free_mta(&key, client, server, 0);
+                self.free_mta(&key, client, server);
             }
         }
     }
@@ -341,11 +341,7 @@ impl Answerer {
     /// Handles one reported client segment: answered if its flow is condemned, kept until
     /// the verdict if not.
     pub fn answer(&self, event: &CaptureEvent) {
-        let condemned = self
-            .condemned
-            .get(&event.key)
-            .is_some_and(|c| c.stream_start_seq == event.stream_start_seq);
-        if condemned {
+        if self.is_condemned(event) {
             self.client_segment(
                 &event.key,
                 event.stream_start_seq,
@@ -362,7 +358,25 @@ impl Answerer {
                     since: Instant::now(),
                 },
             );
+            // The verdict may have come in between, its `condemn` finding nothing held yet:
+            // then the segment is answered here (whichever side removes it answers it).
+            if self.is_condemned(event)
+                && let Some((_, held)) = self.held.remove(&event.key)
+            {
+                self.client_segment(
+                    &event.key,
+                    held.stream_start_seq,
+                    &held.bytes,
+                    held.wire_len,
+                );
+            }
         }
+    }
+
+    fn is_condemned(&self, event: &CaptureEvent) -> bool {
+        self.condemned
+            .get(&event.key)
+            .is_some_and(|c| c.stream_start_seq == event.stream_start_seq)
     }
 
     /// Forgets flows condemned longer ago than [`FORGET_AFTER`], and held segments whose
@@ -391,7 +405,7 @@ impl Answerer {
             Decision::Reset => {
                 self.reset(server, client, &segment, client_end);
                 // A client that ends before sending a command: its MTA is freed all the same.
-                self.free_mta(key, client, server, segment.seq);
+                self.free_mta(key, client, server);
                 return;
             }
             Decision::Ignore => return,
@@ -409,7 +423,7 @@ impl Answerer {
         };
         self.send(server, client, header, sent.reply.as_bytes(), outcome);
         if first {
-            self.free_mta(key, client, server, segment.seq);
+            self.free_mta(key, client, server);
         }
     }
 
@@ -442,12 +456,17 @@ impl Answerer {
     }
 
     /// Frees the MTA, once: on an MX its socket is destroyed; in a gateway it is sent a RST
-    /// from the client at `seq`, the first byte it did not get.
-    fn free_mta(&self, key: &FlowKey, client: SocketAddr, server: SocketAddr, seq: u32) {
-        match self.condemned.get_mut(key) {
-            Some(mut flow) if !flow.freed => flow.freed = true,
+    /// from the client at the first byte the MTA did not get (RFC 5961: the only one taken).
+    fn free_mta(&self, key: &FlowKey, client: SocketAddr, server: SocketAddr) {
+        // Where the MTA's stream from the client stopped, whichever segment frees it (a
+        // client's FIN may be handled before the answer that ends the conversation).
+        let seq = match self.condemned.get_mut(key) {
+            Some(mut flow) if !flow.freed => {
+                flow.freed = true;
+                flow.mta_has_until
+            }
             _ => return,
-        }
+        };
         match self.deployment {
             Deployment::Mx => {
                 destroy(server, client);
