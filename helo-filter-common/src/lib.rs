@@ -82,6 +82,15 @@ pub mod flags {
     pub const MTA_RESET: u32 = 1 << 8;
 }
 
+/// TCP header flag bits, as the kernel reads segments and both sides build them.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
 /// The `SO_MARK` of the segments the daemon sends as replies: the TC egress program lets
 /// them through to a condemned client whose other server packets it drops.
 pub const REPLY_MARK: u32 = u32::from_be_bytes(*b"HELO");
@@ -134,8 +143,9 @@ pub struct KernelConfig {
     pub gate_deadline_ms: u32,
     /// A daemon heartbeat older than this means the daemon is gone: the gate stays open.
     pub heartbeat_timeout_ms: u32,
-    /// Non-zero: a denied source's SYN is answered with a RST instead of dropped.
-    pub deny_with_rst: u32,
+    /// [`KernelConfig::DENY_WITH_RST`] and [`KernelConfig::REPORT_HELD`]. (Once a 0/1
+    /// `deny_with_rst`: its value is the first bit, so the map's layout stays as it was.)
+    pub options: u32,
 }
 
 impl KernelConfig {
@@ -145,6 +155,21 @@ impl KernelConfig {
     /// captured, but no segment waits for a verdict. A gate that may hold for 0 ms holds
     /// nothing, so the field keeps its meaning and the map's layout stays as it was.
     pub const NO_GATE: u32 = 0;
+    /// `options`: a denied source's SYN is answered with a RST instead of dropped.
+    pub const DENY_WITH_RST: u32 = 1 << 0;
+    /// `options`: each segment the gate holds is reported (`flags::CLIENT_SEGMENT`), for
+    /// action `reply` to answer; other actions need no copy of it.
+    pub const REPORT_HELD: u32 = 1 << 1;
+
+    #[inline(always)]
+    pub fn deny_with_rst(&self) -> bool {
+        self.options & Self::DENY_WITH_RST != 0
+    }
+
+    #[inline(always)]
+    pub fn report_held(&self) -> bool {
+        self.options & Self::REPORT_HELD != 0
+    }
 
     /// Whether the kernel holds a flow's further segments until its verdict.
     #[inline(always)]
@@ -162,7 +187,7 @@ impl Default for KernelConfig {
             port_count: 1,
             gate_deadline_ms: Self::DEFAULT_GATE_DEADLINE_MS,
             heartbeat_timeout_ms: Self::DEFAULT_HEARTBEAT_TIMEOUT_MS,
-            deny_with_rst: 0,
+            options: 0,
         }
     }
 }

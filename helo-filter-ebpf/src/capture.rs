@@ -12,19 +12,17 @@
 //! (`KernelConfig::NO_GATE`) there is no gate: flows are captured, and nothing is held.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_xdp_load_bytes},
-    programs::XdpContext,
+    bindings::xdp_action, helpers::generated::bpf_xdp_load_bytes, programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use helo_filter_common::{
     CaptureEvent, Counter, FlowState, KernelConfig, MAX_CAPTURE_BYTES, MAX_CAPTURE_SEGMENTS, flags,
-    phase,
+    phase, tcp_flags,
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, allowed, config, count, daemon_alive, denied, is_smtp_port, source_key},
-    parse::{TCP_ACK, TCP_FIN, TCP_SYN, TcpSegment},
+    maps::{EVENTS, FLOWS, allowed, boot_ns, count, daemon_alive, denied, source_key},
+    parse::TcpSegment,
     report,
     rst::ANSWER_WITH_RST,
 };
@@ -35,28 +33,26 @@ const VERB_EHLO: u64 = u32::from_le_bytes(*b"EHLO") as u64;
 const VERB_NOOP: u64 = u32::from_le_bytes(*b"NOOP") as u64;
 const VERB_RSET: u64 = u32::from_le_bytes(*b"RSET") as u64;
 
-/// Handles a TCP segment; returns the XDP action for it, or `ANSWER_WITH_RST`.
+/// Handles a TCP segment to an SMTP port; returns the XDP action for it, or
+/// `ANSWER_WITH_RST`.
+///
+/// The allow and deny lists are looked up at the SYN only, and the flow remembers the
+/// outcome (an allowed source's flow is not even tracked): a list change reaches new
+/// connections, and every later segment of a flow costs one hash lookup at most.
 #[inline(never)]
-pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
-    let Some(config) = config() else {
-        return xdp_action::XDP_PASS;
-    };
-    if !is_smtp_port(config, segment.key.dport) {
-        return xdp_action::XDP_PASS;
-    }
+pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment, config: &KernelConfig) -> u32 {
     count(Counter::SmtpPackets);
-    let source = source_key(&segment.key);
-    if allowed(&source) {
-        return xdp_action::XDP_PASS;
-    }
-    // SAFETY: plain helper call without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
-    if segment.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+    if segment.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+        let source = source_key(&segment.key);
+        if allowed(&source) {
+            return xdp_action::XDP_PASS;
+        }
+        let now = boot_ns();
         // Repeat offenders and operator entries: not even a connection. Enforced whether
         // or not the daemon is alive.
         if denied(&source, now) {
             count(Counter::SynDropped);
-            if config.deny_with_rst != 0 {
+            if config.deny_with_rst() {
                 return ANSWER_WITH_RST;
             }
             return xdp_action::XDP_DROP;
@@ -87,7 +83,7 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
     }
     if state.phase == phase::CONDEMNED_REPLY {
         count(Counter::CondemnedDropped);
-        if segment.payload_len > 0 || segment.flags & TCP_FIN != 0 {
+        if segment.payload_len > 0 || segment.flags & tcp_flags::FIN != 0 {
             report::client_segment(ctx, segment, state.stream_start_seq);
         }
         return xdp_action::XDP_DROP;
@@ -97,16 +93,16 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
     }
     match state.phase {
         phase::CAPTURING => {
-            let action = capture_segment(ctx, segment, state, config, now);
-            if action == xdp_action::XDP_DROP {
+            let action = capture_segment(ctx, segment, state, config, boot_ns());
+            if action == xdp_action::XDP_DROP && config.report_held() {
                 // The decisive segment held: if the verdict is `reply`, answered at once.
                 report::client_segment(ctx, segment, state.stream_start_seq);
             }
             action
         }
         phase::GATED => {
-            let action = gate(state, config, now);
-            if action == xdp_action::XDP_DROP {
+            let action = gate(state, config, boot_ns());
+            if action == xdp_action::XDP_DROP && config.report_held() {
                 // Held: if the verdict is `reply`, the daemon answers it at once.
                 report::client_segment(ctx, segment, state.stream_start_seq);
             }

@@ -17,21 +17,31 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use helo_filter_common::{Counter, FlowKey, REPLY_MARK, phase};
-use parse::TCP_RST;
+use helo_filter_common::{Counter, FlowKey, REPLY_MARK, phase, tcp_flags};
 
 #[xdp]
 pub fn helo_capture(ctx: XdpContext) -> u32 {
     maps::count(Counter::PacketsSeen);
+    // A frame not to an SMTP port, most of what the NIC receives, is told apart from its
+    // headers alone: no scratch slot, no flow lookup.
+    let Some(at) = parse::locate_tcp(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(config) = maps::config() else {
+        return xdp_action::XDP_PASS;
+    };
+    if !maps::is_smtp_port(config, at.dport) {
+        return xdp_action::XDP_PASS;
+    }
     let Some(segment) = maps::SEGMENTS.get_ptr_mut(maps::SLOT_XDP) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: this CPU's scratch slot, used by nothing else while the program runs.
     let segment = unsafe { &mut *segment };
-    if !parse::parse_tcp(&ctx, segment) {
+    if !parse::parse_tcp(&ctx, &at, segment) {
         return xdp_action::XDP_PASS;
     }
-    match capture::on_tcp_segment(&ctx, segment) {
+    match capture::on_tcp_segment(&ctx, segment, config) {
         rst::ANSWER_WITH_RST => rst::reply_with_rst(&ctx, segment),
         action => action,
     }
@@ -43,17 +53,20 @@ pub fn helo_capture(ctx: XdpContext) -> u32 {
 /// the daemon's answer instead of a reset.
 #[classifier]
 pub fn helo_egress(ctx: TcContext) -> i32 {
+    let Some(at) = parse::locate_tcp(&ctx) else {
+        return TC_ACT_OK;
+    };
+    match maps::config() {
+        Some(config) if maps::is_smtp_port(config, at.sport) => {}
+        _ => return TC_ACT_OK,
+    }
     let Some(segment) = maps::SEGMENTS.get_ptr_mut(maps::SLOT_TC) else {
         return TC_ACT_OK;
     };
     // SAFETY: this CPU's egress scratch slot.
     let segment = unsafe { &mut *segment };
-    if !parse::parse_tcp(&ctx, segment) {
+    if !parse::parse_tcp(&ctx, &at, segment) {
         return TC_ACT_OK;
-    }
-    match maps::config() {
-        Some(config) if maps::is_smtp_port(config, segment.key.sport) => {}
-        _ => return TC_ACT_OK,
     }
     // The flow as the client sent it.
     let client_flow = FlowKey {
@@ -76,7 +89,7 @@ pub fn helo_egress(ctx: TcContext) -> i32 {
         // the HELO yet, the daemon answers it.
         Some(state)
             if state.phase == phase::CONDEMNED_REPLY
-                && segment.flags & TCP_RST != 0
+                && segment.flags & tcp_flags::RST != 0
                 // SAFETY: the program's own __sk_buff, readable for this run.
                 && unsafe { (*ctx.skb.skb).mark } != REPLY_MARK =>
         {

@@ -1,6 +1,7 @@
 //! The maps shared with user space (names in `helo_filter_common::maps`).
 
 use aya_ebpf::{
+    helpers::bpf_ktime_get_boot_ns,
     macros::map,
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
@@ -60,6 +61,13 @@ pub fn count(counter: Counter) {
         // reference is made: the increment goes through the raw pointer.
         unsafe { *value += 1 };
     }
+}
+
+/// The boot-time clock, as the daemon's heartbeat and the deny entries' expiries use it.
+#[inline(always)]
+pub fn boot_ns() -> u64 {
+    // SAFETY: plain helper call without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
 }
 
 /// The run-time config user space writes at load time (until then nothing is an SMTP

@@ -22,11 +22,6 @@ const MAX_IPV6_EXT_HEADERS: usize = 4;
 /// verifier reason about variable offsets.
 const MAX_HEADER_OFFSET: usize = 4096;
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
-
 #[repr(C)]
 struct EthHdr {
     _dst: [u8; 6],
@@ -72,8 +67,8 @@ struct Ipv6ExtHdr {
 
 #[repr(C)]
 struct TcpHdr {
-    sport: [u8; 2],
-    dport: [u8; 2],
+    _sport: [u8; 2],
+    _dport: [u8; 2],
     seq: [u8; 4],
     ack: [u8; 4],
     data_offset: u8,
@@ -160,19 +155,23 @@ fn parse_l2<P: Packet>(ctx: &P) -> Option<(usize, u16)> {
     Some((offset, proto))
 }
 
-/// Parses the frame down to TCP into `out`; false for anything else (including IP
-/// fragments).
-#[inline(always)]
-pub fn parse_tcp<P: Packet>(ctx: &P, out: &mut TcpSegment) -> bool {
-    parse_into(ctx, out).is_some()
+/// Where a TCP segment's headers are, and its ports: all it takes to tell whether a frame
+/// is ours, read without touching a map.
+pub struct Located {
+    l3: usize,
+    l4: usize,
+    /// The TCP header and payload length the IP header declares.
+    l4_len: usize,
+    family: u8,
+    pub sport: u16,
+    pub dport: u16,
 }
 
+/// Finds the TCP header; `None` for anything else (including IP fragments).
 #[inline(always)]
-fn parse_into<P: Packet>(ctx: &P, out: &mut TcpSegment) -> Option<()> {
+pub fn locate_tcp<P: Packet>(ctx: &P) -> Option<Located> {
     let (l3, proto) = parse_l2(ctx)?;
-    let key = &mut out.key;
-    *key = FlowKey::default();
-    let (l4, l4_len) = match proto {
+    let (l4, l4_len, family) = match proto {
         ETH_P_IPV4 => {
             let ip: Ipv4Hdr = read(ctx, l3)?;
             let header_len = ((ip.version_ihl & 0x0F) as usize) * 4;
@@ -185,10 +184,7 @@ fn parse_into<P: Packet>(ctx: &P, out: &mut TcpSegment) -> Option<()> {
                 return None;
             }
             let total = u16::from_be_bytes(ip.total_len) as usize;
-            key.family = FAMILY_IPV4;
-            key.saddr[..4].copy_from_slice(&ip.saddr);
-            key.daddr[..4].copy_from_slice(&ip.daddr);
-            (l3 + header_len, total.checked_sub(header_len)?)
+            (l3 + header_len, total.checked_sub(header_len)?, FAMILY_IPV4)
         }
         ETH_P_IPV6 => {
             let ip: Ipv6Hdr = read(ctx, l3)?;
@@ -210,27 +206,57 @@ fn parse_into<P: Packet>(ctx: &P, out: &mut TcpSegment) -> Option<()> {
             }
             let payload = u16::from_be_bytes(ip.payload_len) as usize;
             let ext_len = offset - (l3 + size_of::<Ipv6Hdr>());
-            key.family = FAMILY_IPV6;
-            key.saddr = ip.saddr;
-            key.daddr = ip.daddr;
-            (offset, payload.checked_sub(ext_len)?)
+            (offset, payload.checked_sub(ext_len)?, FAMILY_IPV6)
         }
         _ => return None,
     };
+    let ports: [[u8; 2]; 2] = read(ctx, l4)?;
+    Some(Located {
+        l3,
+        l4,
+        l4_len,
+        family,
+        sport: u16::from_be_bytes(ports[0]),
+        dport: u16::from_be_bytes(ports[1]),
+    })
+}
+
+/// Reads the located segment into `out`: its flow, flags, sequence numbers and offsets;
+/// false if its TCP header is malformed or cut short.
+#[inline(always)]
+pub fn parse_tcp<P: Packet>(ctx: &P, at: &Located, out: &mut TcpSegment) -> bool {
+    parse_into(ctx, at, out).is_some()
+}
+
+#[inline(always)]
+fn parse_into<P: Packet>(ctx: &P, at: &Located, out: &mut TcpSegment) -> Option<()> {
+    let key = &mut out.key;
+    *key = FlowKey::default();
+    key.family = at.family;
+    if at.family == FAMILY_IPV4 {
+        let ip: Ipv4Hdr = read(ctx, at.l3)?;
+        key.saddr[..4].copy_from_slice(&ip.saddr);
+        key.daddr[..4].copy_from_slice(&ip.daddr);
+    } else {
+        let ip: Ipv6Hdr = read(ctx, at.l3)?;
+        key.saddr = ip.saddr;
+        key.daddr = ip.daddr;
+    }
+    let l4 = at.l4;
     let tcp: TcpHdr = read(ctx, l4)?;
     let tcp_len = ((tcp.data_offset >> 4) as usize) * 4;
     if tcp_len < size_of::<TcpHdr>() {
         return None;
     }
-    key.sport = u16::from_be_bytes(tcp.sport);
-    key.dport = u16::from_be_bytes(tcp.dport);
+    key.sport = at.sport;
+    key.dport = at.dport;
     let payload_offset = l4 + tcp_len;
     let in_frame = (ctx.end() - ctx.start()).saturating_sub(payload_offset);
-    let declared = l4_len.checked_sub(tcp_len)?;
+    let declared = at.l4_len.checked_sub(tcp_len)?;
     out.flags = tcp.flags;
     out.seq = u32::from_be_bytes(tcp.seq);
     out.ack = u32::from_be_bytes(tcp.ack);
-    out.l3_offset = l3;
+    out.l3_offset = at.l3;
     out.tcp_offset = l4;
     out.payload_offset = payload_offset;
     out.payload_len = declared.min(in_frame);

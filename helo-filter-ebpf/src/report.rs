@@ -4,16 +4,13 @@
 //! the RST of the MTA's destroyed socket, which tells the daemon where the MTA stopped.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_ktime_get_boot_ns,
-        generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
-    },
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 use helo_filter_common::{CaptureEvent, Counter, FlowKey, MAX_CAPTURE_BYTES, flags};
 
 use crate::{
-    maps::{EVENTS, count},
+    maps::{EVENTS, boot_ns, count},
     parse::TcpSegment,
 };
 
@@ -105,8 +102,7 @@ fn report(
     event.key = key;
     event.ifindex = ifindex;
     event.flags = event_flags;
-    // SAFETY: plain helper call without arguments.
-    event.timestamp_ns = unsafe { bpf_ktime_get_boot_ns() };
+    event.timestamp_ns = boot_ns();
     event.seq = segment.seq;
     event.stream_start_seq = stream_start_seq;
     event.len = bounded_len as u16;

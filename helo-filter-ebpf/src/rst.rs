@@ -11,9 +11,9 @@
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_tail, programs::XdpContext,
 };
-use helo_filter_common::FAMILY_IPV4;
+use helo_filter_common::{FAMILY_IPV4, tcp_flags};
 
-use crate::parse::{IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpSegment};
+use crate::parse::{IPPROTO_TCP, TcpSegment};
 
 /// What `capture::on_tcp_segment` returns when the packet is to be answered with a RST:
 /// not an XDP action, so the caller knows to build it (in one place, to spare stack).
@@ -27,17 +27,21 @@ const TCP_HEADER: usize = 20;
 /// answered with `seq = SEG.ACK`; any other with `seq = 0, ack = SEG.SEQ + SEG.LEN` and ACK.
 #[inline(always)]
 fn rst_numbers(segment: &TcpSegment) -> (u32, u32, u8) {
-    if segment.flags & TCP_ACK != 0 {
-        return (segment.ack, 0, TCP_RST);
+    if segment.flags & tcp_flags::ACK != 0 {
+        return (segment.ack, 0, tcp_flags::RST);
     }
     let mut len = segment.payload_len as u32;
-    if segment.flags & TCP_SYN != 0 {
+    if segment.flags & tcp_flags::SYN != 0 {
         len += 1;
     }
-    if segment.flags & TCP_FIN != 0 {
+    if segment.flags & tcp_flags::FIN != 0 {
         len += 1;
     }
-    (0, segment.seq.wrapping_add(len), TCP_RST | TCP_ACK)
+    (
+        0,
+        segment.seq.wrapping_add(len),
+        tcp_flags::RST | tcp_flags::ACK,
+    )
 }
 
 /// Folds a 32-bit one's-complement sum into the 16-bit checksum.

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::Context as _;
 use helo_filter_common::Counter;
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::{
     clock::boot_time_ns,
@@ -31,6 +31,7 @@ pub const DNS_CACHE: &str = "helo_filter_dns_cache_total";
 pub const ACTIONS: &str = "helo_filter_actions_total";
 pub const SOCK_DESTROY: &str = "helo_filter_sock_destroy_total";
 pub const HELO_TO_ACTION: &str = "helo_filter_helo_to_action_seconds";
+pub const HELO_TO_VERDICT: &str = "helo_filter_helo_to_verdict_seconds";
 pub const GATE_HELD: &str = "helo_filter_gate_held_total";
 pub const SYN_DROPPED: &str = "helo_filter_syn_dropped_total";
 pub const CONDEMNED_DROPPED: &str = "helo_filter_condemned_dropped_total";
@@ -42,7 +43,14 @@ pub const POLICY_REQUESTS: &str = "helo_filter_policy_requests_total";
 pub const TASK_PANICS: &str = "helo_filter_task_panics_total";
 pub const REPLIES: &str = "helo_filter_replies_total";
 
-/// Buckets for the latency histograms (seconds): 100 µs to 10 s.
+/// Buckets of the verdict latency (seconds): 10 µs to 1 s, since a verdict is meant to take
+/// microseconds.
+const VERDICT_BUCKETS: [f64; 13] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
+    1.0,
+];
+
+/// Buckets for the other latency histograms (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0, 10.0,
 ];
@@ -217,6 +225,7 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     counter!(DENY_EVICTIONS).absolute(0);
     counter!(TASK_PANICS).absolute(0);
     let _ = histogram!(HELO_TO_ACTION);
+    let _ = histogram!(HELO_TO_VERDICT);
     Ok(())
 }
 
@@ -226,6 +235,7 @@ pub fn install_for_policy_service(addr: SocketAddr) -> anyhow::Result<()> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets(&LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(HELO_TO_VERDICT.to_owned()), &VERDICT_BUCKETS)?
         .install()
         .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
     for result in ["hit", "miss"] {
@@ -311,6 +321,13 @@ pub fn action(action: Action, helo_timestamp_ns: u64) {
     counter!(ACTIONS, "action" => action.as_str()).increment(1);
     let elapsed = boot_time_ns().saturating_sub(helo_timestamp_ns);
     histogram!(HELO_TO_ACTION).record(elapsed as f64 / 1e9);
+}
+
+/// A verdict written into the kernel's flow table (the gate opened, or the flow condemned),
+/// for a session whose deciding segment the kernel saw at `helo_timestamp_ns`.
+pub fn verdict_written(helo_timestamp_ns: u64) {
+    let elapsed = boot_time_ns().saturating_sub(helo_timestamp_ns);
+    histogram!(HELO_TO_VERDICT).record(elapsed as f64 / 1e9);
 }
 
 /// One attempt to destroy the MTA's socket of a rejected session (deployment `mx`).

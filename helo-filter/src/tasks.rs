@@ -3,7 +3,14 @@
 //! missing one of its tasks would look alive while, say, its denials never reach the kernel;
 //! exiting lets systemd restart it while the pinned program keeps enforcing.
 
-use std::{any::Any, future::Future, time::Duration};
+use std::{
+    any::Any,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use log::warn;
 use tokio::sync::mpsc;
@@ -52,18 +59,18 @@ impl Tasks {
     }
 
     fn watch(&self, name: &'static str, future: impl Future<Output = ()> + Send + 'static) {
-        let task = tokio::spawn(future);
         let reports = self.reports.clone();
-        // A second task awaits the first: a panic surfaces as its join error, whatever
-        // part of the daemon spawned it.
+        // The panic is caught in the task itself rather than by a second task awaiting it:
+        // one spawn per judged session, not two.
         tokio::spawn(async move {
-            if let Err(e) = task.await
-                && e.is_panic()
+            if let Err(payload) = (CatchPanic {
+                inner: Box::pin(future),
+            })
+            .await
             {
-                let message = panic_message(e.into_panic());
                 let _ = reports.send(Ended::Panicked {
                     task: name,
-                    message,
+                    message: panic_message(payload),
                 });
             }
         });
@@ -86,6 +93,26 @@ impl Tasks {
                 }
             }
         });
+    }
+}
+
+/// A future that ends with the panic's payload if polling its inner future panics.
+struct CatchPanic<F> {
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.inner.as_mut();
+        // Unwind safety: after a panic the inner future is never polled again, only
+        // dropped, so no broken invariant of it can be observed.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
     }
 }
 

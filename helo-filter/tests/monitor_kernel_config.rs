@@ -19,10 +19,14 @@ fn monitor_mode_turns_the_kernel_gate_off() {
     let monitoring = kernel("[enforce]\nmonitor = true\ngate_deadline_ms = 800\n");
     assert_eq!(monitoring.gate_deadline_ms, KernelConfig::NO_GATE);
     assert!(!monitoring.gate_on());
-    // Nothing else changes: the same ports and heartbeat timeout, so capture goes on.
+    // Held segments are not reported either (nothing is held); nothing else changes: the
+    // same ports and heartbeat timeout, so capture goes on.
+    assert_eq!(enforcing.options, KernelConfig::REPORT_HELD);
+    assert_eq!(monitoring.options, 0);
     assert_eq!(
         KernelConfig {
             gate_deadline_ms: enforcing.gate_deadline_ms,
+            options: enforcing.options,
             ..monitoring
         },
         enforcing

@@ -138,6 +138,11 @@ impl CaptureProgram {
             .return_value
     }
 
+    /// Allows `net`.
+    pub fn allow(&mut self, net: ipnet::IpNet) {
+        self.lists.allow(net).expect("writing the allow map");
+    }
+
     /// Denies `net` (operator entry, no expiry).
     pub fn deny(&mut self, net: ipnet::IpNet) {
         self.lists

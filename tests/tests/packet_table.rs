@@ -588,53 +588,66 @@ fn step(program: &mut CaptureProgram, frame: Frame) -> (u32, usize) {
     step_bytes(program, &frame.bytes())
 }
 
+/// The gate drops a judged flow's payload until the verdict (pure ACKs and FINs pass);
+/// under action `reply` (`REPORT_HELD`) each held segment is reported whole, for the daemon
+/// to answer, and under the others it is not.
 #[test]
 fn the_gate_holds_payload_until_the_verdict() {
-    let mut program = CaptureProgram::load(&KernelConfig::default());
-    program.heartbeat(0);
-    let port = 43_000;
-    let flow = Flow::v4(port);
-    assert_eq!(step(&mut program, flow.syn()), (XDP_PASS, 0));
-    assert_eq!(
-        step(&mut program, flow.data(0, b"EHLO a.example\r\n")),
-        (XDP_PASS, 1)
-    );
-    let mail = flow.data(16, b"MAIL FROM:<a@example.net>\r\n");
-    assert_eq!(
-        program.run(&mail.bytes(), 1).return_value,
-        XDP_DROP,
-        "held before the verdict"
-    );
-    // Reported whole, for the daemon to answer if the verdict is `reply`.
-    let events = program.drain();
-    assert_eq!(events.len(), 1, "the held segment is reported");
-    assert_eq!(events[0].flags, flags::CLIENT_SEGMENT);
-    assert_eq!(events[0].payload(), &mail.bytes()[14 + 20..]);
-    assert_eq!(
-        step(&mut program, flow.frame(DATA + 16, ACK, b"")),
-        (XDP_PASS, 0),
-        "pure ACK"
-    );
-    assert_eq!(
-        step(&mut program, flow.frame(DATA + 16, FIN | ACK, b"")),
-        (XDP_PASS, 0)
-    );
-    assert_eq!(program.counter(Counter::GateHeld), 1);
-    program.judge(&flow_key_v4(port, 25));
-    assert_eq!(
-        step(&mut program, mail),
-        (XDP_PASS, 0),
-        "the retransmission is delivered"
-    );
+    for (i, (options, reported)) in [(KernelConfig::REPORT_HELD, 1), (0, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut program = CaptureProgram::load(&KernelConfig {
+            options,
+            ..KernelConfig::default()
+        });
+        program.heartbeat(0);
+        let port = 43_000 + 10 * i as u16;
+        let flow = Flow::v4(port);
+        assert_eq!(step(&mut program, flow.syn()), (XDP_PASS, 0));
+        assert_eq!(
+            step(&mut program, flow.data(0, b"EHLO a.example\r\n")),
+            (XDP_PASS, 1)
+        );
+        let mail = flow.data(16, b"MAIL FROM:<a@example.net>\r\n");
+        assert_eq!(
+            program.run(&mail.bytes(), 1).return_value,
+            XDP_DROP,
+            "held before the verdict"
+        );
+        let events = program.drain();
+        assert_eq!(events.len(), reported, "options {options}: reported or not");
+        if reported == 1 {
+            assert_eq!(events[0].flags, flags::CLIENT_SEGMENT);
+            assert_eq!(events[0].payload(), &mail.bytes()[14 + 20..]);
+        }
+        assert_eq!(
+            step(&mut program, flow.frame(DATA + 16, ACK, b"")),
+            (XDP_PASS, 0),
+            "pure ACK"
+        );
+        assert_eq!(
+            step(&mut program, flow.frame(DATA + 16, FIN | ACK, b"")),
+            (XDP_PASS, 0)
+        );
+        assert_eq!(program.counter(Counter::GateHeld), 1);
+        program.judge(&flow_key_v4(port, 25));
+        assert_eq!(
+            step(&mut program, mail),
+            (XDP_PASS, 0),
+            "the retransmission is delivered"
+        );
 
-    // A HELO with commands pipelined behind it is itself held, and flagged.
-    let flow = Flow::v4(port + 1);
-    step(&mut program, flow.syn());
-    let pipelined = flow.data(0, b"EHLO a.example\r\nMAIL FROM:<>\r\n");
-    assert_eq!(program.run(&pipelined.bytes(), 1).return_value, XDP_DROP);
-    let events = program.drain();
-    assert_eq!(events[0].flags & flags::PIPELINED, flags::PIPELINED);
-    assert_eq!(program.counter(Counter::GateHeld), 2);
+        // A HELO with commands pipelined behind it is itself held, and flagged.
+        let flow = Flow::v4(port + 1);
+        step(&mut program, flow.syn());
+        let pipelined = flow.data(0, b"EHLO a.example\r\nMAIL FROM:<>\r\n");
+        assert_eq!(program.run(&pipelined.bytes(), 1).return_value, XDP_DROP);
+        let events = program.drain();
+        assert_eq!(events.len(), 1 + reported, "options {options}");
+        assert_eq!(events[0].flags & flags::PIPELINED, flags::PIPELINED);
+        assert_eq!(program.counter(Counter::GateHeld), 2);
+    }
 }
 
 /// Monitor mode (`KernelConfig::NO_GATE`): the same frames as under the gate, a segment after
@@ -646,8 +659,12 @@ fn without_the_gate_nothing_is_held() {
         gate_deadline_ms: KernelConfig::NO_GATE,
         ..KernelConfig::default()
     };
+    let replying = KernelConfig {
+        options: KernelConfig::REPORT_HELD,
+        ..KernelConfig::default()
+    };
     for (gate, config, held) in [
-        ("gate on", KernelConfig::default(), XDP_DROP),
+        ("gate on", replying, XDP_DROP),
         ("gate off", monitor, XDP_PASS),
     ] {
         let mut program = CaptureProgram::load(&config);
@@ -934,7 +951,7 @@ fn condemned_flows_are_answered_with_a_checksummed_rst() {
 #[test]
 fn denied_syns_can_be_answered_with_a_rst() {
     let config = KernelConfig {
-        deny_with_rst: 1,
+        options: KernelConfig::DENY_WITH_RST,
         ..KernelConfig::default()
     };
     let mut program = CaptureProgram::load(&config);

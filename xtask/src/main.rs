@@ -45,6 +45,9 @@ enum Task {
         /// A smoke test: tiny loads, every figure produced (report in target/bench/).
         #[arg(long)]
         quick: bool,
+        /// Only these sections (report in target/bench/, BENCHMARKS.md left alone).
+        #[arg(long, value_delimiter = ',', value_parser = xtask::bench::SECTION_NAMES)]
+        only: Vec<String>,
     },
 }
 
@@ -60,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run { daemon_args } => run_real(&daemon_args),
         Task::Lint => lint(),
         Task::Test => test(),
-        Task::Bench { quick } => bench(quick),
+        Task::Bench { quick, only } => bench(quick, &only),
     }
 }
 
@@ -235,7 +238,7 @@ fn count_before(summary: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn bench(quick: bool) -> anyhow::Result<()> {
+fn bench(quick: bool, only: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     println!("building helo-filter in release mode (the eBPF object too)");
     run_cmd(cargo().args(["build", "--release", "--package", "helo-filter"]))?;
@@ -244,7 +247,7 @@ fn bench(quick: bool) -> anyhow::Result<()> {
     // to here this task has only run child processes, never a thread (the benchmarks,
     // which start threads, begin below). The lab's daemons are started from this binary.
     unsafe { std::env::set_var("HELO_FILTER_BIN", binary) };
-    xtask::bench::run(quick)
+    xtask::bench::run(quick, only)
 }
 
 fn run_lab() -> anyhow::Result<()> {

@@ -11,7 +11,7 @@ use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS};
 use serde::Deserialize;
 
 use super::{
-    ControlSection, DenyAnswer, DnsSection, EnforceSection, KernelSection, ListsSection,
+    Action, ControlSection, DenyAnswer, DnsSection, EnforceSection, KernelSection, ListsSection,
     MetricsSection, PolicySection, PostfixSection, Replies, RepliesSection, ReputationSection,
     StateSection, locate::locate,
 };
@@ -157,8 +157,14 @@ impl PolicyFile {
                 false => enforce.gate_deadline_ms,
             },
             heartbeat_timeout_ms: enforce.heartbeat_timeout_ms,
-            deny_with_rst: u32::from(enforce.deny_answer == DenyAnswer::Rst),
+            options: 0,
         };
+        if enforce.deny_answer == DenyAnswer::Rst {
+            config.options |= KernelConfig::DENY_WITH_RST;
+        }
+        if !enforce.monitor && enforce.action == Action::Reply {
+            config.options |= KernelConfig::REPORT_HELD;
+        }
         config.ports[..ports.len()].copy_from_slice(ports);
         config
     }

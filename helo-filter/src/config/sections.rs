@@ -275,13 +275,18 @@ mod tests {
         }
         .kernel_config();
         assert_eq!(
-            (
-                kernel.port_count,
-                kernel.deny_with_rst,
-                kernel.gate_deadline_ms
-            ),
-            (2, 1, 800)
+            (kernel.port_count, kernel.options, kernel.gate_deadline_ms),
+            (2, KernelConfig::DENY_WITH_RST, 800)
         );
+        let default = PolicyFile::default();
+        assert_eq!(
+            default.kernel_config().options,
+            KernelConfig::REPORT_HELD,
+            "under `reply`, the default, held segments are reported for the answer"
+        );
+        let mut monitor = default;
+        monitor.enforce.monitor = true;
+        assert_eq!(monitor.kernel_config().options, 0);
     }
 
     #[test]

@@ -39,14 +39,17 @@ use std::{
 };
 
 use dashmap::DashMap;
-use helo_filter_common::{CaptureEvent, FlowKey};
+use helo_filter_common::{
+    CaptureEvent, FlowKey,
+    tcp_flags::{ACK, FIN, PSH, RST},
+};
 use log::{debug, warn};
 use parking_lot::Mutex;
 
 use super::{
     enforce::destroy,
     reassembly::endpoints,
-    segment::{ACK, FIN, Header, PSH, RST, Reported, Timestamps, ip_packet},
+    segment::{Header, Reported, Timestamps, ip_packet},
     session::{DecisiveSegment, Opening, Session},
 };
 use crate::{

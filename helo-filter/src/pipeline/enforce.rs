@@ -115,7 +115,8 @@ impl Enforcer {
         )
     }
 
-    /// Sets the flow's phase, unless its 4-tuple has since been reused by a new connection.
+    /// Sets the flow's phase, unless its 4-tuple has since been reused by a new connection;
+    /// times the verdict from its HELO (`helo_filter_helo_to_verdict_seconds`).
     fn set_phase(&self, session: &Session, to: u8) {
         let mut flows = self.flows.lock();
         let Ok(mut state) = flows.get(&session.flow, 0) else {
@@ -123,11 +124,12 @@ impl Enforcer {
         };
         if state.stream_start_seq == session.stream_start_seq {
             state.phase = to;
-            if let Err(e) = flows.insert(session.flow, state, 0) {
-                warn!(
+            match flows.insert(session.flow, state, 0) {
+                Ok(()) => metrics::verdict_written(session.timestamp_ns),
+                Err(e) => warn!(
                     "{}: cannot write the verdict to the kernel: {e}",
                     session.client
-                );
+                ),
             }
         }
     }

@@ -4,11 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-pub const FIN: u8 = 0x01;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
-
 const TCP_HEADER: usize = 20;
 const IPV4_HEADER: usize = 20;
 const IPV6_HEADER: usize = 40;
@@ -182,6 +177,8 @@ fn fold(mut total: u32) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    use helo_filter_common::tcp_flags::{ACK, FIN, PSH, RST};
+
     use super::*;
 
     /// Verifies a checksum the way a receiver does: the sum over the covered bytes,

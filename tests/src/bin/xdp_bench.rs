@@ -9,13 +9,17 @@
 //! run again on the rewritten frame. Those use `repeat = 1`, and their baseline is run the
 //! same way on the same frames.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
 
 use helo_filter_common::{KernelConfig, phase};
 use helo_filter_tests::{
     packet::{ACK, CLIENT_V6, Frame, PSH, SYN, arp, flow_key_v4},
     xdp::{BaselineProgram, CaptureProgram},
 };
+use ipnet::{IpNet, Ipv6Net};
 use xtask::bench::{
     BenchArgs,
     figure::{Figure, Goal},
@@ -84,9 +88,17 @@ fn figure(id: &str, name: &str, (ours, base): (f64, f64), runs: &str) -> Figure 
         .reading(&format!("{runs}."), "")
 }
 
-/// A pass-through frame: the goal is 1.3× the empty program.
-fn pass_through(id: &str, name: &str, times: (f64, f64), runs: &str, why: &str) -> Figure {
-    let f = figure(id, name, times, runs).goal(Goal::RatioAtMost(1.3));
+/// A figure whose goal is what the program adds to the empty one (which costs only the
+/// test-run loop, about 10 ns, so a ratio would make any work look large).
+fn adding_at_most(
+    id: &str,
+    name: &str,
+    times: (f64, f64),
+    runs: &str,
+    goal: f64,
+    why: &str,
+) -> Figure {
+    let f = figure(id, name, times, runs).goal(Goal::AboveAtMost(goal));
     let reading = f.reading.clone();
     f.reading(&reading, why)
 }
@@ -107,22 +119,24 @@ fn main() -> anyhow::Result<()> {
     let single_runs = format!("Median of {} runs of repeat 1", bench.single_runs);
     let mut out = Vec::new();
 
-    let parsing_first = "the empty program costs only the test-run loop (about 10 ns), so any \
-        work shows as a multiple; the program looks up its per-CPU scratch slot and parses \
-        Ethernet, VLAN and IP headers before it knows a frame is not its business.";
-    out.push(pass_through(
+    let parsing_first = "before it knows a frame is not its business, the program counts it \
+        (per-CPU) and parses Ethernet, VLAN, IP and the TCP ports, then reads its \
+        configuration's SMTP ports.";
+    out.push(adding_at_most(
         "arp",
         "non-TCP frame (ARP)",
         bench.fixed(&arp(), XDP_PASS),
         &fixed_runs,
+        5.0,
         parsing_first,
     ));
     let other_port = Frame::tcp4(50_001, 443, 1, PSH | ACK, &[0u8; 64]).bytes();
-    out.push(pass_through(
+    out.push(adding_at_most(
         "tcp_other_port",
         "TCP frame to another port (443)",
         bench.fixed(&other_port, XDP_PASS),
         &fixed_runs,
+        10.0,
         parsing_first,
     ));
     let accepted = 50_000;
@@ -135,13 +149,14 @@ fn main() -> anyhow::Result<()> {
         PSH | ACK,
         b"MAIL FROM:<a@example.net>\r\n",
     );
-    out.push(pass_through(
+    out.push(adding_at_most(
         "smtp_accepted_flow",
         "SMTP data segment of an accepted flow",
         bench.fixed(&data.bytes(), XDP_PASS),
         &fixed_runs,
-        "on top of the parsing, the allow and deny LPM lookups of the source and the flow \
-         table lookup that finds the flow judged.",
+        30.0,
+        "on top of the parsing, the segment is read into the per-CPU scratch slot and its \
+         flow looked up in the flow table (an LRU hash of 40-byte keys), which finds it judged.",
     ));
     let unknown = Frame::tcp4(50_002, 25, 1, PSH | ACK, b"EHLO a.example\r\n").bytes();
     out.push(figure(
@@ -187,15 +202,27 @@ fn main() -> anyhow::Result<()> {
         ),
     );
 
-    bench
-        .capture
-        .deny(ipnet::IpNet::from(std::net::IpAddr::V6(CLIENT_V6)));
+    // Lists of a busy appliance: 10,000 deny entries (repeat offenders, /128 each) and 100
+    // allow entries (/64 each), none of them the test client's, which is denied alone.
+    for i in 0..10_000u128 {
+        let offender = u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 0)) + i;
+        bench.capture.deny(IpNet::from(IpAddr::V6(offender.into())));
+    }
+    for i in 0..100u16 {
+        let partner = Ipv6Addr::new(0x2001, 0xdb8, 0x900d, i, 0, 0, 0, 0);
+        bench
+            .capture
+            .allow(IpNet::V6(Ipv6Net::new(partner, 64).expect("a /64")));
+    }
+    bench.capture.deny(IpNet::from(IpAddr::V6(CLIENT_V6)));
     let denied_syn = Frame::tcp6(40_000, 25, 1, SYN, b"").bytes();
-    out.push(figure(
+    out.push(adding_at_most(
         "denied_syn",
-        "SYN of a denied source (dropped)",
+        "SYN of a denied source (dropped), 10,000 deny and 100 allow entries loaded",
         bench.fixed(&denied_syn, XDP_DROP),
         &fixed_runs,
+        80.0,
+        "the SYN costs an allow and a deny lookup in LPM tries, the dearest map lookups.",
     ));
 
     let next = bench.condemned(50_010, phase::CONDEMNED);

@@ -16,6 +16,9 @@ pub enum Goal {
     AtMost(f64),
     /// value ≥ this.
     AtLeast(f64),
+    /// value − baseline ≤ this (in the figure's unit): what the work adds to the same-run
+    /// baseline, for a baseline that is itself little more than the measuring loop.
+    AboveAtMost(f64),
 }
 
 impl Goal {
@@ -25,6 +28,7 @@ impl Goal {
             Goal::RatioAtLeast(r) => format!("≥ {r}× baseline"),
             Goal::AtMost(v) => format!("≤ {} {unit}", number(v)),
             Goal::AtLeast(v) => format!("≥ {} {unit}", number(v)),
+            Goal::AboveAtMost(v) => format!("≤ baseline + {} {unit}", number(v)),
         }
     }
 }
@@ -86,6 +90,9 @@ impl Figure {
             Goal::RatioAtLeast(r) => ratio >= r,
             Goal::AtMost(v) => self.value <= v,
             Goal::AtLeast(v) => self.value >= v,
+            Goal::AboveAtMost(v) => {
+                self.value - self.baseline.as_ref().map_or(f64::NAN, |b| b.value) <= v
+            }
         });
         self.goal = Some(goal);
         self

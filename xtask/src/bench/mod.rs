@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: every benchmark of the project, each figure beside a
+//! `cargo xtask bench [--quick] [--only SECTION,…]`: every benchmark of the project, each figure beside a
 //! baseline measured in the same run, written to `target/bench/summary.json` and (full runs)
 //! `BENCHMARKS.md`. The kernel and policy figures come from the tests crate's `xdp-bench` and
 //! `policy-bench` programs (they need the daemon's library); the lab figures are run here.
@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Every figure a run must produce, in report order.
-pub const EXPECTED: [&str; 27] = [
+pub const EXPECTED: [&str; 30] = [
     "kernel.arp",
     "kernel.tcp_other_port",
     "kernel.smtp_accepted_flow",
@@ -42,6 +42,9 @@ pub const EXPECTED: [&str; 27] = [
     "lab.sessions_per_s_rtt",
     "lab.helo_to_action_p50",
     "lab.helo_to_action_p99",
+    "lab.helo_to_verdict_idle_p50",
+    "lab.helo_to_verdict_p50",
+    "lab.helo_to_verdict_p99",
     "lab.burst_ringbuf_drops",
     "lab.burst_fail_open",
     "peer.cpu_per_1000_bogus",
@@ -103,12 +106,20 @@ const SECTIONS: [(&str, &str, &str); 5] = [
     ),
 ];
 
-/// Runs every benchmark and writes the reports; `quick` for a smoke test.
-pub fn run(quick: bool) -> anyhow::Result<()> {
+/// The sections `--only` takes, in report order.
+pub const SECTION_NAMES: [&str; 5] = ["kernel", "policy", "lab", "peer", "flood"];
+
+/// Runs the benchmarks of the sections in `only` (empty: all) and writes the reports;
+/// `quick` for a smoke test.
+pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     let out_dir = bench_dir();
     std::fs::create_dir_all(&out_dir)?;
+    let wanted = |section: &str| only.is_empty() || only.iter().any(|s| s == section);
     let mut figures = Vec::new();
-    for bench in ["xdp-bench", "policy-bench"] {
+    for (bench, section) in [("xdp-bench", "kernel"), ("policy-bench", "policy")] {
+        if !wanted(section) {
+            continue;
+        }
         println!("bench: {bench}");
         let file = out_dir.join(format!("{bench}.json"));
         let mut command = cargo();
@@ -126,19 +137,34 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         figures.extend(produced);
     }
     let sizes = if quick { Sizes::QUICK } else { Sizes::FULL };
-    println!("bench: end to end in the lab");
-    figures.extend(lab_runs::end_to_end(&sizes)?);
-    println!("bench: against Postfix");
-    figures.extend(lab_runs::against_postfix(&sizes)?);
-    println!("bench: SYN flood, XDP deny map versus nftables");
-    figures.extend(lab_runs::syn_flood(&sizes)?);
+    if wanted("lab") {
+        println!("bench: end to end in the lab");
+        figures.extend(lab_runs::end_to_end(&sizes)?);
+    }
+    if wanted("peer") {
+        println!("bench: against Postfix");
+        figures.extend(lab_runs::against_postfix(&sizes)?);
+    }
+    if wanted("flood") {
+        println!("bench: SYN flood, XDP deny map versus nftables");
+        figures.extend(lab_runs::syn_flood(&sizes)?);
+    }
 
-    let ordered = check_complete(&figures)?;
+    let expected: Vec<&str> = EXPECTED
+        .into_iter()
+        .filter(|id| {
+            id.split_once('.')
+                .is_some_and(|(section, _)| wanted(section))
+        })
+        .collect();
+    let ordered = check_complete(&figures, &expected)?;
     let json = serde_json::to_string_pretty(&ordered)?;
     std::fs::write(out_dir.join("summary.json"), json + "\n")?;
     let report = render(&ordered, quick)?;
     let report_path: PathBuf = if quick {
         out_dir.join("BENCHMARKS.quick.md")
+    } else if !only.is_empty() {
+        out_dir.join("BENCHMARKS.only.md")
     } else {
         workspace_root().join("BENCHMARKS.md")
     };
@@ -156,10 +182,10 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
 }
 
 /// Every expected figure, once, finite, in report order.
-fn check_complete(figures: &[Figure]) -> anyhow::Result<Vec<Figure>> {
+fn check_complete(figures: &[Figure], expected: &[&str]) -> anyhow::Result<Vec<Figure>> {
     let mut ordered = Vec::new();
     let mut missing = Vec::new();
-    for id in EXPECTED {
+    for &id in expected {
         match figures.iter().filter(|f| f.id == id).collect::<Vec<_>>()[..] {
             [one] if one.is_valid() => ordered.push(one.clone()),
             [one] => missing.push(format!("{id} is not a number ({})", one.value)),
@@ -167,7 +193,7 @@ fn check_complete(figures: &[Figure]) -> anyhow::Result<Vec<Figure>> {
             _ => missing.push(format!("{id} was produced twice")),
         }
     }
-    if let Some(extra) = figures.iter().find(|f| !EXPECTED.contains(&f.id.as_str())) {
+    if let Some(extra) = figures.iter().find(|f| !expected.contains(&f.id.as_str())) {
         missing.push(format!("{} is not an expected figure", extra.id));
     }
     if !missing.is_empty() {
