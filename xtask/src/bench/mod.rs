@@ -23,12 +23,13 @@ use crate::{
 };
 
 /// Every figure a run must produce, in report order.
-pub const EXPECTED: [&str; 30] = [
+pub const EXPECTED: [&str; 31] = [
     "kernel.arp",
     "kernel.tcp_other_port",
     "kernel.smtp_accepted_flow",
     "kernel.smtp_unknown_flow",
     "kernel.helo_capture",
+    "kernel.helo_capture_wakeup",
     "kernel.denied_syn",
     "kernel.condemned_drop",
     "kernel.condemned_rst",
