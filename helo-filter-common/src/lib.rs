@@ -34,6 +34,7 @@ pub mod programs {
     /// TC egress: silences the MTA's packets of condemned flows (action `drop` on an MX).
     pub const EGRESS: &str = "helo_egress";
     pub const BASELINE_PASS: &str = "baseline_pass";
+    pub const BASELINE_TC_OK: &str = "baseline_tc_ok";
 }
 
 pub const FAMILY_IPV4: u8 = 4;
@@ -160,6 +161,10 @@ impl KernelConfig {
     /// `options`: each segment the gate holds is reported (`flags::CLIENT_SEGMENT`), for
     /// action `reply` to answer; other actions need no copy of it.
     pub const REPORT_HELD: u32 = 1 << 1;
+    /// `options`: TC egress drops every MTA packet to a condemned client (action `drop`);
+    /// without it, only the RSTs of destroyed sockets concern it (action `reply`), and
+    /// any other MTA packet leaves without a flow lookup.
+    pub const DROP_MTA_PACKETS: u32 = 1 << 2;
 
     #[inline(always)]
     pub fn deny_with_rst(&self) -> bool {
@@ -169,6 +174,11 @@ impl KernelConfig {
     #[inline(always)]
     pub fn report_held(&self) -> bool {
         self.options & Self::REPORT_HELD != 0
+    }
+
+    #[inline(always)]
+    pub fn drop_mta_packets(&self) -> bool {
+        self.options & Self::DROP_MTA_PACKETS != 0
     }
 
     /// Whether the kernel holds a flow's further segments until its verdict.

@@ -57,7 +57,11 @@ pub fn helo_egress(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     };
     match maps::config() {
-        Some(config) if maps::is_smtp_port(config, at.sport) => {}
+        // Under `reply` only a RST can be kept back: the MTA's other packets leave without
+        // a flow lookup.
+        Some(config)
+            if maps::is_smtp_port(config, at.sport)
+                && (config.drop_mta_packets() || at.flags & tcp_flags::RST != 0) => {}
         _ => return TC_ACT_OK,
     }
     let Some(segment) = maps::SEGMENTS.get_ptr_mut(maps::SLOT_TC) else {

@@ -165,6 +165,8 @@ pub struct Located {
     family: u8,
     pub sport: u16,
     pub dport: u16,
+    /// The TCP flags.
+    pub flags: u8,
 }
 
 /// Finds the TCP header; `None` for anything else (including IP fragments).
@@ -210,14 +212,16 @@ pub fn locate_tcp<P: Packet>(ctx: &P) -> Option<Located> {
         }
         _ => return None,
     };
-    let ports: [[u8; 2]; 2] = read(ctx, l4)?;
+    // Ports, sequence and acknowledgement numbers, data offset, flags.
+    let head: [u8; 14] = read(ctx, l4)?;
     Some(Located {
         l3,
         l4,
         l4_len,
         family,
-        sport: u16::from_be_bytes(ports[0]),
-        dport: u16::from_be_bytes(ports[1]),
+        sport: u16::from_be_bytes([head[0], head[1]]),
+        dport: u16::from_be_bytes([head[2], head[3]]),
+        flags: head[13],
     })
 }
 

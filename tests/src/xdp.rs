@@ -109,8 +109,11 @@ impl CaptureProgram {
     /// is `mark`: the test run takes it from the `__sk_buff` context passed in, whose first
     /// eight bytes (`len`, `pkt_type`) must be zero.
     pub fn run_egress_marked(&mut self, frame: &[u8], mark: u32) -> u32 {
-        let mut context = [0u8; 12];
-        context[8..].copy_from_slice(&mark.to_ne_bytes());
+        self.run_egress_repeated(frame, mark, 1).return_value
+    }
+
+    /// [`Self::run_egress_marked`] `repeat` times (for benchmarks).
+    pub fn run_egress_repeated(&mut self, frame: &[u8], mark: u32, repeat: u32) -> TestRunResult {
         let program: &mut SchedClassifier = self
             .ebpf
             .program_mut(programs::EGRESS)
@@ -122,20 +125,7 @@ impl CaptureProgram {
                 .load()
                 .expect("the kernel verifier accepts the egress program");
         }
-        program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&context),
-                repeat: 1,
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| {
-                panic!(
-                    "BPF_PROG_TEST_RUN (egress) on a {}-byte frame: {e:?}",
-                    frame.len()
-                )
-            })
-            .return_value
+        tc_test_run(program, frame, mark, repeat)
     }
 
     /// Allows `net`.
@@ -191,6 +181,37 @@ impl BaselineProgram {
             repeat,
         )
     }
+
+    /// The TC baseline, which only returns TC_ACT_OK.
+    pub fn run_tc(&mut self, frame: &[u8], repeat: u32) -> TestRunResult {
+        tc_test_run(
+            kernel::baseline_classifier(&mut self.ebpf).expect("TC baseline program"),
+            frame,
+            0,
+            repeat,
+        )
+    }
+}
+
+/// BPF_PROG_TEST_RUN of a TC program on `frame`, its socket mark (`skb->mark`) `mark`: the
+/// test run takes it from the `__sk_buff` context passed in, whose first eight bytes
+/// (`len`, `pkt_type`) must be zero.
+fn tc_test_run(program: &SchedClassifier, frame: &[u8], mark: u32, repeat: u32) -> TestRunResult {
+    let mut context = [0u8; 12];
+    context[8..].copy_from_slice(&mark.to_ne_bytes());
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&context),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "BPF_PROG_TEST_RUN (TC) on a {}-byte frame: {e:?}",
+                frame.len()
+            )
+        })
 }
 
 fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> TestRunResult {

@@ -992,8 +992,8 @@ fn cut(frame: Frame, len: usize) -> Vec<u8> {
     bytes
 }
 
-/// The TC egress classifier (`helo_egress`, action `drop` on an MX) through
-/// BPF_PROG_TEST_RUN: the MTA's segments to a client whose flow the daemon condemned (phase
+/// The TC egress classifier (`helo_egress`, action `drop` on an MX: `DROP_MTA_PACKETS`)
+/// through BPF_PROG_TEST_RUN: the MTA's segments to a client whose flow the daemon condemned (phase
 /// `CONDEMNED` written into `FLOWS`, as `enforce.rs` does), the RST of its destroyed socket
 /// above all, are shot and counted in `CondemnedDropped`; any other frame leaves, uncounted.
 #[test]
@@ -1182,7 +1182,10 @@ fn the_egress_classifier_shoots_only_condemned_flows() {
             TC_ACT_OK,
         ),
     ];
-    let mut program = CaptureProgram::load(&KernelConfig::default());
+    let mut program = CaptureProgram::load(&KernelConfig {
+        options: KernelConfig::DROP_MTA_PACKETS,
+        ..KernelConfig::default()
+    });
     program.heartbeat(0);
     let mut shot = 0;
     for (i, (name, v6, flow, frame, returns)) in rows.into_iter().enumerate() {

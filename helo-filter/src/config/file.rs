@@ -165,6 +165,9 @@ impl PolicyFile {
         if !enforce.monitor && enforce.action == Action::Reply {
             config.options |= KernelConfig::REPORT_HELD;
         }
+        if !enforce.monitor && enforce.action == Action::Drop {
+            config.options |= KernelConfig::DROP_MTA_PACKETS;
+        }
         config.ports[..ports.len()].copy_from_slice(ports);
         config
     }

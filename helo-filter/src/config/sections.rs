@@ -276,7 +276,11 @@ mod tests {
         .kernel_config();
         assert_eq!(
             (kernel.port_count, kernel.options, kernel.gate_deadline_ms),
-            (2, KernelConfig::DENY_WITH_RST, 800)
+            (
+                2,
+                KernelConfig::DENY_WITH_RST | KernelConfig::DROP_MTA_PACKETS,
+                800
+            )
         );
         let default = PolicyFile::default();
         assert_eq!(

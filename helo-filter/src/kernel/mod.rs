@@ -100,11 +100,12 @@ pub fn load(config: &KernelConfig, pins: Option<&PinDir>) -> anyhow::Result<Ebpf
     Ok(ebpf)
 }
 
-/// Loads the baseline program (for benchmarks).
+/// Loads the baseline programs, XDP and TC (for benchmarks).
 pub fn load_baseline() -> anyhow::Result<Ebpf> {
     check_object(BASELINE_OBJECT)?;
     let mut ebpf = Ebpf::load(BASELINE_OBJECT).context("loading the baseline object")?;
     baseline_program(&mut ebpf)?.load()?;
+    baseline_classifier(&mut ebpf)?.load()?;
     Ok(ebpf)
 }
 
@@ -114,6 +115,13 @@ pub fn capture_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
 
 pub fn baseline_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
     xdp_program(ebpf, programs::BASELINE_PASS)
+}
+
+pub fn baseline_classifier(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(programs::BASELINE_TC_OK)
+        .context("the TC baseline program is missing from the object")?
+        .try_into()?)
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {

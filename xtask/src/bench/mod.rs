@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Every figure a run must produce, in report order.
-pub const EXPECTED: [&str; 31] = [
+pub const EXPECTED: [&str; 32] = [
     "kernel.arp",
     "kernel.tcp_other_port",
     "kernel.smtp_accepted_flow",
@@ -33,6 +33,7 @@ pub const EXPECTED: [&str; 31] = [
     "kernel.denied_syn",
     "kernel.condemned_drop",
     "kernel.condemned_rst",
+    "kernel.egress_mta_packet",
     "policy.offline_rate",
     "policy.offline_p50",
     "policy.offline_p99",
