@@ -21,11 +21,14 @@ pub mod maps {
     pub const DENY: &str = "DENY";
     pub const ALLOW: &str = "ALLOW";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const KNOWN_GOOD: &str = "KNOWN_GOOD";
     /// Entries the `DENY` trie holds: operator, configuration and reputation denials together
     /// (the configuration check refuses more).
     pub const DENY_CAPACITY: u32 = 65_536;
     /// Entries the `ALLOW` trie holds.
     pub const ALLOW_CAPACITY: u32 = 16_384;
+    /// Sources the `KNOWN_GOOD` LRU hash holds (the least recently seen make room).
+    pub const KNOWN_GOOD_CAPACITY: u32 = 65_536;
 }
 
 /// Program names (the Rust function names of the `#[xdp]` entry points).
@@ -81,6 +84,9 @@ pub mod flags {
     /// with `reply` by TC egress. `seq` and `ack` are the MTA's send and receive positions
     /// (whether it answered the HELO); `data` holds its TCP header (its timestamps).
     pub const MTA_RESET: u32 = 1 << 8;
+    /// The flow's source is known-good: nothing after its decisive line was held, so its
+    /// next commands may have reached the MTA before the verdict.
+    pub const UNGATED: u32 = 1 << 9;
 }
 
 /// TCP header flag bits, as the kernel reads segments and both sides build them.
@@ -261,6 +267,16 @@ pub fn trie_address(family: u8, addr: &[u8; 16]) -> [u8; 16] {
     }
 }
 
+/// A source's key in `KNOWN_GOOD`: its address as in the tries (IPv4-mapped), an IPv6
+/// source cut to its /64 (the unit of reputation).
+pub fn known_good_key(family: u8, addr: &[u8; 16]) -> [u8; 16] {
+    let mut key = trie_address(family, addr);
+    if family == FAMILY_IPV6 {
+        key[8..].fill(0);
+    }
+    key
+}
+
 /// A `DENY` entry: until when (boot clock, 0 = no expiry) and who put it there.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -321,6 +337,9 @@ pub mod phase {
     /// answer; at TC egress the RST of the MTA's destroyed socket is dropped (the MTA's
     /// other packets, its reply to the HELO above all, and the daemon's answers leave).
     pub const CONDEMNED_REPLY: u8 = 6;
+    /// Being captured like `CAPTURING`, for a known-good source (`KNOWN_GOOD`): its HELO
+    /// is judged, but nothing of the flow is held for the verdict.
+    pub const CAPTURING_UNGATED: u8 = 7;
 }
 
 #[cfg(feature = "user")]

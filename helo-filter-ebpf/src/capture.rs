@@ -21,7 +21,7 @@ use helo_filter_common::{
 };
 
 use crate::{
-    maps::{EVENTS, FLOWS, allowed, boot_ns, count, daemon_alive, denied, source_key},
+    maps::{EVENTS, FLOWS, allowed, boot_ns, count, daemon_alive, denied, known_good, source_key},
     parse::TcpSegment,
     report,
     rst::ANSWER_WITH_RST,
@@ -61,7 +61,11 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment, config: &KernelCon
         let state = FlowState {
             stream_start_seq: start,
             next_seq: start,
-            phase: phase::CAPTURING,
+            phase: if known_good(&segment.key, now) {
+                phase::CAPTURING_UNGATED
+            } else {
+                phase::CAPTURING
+            },
             ..FlowState::default()
         };
         // A failed insert only means this flow is not captured: the mail still flows.
@@ -92,7 +96,7 @@ pub fn on_tcp_segment(ctx: &XdpContext, segment: &TcpSegment, config: &KernelCon
         return xdp_action::XDP_PASS;
     }
     match state.phase {
-        phase::CAPTURING => {
+        phase::CAPTURING | phase::CAPTURING_UNGATED => {
             let action = capture_segment(ctx, segment, state, config, boot_ns());
             if action == xdp_action::XDP_DROP && config.report_held() {
                 // The decisive segment held: if the verdict is `reply`, answered at once.
@@ -233,9 +237,13 @@ fn capture_segment(
             "capture cap reached after {} segments, {} bytes", state.segments, state.captured_bytes
         );
     }
+    let ungated = state.phase == phase::CAPTURING_UNGATED;
+    if ungated {
+        event_flags |= flags::UNGATED;
+    }
     let mut action = xdp_action::XDP_PASS;
     if event_flags & flags::FINAL != 0 {
-        if config.gate_on() {
+        if config.gate_on() && !ungated {
             state.phase = phase::GATED;
             state.gated_since_ns = now;
             // Commands sent with the HELO before our reply (RFC 2920 forbids it) are held
@@ -249,7 +257,8 @@ fn capture_segment(
                 action = xdp_action::XDP_DROP;
             }
         } else {
-            // Monitor mode: the capture ends here, and the flow goes on untouched.
+            // Monitor mode, or a known-good source: the capture ends here, and the flow
+            // goes on untouched.
             state.phase = phase::DONE;
         }
     }

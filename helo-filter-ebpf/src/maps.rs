@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use helo_filter_common::{
-    Counter, DenyEntry, FlowKey, FlowState, KernelConfig, maps, trie_address,
+    Counter, DenyEntry, FlowKey, FlowState, KernelConfig, known_good_key, maps, trie_address,
 };
 
 use crate::parse::TcpSegment;
@@ -43,6 +43,12 @@ pub static ALLOW: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(maps::ALLOW_
 pub static SEGMENTS: PerCpuArray<TcpSegment> = PerCpuArray::with_max_entries(2, 0);
 pub const SLOT_XDP: u32 = 0;
 pub const SLOT_TC: u32 = 1;
+
+/// Known-good sources (`helo_filter_common::known_good_key`) and until when (boot clock):
+/// their flows are captured and judged, but not gated.
+#[map]
+pub static KNOWN_GOOD: LruHashMap<[u8; 16], u64> =
+    LruHashMap::with_max_entries(maps::KNOWN_GOOD_CAPACITY, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
@@ -108,6 +114,14 @@ pub fn source_key(key: &FlowKey) -> Key<[u8; 16]> {
 #[inline(always)]
 pub fn allowed(source: &Key<[u8; 16]>) -> bool {
     ALLOW.get(source).is_some()
+}
+
+/// Whether the flow's source is known-good at `now`.
+#[inline(always)]
+pub fn known_good(key: &FlowKey, now: u64) -> bool {
+    let source = known_good_key(key.family, &key.saddr);
+    // SAFETY: map values are read as plain data.
+    unsafe { KNOWN_GOOD.get(&source) }.is_some_and(|&until| until > now)
 }
 
 /// Whether the source is denied at `now` (an expired entry no longer counts; user space

@@ -42,6 +42,7 @@ pub const DENY_EVICTIONS: &str = "helo_filter_deny_evictions_total";
 pub const POLICY_REQUESTS: &str = "helo_filter_policy_requests_total";
 pub const TASK_PANICS: &str = "helo_filter_task_panics_total";
 pub const REPLIES: &str = "helo_filter_replies_total";
+pub const KNOWN_GOOD: &str = "helo_filter_known_good_total";
 
 /// Buckets of the verdict latency (seconds): 10 µs to 1 s, since a verdict is meant to take
 /// microseconds.
@@ -105,6 +106,34 @@ impl Outcome {
             Outcome::Reject => "reject",
             Outcome::Defer => "defer",
             Outcome::Error => "error",
+        }
+    }
+}
+
+/// What happened to a source's known-good standing: the label of
+/// `helo_filter_known_good_total{event}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KnownGoodEvent {
+    /// It became known-good (its flows are no longer gated).
+    Added,
+    /// A reject ended it.
+    Ended,
+    /// A reject of an ungated session was acted on with `rst` instead of `reply`.
+    Fallback,
+}
+
+impl KnownGoodEvent {
+    pub const ALL: [KnownGoodEvent; 3] = [
+        KnownGoodEvent::Added,
+        KnownGoodEvent::Ended,
+        KnownGoodEvent::Fallback,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            KnownGoodEvent::Added => "added",
+            KnownGoodEvent::Ended => "ended",
+            KnownGoodEvent::Fallback => "fallback",
         }
     }
 }
@@ -213,6 +242,9 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     }
     for outcome in ReplyOutcome::ALL {
         counter!(REPLIES, "segment" => outcome.as_str()).absolute(0);
+    }
+    for event in KnownGoodEvent::ALL {
+        counter!(KNOWN_GOOD, "event" => event.as_str()).absolute(0);
     }
     counter!(VERDICTS, "verdict" => Decision::Accept.as_str(), "reason" => "none").absolute(0);
     for reason in Reason::ALL {
@@ -333,6 +365,11 @@ pub fn verdict_written(helo_timestamp_ns: u64) {
 /// One attempt to destroy the MTA's socket of a rejected session (deployment `mx`).
 pub fn sock_destroy(outcome: DestroyOutcome) {
     counter!(SOCK_DESTROY, "outcome" => outcome.as_str()).increment(1);
+}
+
+/// A change of a source's known-good standing.
+pub fn known_good(event: KnownGoodEvent) {
+    counter!(KNOWN_GOOD, "event" => event.as_str()).increment(1);
 }
 
 /// One segment sent (or not) for action `reply`.

@@ -11,7 +11,7 @@ use helo_filter::{
     pipeline::capture::decode,
 };
 use helo_filter_common::{
-    CaptureEvent, Counter, FlowKey, FlowState, KernelConfig, maps, phase, programs,
+    CaptureEvent, Counter, FlowKey, FlowState, KernelConfig, known_good_key, maps, phase, programs,
 };
 
 pub struct CaptureProgram {
@@ -126,6 +126,18 @@ impl CaptureProgram {
                 .expect("the kernel verifier accepts the egress program");
         }
         tc_test_run(program, frame, mark, repeat)
+    }
+
+    /// Makes the source of `key` known-good for `for_ms` milliseconds from now (negative:
+    /// already over).
+    pub fn known_good(&mut self, key: &FlowKey, for_ms: i64) {
+        let mut known: HashMap<&mut MapData, [u8; 16], u64> =
+            HashMap::try_from(self.ebpf.map_mut(maps::KNOWN_GOOD).expect("KNOWN_GOOD map"))
+                .expect("KNOWN_GOOD is a hash map");
+        let until = boot_time_ns().saturating_add_signed(for_ms * 1_000_000);
+        known
+            .insert(known_good_key(key.family, &key.saddr), until, 0)
+            .expect("writing the known-good map");
     }
 
     /// Allows `net`.

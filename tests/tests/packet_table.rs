@@ -650,6 +650,66 @@ fn the_gate_holds_payload_until_the_verdict() {
     }
 }
 
+/// A known-good source (`KNOWN_GOOD`, the daemon's cache): its HELO is captured and flagged
+/// `UNGATED`, and the command after it passes at once, held by no gate; once its standing
+/// is over, its next flow is gated again. IPv4 and IPv6 (a /64).
+#[test]
+fn a_known_good_source_is_captured_but_not_gated() {
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    program.heartbeat(0);
+    for (i, v6) in [false, true].into_iter().enumerate() {
+        let port = 44_000 + 10 * i as u16;
+        let flow = if v6 { Flow::v6(port) } else { Flow::v4(port) };
+        let key = if v6 {
+            flow_key_v6(port, 25)
+        } else {
+            flow_key_v4(port, 25)
+        };
+        program.known_good(&key, 60_000);
+        assert_eq!(step(&mut program, flow.syn()), (XDP_PASS, 0));
+        assert_eq!(
+            program
+                .run(&flow.data(0, b"EHLO a.example\r\n").bytes(), 1)
+                .return_value,
+            XDP_PASS
+        );
+        let events = program.drain();
+        assert_eq!(events.len(), 1, "v6 {v6}: the HELO is captured");
+        assert_eq!(events[0].flags, HELO_DONE | flags::UNGATED, "v6 {v6}");
+        assert_eq!(
+            step(
+                &mut program,
+                flow.data(16, b"MAIL FROM:<a@example.net>\r\n")
+            ),
+            (XDP_PASS, 0),
+            "v6 {v6}: the next command is not held"
+        );
+        assert_eq!(program.phase(&key), Some(phase::DONE), "v6 {v6}");
+
+        // The standing over: the next flow is gated.
+        program.known_good(&key, -1);
+        let flow = if v6 {
+            Flow::v6(port + 1)
+        } else {
+            Flow::v4(port + 1)
+        };
+        step(&mut program, flow.syn());
+        assert_eq!(
+            step(&mut program, flow.data(0, b"EHLO a.example\r\n")),
+            (XDP_PASS, 1)
+        );
+        assert_eq!(
+            program
+                .run(&flow.data(16, b"MAIL FROM:<a@example.net>\r\n").bytes(), 1)
+                .return_value,
+            XDP_DROP,
+            "v6 {v6}: an expired standing gates again"
+        );
+        program.drain();
+    }
+    assert_eq!(program.counter(Counter::GateHeld), 2);
+}
+
 /// Monitor mode (`KernelConfig::NO_GATE`): the same frames as under the gate, a segment after
 /// the decisive line, a HELO with a command pipelined behind it and another command first,
 /// pass, and are still captured; under the gate all three are dropped (and reported).

@@ -34,6 +34,7 @@ use crate::{
         answer::{Answerer, FREE_UNANSWERED_AFTER},
         capture::{self, Limits},
         enforce::Enforcer,
+        known_good::{KnownGood, KnownGoodSettings},
         probe::{self, Probe},
         reputation::{Reputation, ReputationSettings},
         stage::{Stage, policy_stage},
@@ -162,6 +163,20 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
         }
         _ => None,
     };
+    let known_good = match enforced_action(file) {
+        Action::Monitor => None,
+        _ if enforce.known_good_after == 0 => None,
+        _ => Some(KnownGood::new(
+            KnownGoodSettings {
+                after: enforce.known_good_after,
+                ttl: Duration::from_secs(enforce.known_good_ttl_secs),
+            },
+            HashMap::try_from(
+                ebpf.take_map(maps::KNOWN_GOOD)
+                    .context("KNOWN_GOOD map missing")?,
+            )?,
+        )),
+    };
     let stage = Arc::new(Stage::new(
         PolicyEngine::new(file.settings(), dns.clone()),
         Enforcer::new(
@@ -169,6 +184,7 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
             enforce.deployment,
             enforced_action(file),
             answerer.clone(),
+            known_good,
         ),
         Reputation::new(reputation_settings(file)),
         KernelLists::new(&mut ebpf)?,

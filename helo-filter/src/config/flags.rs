@@ -145,6 +145,10 @@ pub struct RunArgs {
     /// letting them through (fail-open) [default: 5000].
     #[arg(long, value_name = "MS")]
     pub gate_deadline_ms: Option<u32>,
+    /// The known-good cache: a source whose last N sessions were accepted is no longer
+    /// gated (its HELO still judged; a reject of it answered with a RST) [default: 0, off].
+    #[arg(long, value_name = "N")]
+    pub known_good_after: Option<u32>,
     /// A daemon heartbeat older than this turns the gate off (the daemon is gone)
     /// [default: 3000].
     #[arg(long, value_name = "MS")]
@@ -272,6 +276,12 @@ impl RunArgs {
             "--gate-deadline-ms",
             self.gate_deadline_ms,
             &mut enforce.gate_deadline_ms,
+        );
+        flags.set(
+            "enforce.known_good_after",
+            "--known-good-after",
+            self.known_good_after,
+            &mut enforce.known_good_after,
         );
         flags.set(
             "enforce.heartbeat_timeout_ms",

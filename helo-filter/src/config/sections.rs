@@ -81,6 +81,11 @@ pub struct EnforceSection {
     pub deny_answer: DenyAnswer,
     pub gate_deadline_ms: u32,
     pub heartbeat_timeout_ms: u32,
+    /// The known-good cache: a source whose last this many sessions were accepted is no
+    /// longer gated (0: off).
+    pub known_good_after: u32,
+    /// How long a source stays known-good after its last accepted session.
+    pub known_good_ttl_secs: u64,
 }
 
 impl Default for EnforceSection {
@@ -92,6 +97,8 @@ impl Default for EnforceSection {
             deny_answer: DenyAnswer::Drop,
             gate_deadline_ms: KernelConfig::DEFAULT_GATE_DEADLINE_MS,
             heartbeat_timeout_ms: KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS,
+            known_good_after: 0,
+            known_good_ttl_secs: 86_400,
         }
     }
 }

@@ -17,6 +17,11 @@ pub const HEARTBEAT_INTERVAL_MS: u32 = 500;
 /// The longest `gate_deadline_ms`: Postfix's own `smtpd_timeout`, past which a client's held
 /// command would be dropped by the MTA anyway.
 pub const MAX_GATE_DEADLINE_MS: u32 = 300_000;
+/// The known-good cache counts at most this many accepted sessions before trusting.
+const MAX_KNOWN_GOOD_AFTER: u32 = 1_000;
+/// A known-good standing lasts from a minute to 30 days.
+const MIN_KNOWN_GOOD_TTL_SECS: u64 = 60;
+const MAX_KNOWN_GOOD_TTL_SECS: u64 = 30 * 86_400;
 /// A Unix socket path must fit `sun_path` (108 bytes with its terminating NUL).
 const MAX_SOCKET_PATH: usize = 107;
 /// A Linux interface name has at most 15 bytes (IFNAMSIZ with its NUL).
@@ -201,6 +206,22 @@ fn problems(c: &PolicyFile) -> Vec<Problem> {
             "at least {} ms (twice the {HEARTBEAT_INTERVAL_MS} ms heartbeat), {} given",
             2 * HEARTBEAT_INTERVAL_MS,
             enforce.heartbeat_timeout_ms
+        ),
+    );
+    refuse(
+        "enforce.known_good_after",
+        enforce.known_good_after > MAX_KNOWN_GOOD_AFTER,
+        format!(
+            "at most {MAX_KNOWN_GOOD_AFTER} sessions (0: off), {} given",
+            enforce.known_good_after
+        ),
+    );
+    refuse(
+        "enforce.known_good_ttl_secs",
+        !(MIN_KNOWN_GOOD_TTL_SECS..=MAX_KNOWN_GOOD_TTL_SECS).contains(&enforce.known_good_ttl_secs),
+        format!(
+            "from {MIN_KNOWN_GOOD_TTL_SECS} s to {MAX_KNOWN_GOOD_TTL_SECS} s (30 days), {} given",
+            enforce.known_good_ttl_secs
         ),
     );
     refuse(

@@ -16,7 +16,7 @@ use crate::kernel::AttachedMode;
 
 /// The maps that outlive the daemon. The per-CPU scratch and the logger's buffer belong to
 /// one program instance.
-pub const PERSISTENT_MAPS: [&str; 7] = [
+pub const PERSISTENT_MAPS: [&str; 8] = [
     maps::EVENTS,
     maps::FLOWS,
     maps::CONFIG,
@@ -24,6 +24,7 @@ pub const PERSISTENT_MAPS: [&str; 7] = [
     maps::DENY,
     maps::ALLOW,
     maps::COUNTERS,
+    maps::KNOWN_GOOD,
 ];
 
 /// `statfs` magic number of a BPF file system.

@@ -12,6 +12,10 @@
 //!   [`super::answer`]); on an MX the MTA's socket is destroyed too, its RST kept from the
 //!   client by TC egress.
 //!
+//! A known-good source's flow (`pipeline::known_good`) is not gated, so its next command
+//! may have reached the MTA before the verdict: a reject of it under `reply` is enforced as
+//! `rst` (counted `helo_filter_known_good_total{event="fallback"}`).
+//!
 //! `--monitor` enforces nothing and counts what would have been done. An accept opens the
 //! kernel's gate for its flow: the client's held segments are retransmitted and delivered.
 
@@ -25,8 +29,8 @@ use parking_lot::Mutex;
 use crate::{
     config::{Action, Deployment},
     metrics,
-    metrics::DestroyOutcome,
-    pipeline::{answer::Answerer, session::Session},
+    metrics::{DestroyOutcome, KnownGoodEvent},
+    pipeline::{answer::Answerer, known_good::KnownGood, session::Session},
     policy::Verdict,
 };
 
@@ -47,6 +51,8 @@ pub struct Enforcer {
     flows: Mutex<HashMap<MapData, FlowKey, FlowState>>,
     /// Answers the clients of flows condemned with action `reply` (that action only).
     answerer: Option<Arc<Answerer>>,
+    /// The known-good cache (when on, and not in monitor mode).
+    known_good: Option<KnownGood>,
 }
 
 impl Enforcer {
@@ -55,12 +61,14 @@ impl Enforcer {
         deployment: Deployment,
         action: Action,
         answerer: Option<Arc<Answerer>>,
+        known_good: Option<KnownGood>,
     ) -> Self {
         Enforcer {
             deployment,
             action,
             flows: Mutex::new(flows),
             answerer,
+            known_good,
         }
     }
 
@@ -72,6 +80,9 @@ impl Enforcer {
     /// after its HELO reaches the MTA: the socket is destroyed before the gate opens, and a
     /// flow to silence is condemned before its socket is destroyed.
     pub fn apply(&self, session: &Session, verdict: &Verdict) -> Option<Enforcement> {
+        if let Some(known_good) = &self.known_good {
+            known_good.record(session.client.ip(), !verdict.is_reject());
+        }
         if !verdict.is_reject() {
             self.set_phase(session, phase::DONE);
             if let Some(answerer) = &self.answerer {
@@ -79,8 +90,16 @@ impl Enforcer {
             }
             return None;
         }
+        // A known-good source's flow was not gated: its next command may have reached the
+        // MTA, which answers it, so a reply of ours would come out of turn.
+        let action = if self.action == Action::Reply && !session.gated {
+            metrics::known_good(KnownGoodEvent::Fallback);
+            Action::Rst
+        } else {
+            self.action
+        };
         let mut destroyed = None;
-        match (self.deployment, self.action) {
+        match (self.deployment, action) {
             (_, Action::Monitor) => self.set_phase(session, phase::DONE),
             (Deployment::Mx, Action::Rst) => {
                 destroyed = Some(destroy_session(session));
@@ -100,10 +119,7 @@ impl Enforcer {
             (Deployment::Gateway, Action::Rst) => self.set_phase(session, phase::CONDEMNED_RST),
             (Deployment::Gateway, Action::Drop) => self.set_phase(session, phase::CONDEMNED),
         }
-        Some(Enforcement {
-            action: self.action,
-            destroyed,
-        })
+        Some(Enforcement { action, destroyed })
     }
 
     /// The watchdog's probe: the flow table can be locked and read (a key no flow has).

@@ -132,6 +132,7 @@ impl Reassembler {
                     ack: event.ack,
                     held: event.flags & flags::HELD != 0,
                 },
+                gated: event.flags & flags::UNGATED == 0,
                 client,
                 server,
                 ifindex: event.ifindex,

@@ -19,6 +19,9 @@ pub struct Session {
     pub after_decisive_seq: u32,
     /// The segment that ended the decisive line.
     pub decisive_segment: DecisiveSegment,
+    /// Whether the kernel gated the flow: false for a known-good source, whose next
+    /// commands may have reached the MTA before the verdict.
+    pub gated: bool,
     pub client: SocketAddr,
     pub server: SocketAddr,
     pub ifindex: u32,

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Every figure a run must produce, in report order.
-pub const EXPECTED: [&str; 32] = [
+pub const EXPECTED: [&str; 33] = [
     "kernel.arp",
     "kernel.tcp_other_port",
     "kernel.smtp_accepted_flow",
@@ -42,6 +42,7 @@ pub const EXPECTED: [&str; 32] = [
     "policy.warm_dns_p99",
     "lab.sessions_per_s",
     "lab.sessions_per_s_rtt",
+    "lab.sessions_per_s_known_good",
     "lab.helo_to_action_p50",
     "lab.helo_to_action_p99",
     "lab.helo_to_verdict_idle_p50",
