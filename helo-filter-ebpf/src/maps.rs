@@ -121,7 +121,7 @@ pub fn allowed(source: &Key<[u8; 16]>) -> bool {
 pub fn known_good(key: &FlowKey, now: u64) -> bool {
     let source = known_good_key(key.family, &key.saddr);
     // SAFETY: map values are read as plain data.
-    unsafe { KNOWN_GOOD.get(&source) }.is_some_and(|&until| until > now)
+    unsafe { KNOWN_GOOD.get(source) }.is_some_and(|&until| until > now)
 }
 
 /// Whether the source is denied at `now` (an expired entry no longer counts; user space
