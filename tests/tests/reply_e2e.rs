@@ -116,6 +116,30 @@ fn bogus_senders_read_the_550_from_an_mta_without_helo_checks() {
     daemon.stop().expect("stopping the daemon");
 }
 
+/// Over an 802.1Q VLAN (id 100, the tags written into the frames): the XDP program parses
+/// the client's tagged segments, TC egress the MTA's, and the answer, sent through the MX's
+/// VLAN interface, reaches the client tagged: swaks reads the 550 to its MAIL FROM, over
+/// IPv4 and IPv6.
+#[test]
+fn the_answer_reaches_a_client_over_a_vlan() {
+    let lab = vlan_lab("rv", 100);
+    let daemon = start(&lab);
+    for client in [v4(1, 45_401), v6(1, 45_402)] {
+        let run = sessions::swaks_run(&lab, client, Greeting::Ehlo, "localhost")
+            .unwrap_or_else(|e| panic!("{client}: {e:#}"));
+        assert_eq!(
+            run.outcome,
+            SwaksOutcome::Refused {
+                reply: reject("localhost")
+            },
+            "{client}:\n{}",
+            run.transcript
+        );
+        assert_eq!(run.exit, Some(23), "{client}:\n{}", run.transcript);
+    }
+    daemon.stop().expect("stopping the daemon");
+}
+
 /// What a raw client from `client` reads after its `EHLO helo` (answered by the MTA) and
 /// then `batch` in one segment: the reply lines until the connection ends, when the first
 /// came, and how it ended.
