@@ -107,9 +107,12 @@ impl Reassembler {
         flow.kernel_saw_more |= event.flags & (flags::TRUNCATED | flags::PIPELINED) != 0;
         let offset = event.seq.wrapping_sub(event.stream_start_seq);
         if (offset as usize) < MAX_CAPTURE_BYTES {
-            flow.pending
-                .entry(offset)
-                .or_insert_with(|| event.payload().to_vec());
+            // Of two segments at one offset (a retransmission cut differently), the longer
+            // is kept: keeping the first could leave a gap no later segment fills.
+            let kept = flow.pending.entry(offset).or_default();
+            if event.payload().len() > kept.len() {
+                *kept = event.payload().to_vec();
+            }
         }
         flow.absorb_pending();
         let opening = flow.scan().or_else(|| {
@@ -249,6 +252,7 @@ fn socket_addr(key: &FlowKey, addr: [u8; 16], port: u16) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use helo_filter_common::FAMILY_IPV6;
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -292,6 +296,70 @@ mod tests {
         match &session.opening {
             Opening::Helo(h) => h,
             other => panic!("expected a HELO, got {other:?}"),
+        }
+    }
+
+    /// A client's opening: NOOP/RSET lines or none, then its HELO/EHLO line; and the name
+    /// it gives.
+    fn opening() -> impl Strategy<Value = (Vec<u8>, String, String)> {
+        (
+            prop::collection::vec(prop_oneof![Just("NOOP\r\n"), Just("RSET\r\n")], 0..3),
+            prop_oneof![Just("HELO"), Just("EHLO"), Just("ehlo")],
+            "[a-zA-Z0-9][a-zA-Z0-9.-]{0,40}",
+        )
+            .prop_map(|(before, verb, name)| {
+                let line = format!("{verb} {name}");
+                let mut stream = before.concat().into_bytes();
+                stream.extend_from_slice(line.as_bytes());
+                stream.extend_from_slice(b"\r\n");
+                (stream, line, name)
+            })
+    }
+
+    proptest! {
+        /// However the client's stream is cut into segments, in whatever order they are
+        /// captured, with duplicates and retransmissions that overlap them, the session has
+        /// the HELO line the whole stream has, and is decided exactly once.
+        #[test]
+        fn any_segmentation_order_and_retransmission_yields_the_same_helo(
+            (stream, line, name) in opening(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            again in prop::collection::vec(
+                (any::<prop::sample::Index>(), any::<prop::sample::Index>()),
+                0..4,
+            ),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 0..16),
+        ) {
+            let len = stream.len();
+            let mut bounds: Vec<usize> = cuts.iter().map(|i| i.index(len)).collect();
+            bounds.extend([0, len]);
+            bounds.sort_unstable();
+            bounds.dedup();
+            let mut ranges: Vec<(usize, usize)> = bounds.windows(2).map(|w| (w[0], w[1])).collect();
+            for (a, b) in &again {
+                let (a, b) = (a.index(len), b.index(len) + 1);
+                if a < b {
+                    ranges.push((a, b));
+                }
+            }
+            // Swaps: an arbitrary order of arrival.
+            for (i, j) in order.iter().enumerate() {
+                let (i, j) = (i % ranges.len(), j.index(ranges.len()));
+                ranges.swap(i, j);
+            }
+            let events: Vec<CaptureEvent> = ranges
+                .iter()
+                .map(|&(a, b)| event(key(40_000), a as u32, &stream[a..b], 0))
+                .collect();
+            let sessions = feed(&mut Reassembler::new(Limits::default()), &events);
+            prop_assert_eq!(sessions.len(), 1);
+            let helo = helo(&sessions[0]);
+            prop_assert_eq!(&helo.escaped_line, &line);
+            prop_assert_eq!(&helo.argument, &name.into_bytes());
+            prop_assert_eq!(
+                sessions[0].after_decisive_seq,
+                START.wrapping_add(len as u32)
+            );
         }
     }
 

@@ -461,3 +461,53 @@ fn offline_throughput_smoke() {
     );
     assert!(n > 0);
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// HELO names of every shape the policy tells apart: host names (one label or more,
+    /// ours among them), localhost, bare IPv4 addresses and address literals.
+    fn helo_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?){0,3}",
+            Just("localhost".to_owned()),
+            Just("mx.example.org".to_owned()),
+            Just("mail.example.net".to_owned()),
+            (any::<u8>(), any::<u8>()).prop_map(|(a, b)| format!("10.{a}.{b}.1")),
+            (any::<u8>(), any::<u8>()).prop_map(|(a, b)| format!("[192.168.{a}.{b}]")),
+        ]
+    }
+
+    fn judged(engine: &PolicyEngine, name: &str) -> (Decision, Vec<Reason>) {
+        let client: IpAddr = "203.0.113.10".parse().expect("an address");
+        let verdict = engine.evaluate_offline(&HeloInput::new(name.as_bytes(), client));
+        (verdict.decision, verdict.reason_codes().collect())
+    }
+
+    proptest! {
+        /// A name's verdict does not depend on its case (DNS names are case-insensitive).
+        #[test]
+        fn case_variants_of_a_name_get_the_same_verdict(name in helo_name(), upper in any::<bool>()) {
+            let engine = PolicyEngine::new(spec_settings(), None);
+            let variant = if upper {
+                name.to_ascii_uppercase()
+            } else {
+                name.chars()
+                    .enumerate()
+                    .map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c })
+                    .collect()
+            };
+            prop_assert_eq!(judged(&engine, &name), judged(&engine, &variant), "{} / {}", name, variant);
+        }
+
+        /// Nor on a trailing dot (the root, which an absolute name may spell out).
+        #[test]
+        fn a_trailing_dot_does_not_change_a_host_names_verdict(name in helo_name()) {
+            prop_assume!(!name.starts_with('['));
+            let engine = PolicyEngine::new(spec_settings(), None);
+            prop_assert_eq!(judged(&engine, &name), judged(&engine, &format!("{name}.")), "{}", name);
+        }
+    }
+}
