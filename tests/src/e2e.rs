@@ -258,6 +258,43 @@ pub fn next_command_after_bogus_helo(
     })
 }
 
+/// Asserts that the scraped `page` has `series` at `expected`.
+pub fn assert_metric(page: &str, series: &str, expected: f64) {
+    assert_eq!(
+        metric_value(page, series),
+        Some(expected),
+        "{series}:\n{page}"
+    );
+}
+
+/// swaks from `client` greeting with `EHLO helo`: asserts that its MAIL FROM is refused with
+/// `reply` (swaks exits 23, "MAIL refused") and returns the run.
+pub fn refused_at_mail_from(
+    lab: &Lab,
+    client: SocketAddr,
+    helo: &str,
+    reply: &str,
+) -> sessions::SwaksRun {
+    let run = sessions::swaks_run(lab, client, Greeting::Ehlo, helo)
+        .unwrap_or_else(|e| panic!("{client} {helo}: {e:#}"));
+    assert_eq!(
+        run.outcome,
+        sessions::SwaksOutcome::Refused {
+            reply: reply.to_owned()
+        },
+        "{client} {helo} (exit {:?}):\n{}",
+        run.exit,
+        run.transcript
+    );
+    assert_eq!(
+        run.exit,
+        Some(23),
+        "{client} {helo}: not refused at MAIL FROM:\n{}",
+        run.transcript
+    );
+    run
+}
+
 /// Scrapes until `series` satisfies `holds` (kernel counters are copied once a second) and
 /// returns that page; fails with the last page after 10 s.
 pub fn wait_for_metric(daemon: &Daemon, series: &str, holds: impl Fn(f64) -> bool) -> String {

@@ -11,7 +11,7 @@ use std::{
 
 use helo_filter_tests::e2e::*;
 use xtask::{
-    daemon::{Daemon, metric_value},
+    daemon::Daemon,
     sessions::{self, Greeting},
 };
 
@@ -111,15 +111,11 @@ fn a_known_good_source_is_not_gated_yet_still_judged() {
         "helo_filter_known_good_total{event=\"ended\"}",
         |v| v >= 1.0,
     );
-    assert_eq!(
-        metric_value(&page, "helo_filter_known_good_total{event=\"fallback\"}"),
-        Some(1.0),
-        "{page}"
+    assert_metric(
+        &page,
+        "helo_filter_known_good_total{event=\"fallback\"}",
+        1.0,
     );
-    assert_eq!(
-        metric_value(&page, "helo_filter_known_good_total{event=\"ended\"}"),
-        Some(1.0),
-        "{page}"
-    );
+    assert_metric(&page, "helo_filter_known_good_total{event=\"ended\"}", 1.0);
     daemon.stop().expect("stopping the daemon");
 }

@@ -11,7 +11,7 @@ use std::{
 
 use helo_filter_tests::{e2e::*, require_root};
 use xtask::{
-    daemon::{Daemon, metric_value},
+    daemon::Daemon,
     lab::Lab,
     sessions::{self, Greeting, SwaksOutcome},
 };
@@ -51,23 +51,9 @@ fn bogus_senders_read_the_550_from_an_mta_without_helo_checks() {
             port += 1;
             let client = family(0, port);
             let started = Instant::now();
-            let run = sessions::swaks_run(&lab, client, Greeting::Ehlo, helo)
-                .unwrap_or_else(|e| panic!("{client} {helo}: {e:#}"));
+            let run = refused_at_mail_from(&lab, client, helo, &reject(reason));
             let transcript = &run.transcript;
-            assert_eq!(
-                run.outcome,
-                SwaksOutcome::Refused {
-                    reply: reject(reason)
-                },
-                "{client} {helo} (exit {:?}):\n{transcript}",
-                run.exit
-            );
             // The MTA answers the EHLO itself (its 250 leaves), the filter the command after.
-            assert_eq!(
-                run.exit,
-                Some(23),
-                "{client} {helo}: not refused at MAIL FROM:\n{transcript}"
-            );
             let after_ehlo = transcript
                 .split_once(&format!("-> EHLO {helo}"))
                 .map(|(_, rest)| rest.trim_start())
@@ -95,23 +81,12 @@ fn bogus_senders_read_the_550_from_an_mta_without_helo_checks() {
         "helo_filter_replies_total{segment=\"reject\"}",
         |v| v >= 10.0,
     );
-    assert_eq!(
-        metric_value(&page, "helo_filter_actions_total{action=\"reply\"}"),
-        Some(10.0),
-        "{page}"
-    );
-    assert_eq!(
-        metric_value(&page, "helo_filter_replies_total{segment=\"failed\"}"),
-        Some(0.0),
-        "{page}"
-    );
-    assert_eq!(
-        metric_value(
-            &page,
-            "helo_filter_sock_destroy_total{outcome=\"destroyed\"}"
-        ),
-        Some(10.0),
-        "the MTA's socket of each bogus session destroyed: {page}"
+    assert_metric(&page, "helo_filter_actions_total{action=\"reply\"}", 10.0);
+    assert_metric(&page, "helo_filter_replies_total{segment=\"failed\"}", 0.0);
+    assert_metric(
+        &page,
+        "helo_filter_sock_destroy_total{outcome=\"destroyed\"}",
+        10.0,
     );
     daemon.stop().expect("stopping the daemon");
 }
@@ -125,17 +100,7 @@ fn the_answer_reaches_a_client_over_a_vlan() {
     let lab = vlan_lab("rv", 100);
     let daemon = start(&lab);
     for client in [v4(1, 45_401), v6(1, 45_402)] {
-        let run = sessions::swaks_run(&lab, client, Greeting::Ehlo, "localhost")
-            .unwrap_or_else(|e| panic!("{client}: {e:#}"));
-        assert_eq!(
-            run.outcome,
-            SwaksOutcome::Refused {
-                reply: reject("localhost")
-            },
-            "{client}:\n{}",
-            run.transcript
-        );
-        assert_eq!(run.exit, Some(23), "{client}:\n{}", run.transcript);
+        refused_at_mail_from(&lab, client, "localhost", &reject("localhost"));
     }
     daemon.stop().expect("stopping the daemon");
 }
@@ -324,18 +289,11 @@ fn a_verdict_before_the_mtas_answer_answers_the_helo_itself() {
         "helo_filter_replies_total{segment=\"reject\"}",
         |v| v >= 4.0,
     );
-    assert_eq!(
-        metric_value(&page, "helo_filter_replies_total{segment=\"reject\"}"),
-        Some(4.0),
-        "two EHLOs and two QUITs answered: {page}"
-    );
-    assert_eq!(
-        metric_value(
-            &page,
-            "helo_filter_sock_destroy_total{outcome=\"destroyed\"}"
-        ),
-        Some(2.0),
-        "{page}"
+    assert_metric(&page, "helo_filter_replies_total{segment=\"reject\"}", 4.0);
+    assert_metric(
+        &page,
+        "helo_filter_sock_destroy_total{outcome=\"destroyed\"}",
+        2.0,
     );
     daemon.stop().expect("stopping the daemon");
 }
@@ -426,11 +384,7 @@ fn behind_a_gateway_the_mta_is_freed_of_each_bogus_session() {
         "helo_filter_replies_total{segment=\"mta_freed\"}",
         |v| v >= 50.0,
     );
-    assert_eq!(
-        metric_value(&page, "helo_filter_replies_total{segment=\"reject\"}"),
-        Some(50.0),
-        "{page}"
-    );
+    assert_metric(&page, "helo_filter_replies_total{segment=\"reject\"}", 50.0);
     eprintln!("50 bogus sessions in {bogus_took:?}, then a good one in {good_took:?}");
     daemon.stop().expect("stopping the daemon");
 }
