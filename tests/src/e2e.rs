@@ -2,7 +2,7 @@
 //! several tests share.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
     time::Duration,
 };
@@ -384,6 +384,23 @@ pub fn raw_connect(lab: &Lab, client: SocketAddr) -> (TcpStream, BufReader<TcpSt
         Ok((stream, reader))
     })
     .unwrap_or_else(|e| panic!("raw client {client}: {e:#}"))
+}
+
+/// [`raw_connect`], then `EHLO helo` sent and the MTA's whole 250 reply read.
+pub fn raw_ehlo(lab: &Lab, client: SocketAddr, helo: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let (mut stream, mut reader) = raw_connect(lab, client);
+    stream
+        .write_all(format!("EHLO {helo}\r\n").as_bytes())
+        .expect("EHLO");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("the EHLO reply");
+        assert!(line.starts_with("250"), "{client}: EHLO reply {line:?}");
+        if line.starts_with("250 ") {
+            break;
+        }
+    }
+    (stream, reader)
 }
 
 /// Segments the socket has sent so far, retransmissions and bare ACKs included

@@ -22,18 +22,7 @@ fn zero_rtt_mail_from(
     client: SocketAddr,
     helo: &str,
 ) -> (Duration, Option<String>) {
-    let (mut stream, mut reader) = raw_connect(lab, client);
-    stream
-        .write_all(format!("EHLO {helo}\r\n").as_bytes())
-        .expect("EHLO");
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("the EHLO reply");
-        assert!(line.starts_with("250"), "{client}: EHLO reply {line:?}");
-        if line.starts_with("250 ") {
-            break;
-        }
-    }
+    let (mut stream, mut reader) = raw_ehlo(lab, client, helo);
     let sent = Instant::now();
     stream
         .write_all(b"MAIL FROM:<a@example.net>\r\n")

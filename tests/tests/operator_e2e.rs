@@ -118,20 +118,6 @@ fn seed_reject(reason: &str) -> String {
     format!("550 5.7.1 Access denied - bogus HELO ({reason})")
 }
 
-/// Plays a session that the filter must refuse (action `reply`): the client reads `reply`.
-fn assert_refused(lab: &Lab, client: std::net::SocketAddr, helo: &str, reply: &str) {
-    let run = sessions::swaks_run(lab, client, Greeting::Ehlo, helo)
-        .unwrap_or_else(|e| panic!("{client} {helo}: {e:#}"));
-    assert_eq!(
-        run.outcome,
-        sessions::SwaksOutcome::Refused {
-            reply: reply.to_owned()
-        },
-        "{client} {helo}:\n{}",
-        run.transcript
-    );
-}
-
 fn config_file(lab: &Lab, text: &str) -> String {
     std::fs::create_dir_all(lab.daemon_dir()).expect("daemon dir");
     let path = lab.daemon_dir().join("helo-filter.toml");
@@ -778,7 +764,7 @@ fn each_section_is_applied_by_a_reload_or_waits_for_a_restart() {
         // Still what the start enforced: the reply (its text too) on port 25, metrics on the
         // old address.
         assert_eq!(status["action"], "reply", "{section}: {status}");
-        assert_refused(&lab, next_client(), "localhost", &seed_reject("localhost"));
+        refused_at_mail_from(&lab, next_client(), "localhost", &seed_reject("localhost"));
         daemon
             .scrape()
             .unwrap_or_else(|e| panic!("{section}: metrics gone: {e:#}"));
@@ -803,7 +789,7 @@ fn each_section_is_applied_by_a_reload_or_waits_for_a_restart() {
         serde_json::json!(["dns"]),
         "{reloaded}"
     );
-    assert_refused(
+    refused_at_mail_from(
         &lab,
         next_client(),
         "mx2.example.net",

@@ -115,21 +115,10 @@ struct AfterEhlo {
 }
 
 fn after_ehlo(lab: &Lab, client: SocketAddr, helo: &str, batch: &[u8]) -> AfterEhlo {
-    let (mut stream, mut reader) = raw_connect(lab, client);
+    let (mut stream, mut reader) = raw_ehlo(lab, client, helo);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
-    stream
-        .write_all(format!("EHLO {helo}\r\n").as_bytes())
-        .expect("EHLO");
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("the EHLO reply");
-        assert!(line.starts_with("250"), "{client}: EHLO reply {line:?}");
-        if line.starts_with("250 ") {
-            break;
-        }
-    }
     stream.write_all(batch).expect("the batch");
     let mut replies = Vec::new();
     let mut first_at = None;
