@@ -151,7 +151,7 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
 
     let mut ebpf = kernel::load(&file.kernel_config(), Some(&pins))?;
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
-    let answerer = match enforced_action(file) {
+    let answerer = match file.enforce.enforced_action() {
         Action::Reply => {
             let sockets = RawSockets::open(REPLY_MARK)
                 .context("opening the raw sockets of action reply (CAP_NET_RAW needed)")?;
@@ -163,7 +163,7 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
         }
         _ => None,
     };
-    let known_good = match enforced_action(file) {
+    let known_good = match file.enforce.enforced_action() {
         Action::Monitor => None,
         _ if enforce.known_good_after == 0 => None,
         _ => Some(KnownGood::new(
@@ -182,7 +182,7 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
         Enforcer::new(
             flows,
             enforce.deployment,
-            enforced_action(file),
+            file.enforce.enforced_action(),
             answerer.clone(),
             known_good,
         ),
@@ -218,18 +218,9 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
 /// weight.
 fn reputation_settings(file: &PolicyFile) -> ReputationSettings {
     let settings = ReputationSettings::from(&file.reputation);
-    match enforced_action(file) {
+    match file.enforce.enforced_action() {
         Action::Reply => settings.replying(file.reputation.reply_weight),
         _ => settings,
-    }
-}
-
-/// `--monitor` enforces nothing, whatever the action.
-fn enforced_action(file: &PolicyFile) -> Action {
-    if file.enforce.monitor {
-        Action::Monitor
-    } else {
-        file.enforce.action
     }
 }
 
@@ -237,7 +228,7 @@ fn enforced_action(file: &PolicyFile) -> Action {
 /// releases the pins of interfaces no longer configured.
 fn attach(file: &PolicyFile, daemon: &mut Daemon) -> anyhow::Result<()> {
     // On an MX, `drop` and `reply` must also keep the destroyed socket's RST from the client.
-    let egress = matches!(enforced_action(file), Action::Drop | Action::Reply)
+    let egress = matches!(file.enforce.enforced_action(), Action::Drop | Action::Reply)
         && file.enforce.deployment == Deployment::Mx;
     let ifaces = &file.kernel.interfaces;
     let mut attachments = Vec::new();

@@ -162,11 +162,10 @@ impl PolicyFile {
         if enforce.deny_answer == DenyAnswer::Rst {
             config.options |= KernelConfig::DENY_WITH_RST;
         }
-        if !enforce.monitor && enforce.action == Action::Reply {
-            config.options |= KernelConfig::REPORT_HELD;
-        }
-        if !enforce.monitor && enforce.action == Action::Drop {
-            config.options |= KernelConfig::DROP_MTA_PACKETS;
+        match enforce.enforced_action() {
+            Action::Reply => config.options |= KernelConfig::REPORT_HELD,
+            Action::Drop => config.options |= KernelConfig::DROP_MTA_PACKETS,
+            Action::Rst | Action::Monitor => {}
         }
         config.ports[..ports.len()].copy_from_slice(ports);
         config

@@ -88,6 +88,17 @@ pub struct EnforceSection {
     pub known_good_ttl_secs: u64,
 }
 
+impl EnforceSection {
+    /// The action enforced: `monitor` enforces nothing, whatever `action` says.
+    pub fn enforced_action(&self) -> Action {
+        if self.monitor {
+            Action::Monitor
+        } else {
+            self.action
+        }
+    }
+}
+
 impl Default for EnforceSection {
     fn default() -> Self {
         EnforceSection {

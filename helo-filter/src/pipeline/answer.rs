@@ -191,6 +191,19 @@ struct Sent {
     fin: bool,
 }
 
+impl Sent {
+    /// The TCP header of the answer, acknowledging the client's stream up to `ack`, with a
+    /// FIN if it ends the connection.
+    fn header(&self, ack: u32, timestamps: Option<Timestamps>) -> Header {
+        Header {
+            seq: self.reply_seq,
+            ack,
+            flags: if self.fin { ACK | PSH | FIN } else { ACK | PSH },
+            timestamps,
+        }
+    }
+}
+
 /// What a reported client segment gets.
 #[derive(Debug, PartialEq)]
 enum Decision {
@@ -320,13 +333,8 @@ impl Answerer {
             return;
         };
         let (client, server) = endpoints(&event.key);
-        let header = Header {
-            seq: sent.reply_seq,
-            ack: line_end,
-            flags: if sent.fin { ACK | PSH | FIN } else { ACK | PSH },
-            // The MTA's own, as its answer would have carried them.
-            timestamps: reset.timestamps,
-        };
+        // The MTA's own timestamps, as its answer would have carried them.
+        let header = sent.header(line_end, reset.timestamps);
         self.send(
             server,
             client,
@@ -413,12 +421,7 @@ impl Answerer {
             }
             Decision::Ignore => return,
         };
-        let header = Header {
-            seq: sent.reply_seq,
-            ack: client_end,
-            flags: if sent.fin { ACK | PSH | FIN } else { ACK | PSH },
-            timestamps: echo(segment.timestamps),
-        };
+        let header = sent.header(client_end, echo(segment.timestamps));
         let outcome = if first {
             ReplyOutcome::Reject
         } else {

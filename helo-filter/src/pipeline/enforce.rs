@@ -81,7 +81,7 @@ impl Enforcer {
     /// flow to silence is condemned before its socket is destroyed.
     pub fn apply(&self, session: &Session, verdict: &Verdict) -> Option<Enforcement> {
         if let Some(known_good) = &self.known_good {
-            known_good.record(session.client.ip(), !verdict.is_reject());
+            known_good.record(session.client.ip(), session.gated, !verdict.is_reject());
         }
         if !verdict.is_reject() {
             self.set_phase(session, phase::DONE);

@@ -46,18 +46,24 @@ impl KnownGood {
         }
     }
 
-    /// Counts a verdict for `client`'s source: its `after`-th accept in a row makes it
-    /// known-good (each later one extends that), a reject ends both.
-    pub fn record(&self, client: IpAddr, accepted: bool) {
+    /// Counts a verdict for `client`'s source, whose session was `gated` or not: its
+    /// `after`-th accept in a row makes it known-good (each later one extends that), a
+    /// reject ends both.
+    pub fn record(&self, client: IpAddr, gated: bool, accepted: bool) {
         let source = source_of(client);
         let key = kernel_key(client);
         if !accepted {
             let was_counted = self.passes.lock().remove(&source).is_some();
+            // A source can stand in the kernel only if it was counted here or its session
+            // went ungated (a standing from before a restart): a flood of unknown bogus
+            // sources costs no map syscall.
+            if !was_counted && gated {
+                return;
+            }
             match self.kernel.lock().remove(&key) {
                 Ok(()) => metrics::known_good(KnownGoodEvent::Ended),
                 Err(MapError::KeyNotFound) => {}
-                Err(e) if was_counted => warn!("{source}: cannot end its known-good standing: {e}"),
-                Err(_) => {}
+                Err(e) => warn!("{source}: cannot end its known-good standing: {e}"),
             }
             return;
         }
