@@ -8,6 +8,7 @@ pub mod dns;
 pub mod fault;
 pub mod io;
 pub mod kernel;
+pub mod logging;
 pub mod metrics;
 pub mod operator;
 pub mod pipeline;

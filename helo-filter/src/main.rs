@@ -1,7 +1,8 @@
 //! The `helo-filter` command line.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use helo_filter::logging::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(version, about = "XDP-assisted SMTP HELO filter")]
@@ -12,32 +13,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
-    Human,
-    Json,
-}
-
-/// Logs go through tracing (the `log` records of the daemon's modules included); HELO text
-/// in them is escaped where it is logged.
-fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match format {
-        LogFormat::Human => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    if let Err(e) = installed {
-        eprintln!("helo-filter: cannot set up logging: {e}");
-    }
 }
 
 #[derive(Subcommand)]
@@ -52,11 +27,14 @@ enum Command {
     Policy(helo_filter::cmd::policy::PolicyCommandArgs),
     #[command(flatten)]
     Operator(helo_filter::cmd::operator::OperatorCommand),
+    /// Write the man pages and shell completions (what the Debian package ships).
+    #[command(hide = true)]
+    GenerateAssets(helo_filter::cmd::assets::AssetsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    logging::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -69,6 +47,9 @@ fn main() -> ExitCode {
             Command::Run(args) => helo_filter::cmd::run::run(*args).await,
             Command::Check(args) => Ok(helo_filter::cmd::check::run(args).await),
             Command::Policy(args) => helo_filter::cmd::policy::run(args).await.map(|()| 0),
+            Command::GenerateAssets(args) => {
+                helo_filter::cmd::assets::run(Cli::command(), &args).map(|()| 0)
+            }
             // Blocking socket I/O: off the runtime's threads.
             Command::Operator(command) => {
                 tokio::task::spawn_blocking(move || helo_filter::cmd::operator::run(command))
@@ -83,5 +64,49 @@ fn main() -> ExitCode {
             eprintln!("helo-filter: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// Every subcommand, argument and possible value says what it is in `--help` (and so in
+    /// the man pages, which are generated from the same definitions).
+    #[test]
+    fn every_argument_has_help() {
+        fn undocumented(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            if !command.is_hide_set() && command.get_about().is_none() {
+                missing.push(format!("{path}: the subcommand"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path}: {id}"));
+                }
+                // A flag's true/false are no values one writes.
+                let values = match arg.get_action().takes_values() {
+                    true => arg.get_possible_values(),
+                    false => Vec::new(),
+                };
+                for value in values {
+                    if !value.is_hide_set() && value.get_help().is_none() {
+                        missing.push(format!("{path}: {id}={}", value.get_name()));
+                    }
+                }
+            }
+            for sub in command.get_subcommands() {
+                undocumented(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        undocumented(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
     }
 }

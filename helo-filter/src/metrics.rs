@@ -1,5 +1,5 @@
-//! The Prometheus series of `docs/metrics.md` that exist so far, in one place: names,
-//! label sets and their zero values at start, and the exporter.
+//! The Prometheus series of `docs/metrics.md` that exist so far, in one place: names, help
+//! texts, label sets and their zero values at start, and the exporter.
 //!
 //! Labels only ever take values from the fixed sets below, never anything a client sends.
 
@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use helo_filter_common::Counter;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::{
@@ -43,6 +43,7 @@ pub const POLICY_REQUESTS: &str = "helo_filter_policy_requests_total";
 pub const TASK_PANICS: &str = "helo_filter_task_panics_total";
 pub const REPLIES: &str = "helo_filter_replies_total";
 pub const KNOWN_GOOD: &str = "helo_filter_known_good_total";
+pub const BUILD_INFO: &str = "helo_filter_build_info";
 
 /// Buckets of the verdict latency (seconds): 10 µs to 1 s, since a verdict is meant to take
 /// microseconds.
@@ -88,15 +89,18 @@ pub enum Outcome {
     Dunno,
     Reject,
     Defer,
+    /// Monitor mode: `WARN`, logged by Postfix, nothing refused.
+    Warn,
     /// Malformed or incomplete: answered `DUNNO` (fail-open).
     Error,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Dunno,
         Outcome::Reject,
         Outcome::Defer,
+        Outcome::Warn,
         Outcome::Error,
     ];
 
@@ -105,6 +109,7 @@ impl Outcome {
             Outcome::Dunno => "dunno",
             Outcome::Reject => "reject",
             Outcome::Defer => "defer",
+            Outcome::Warn => "warn",
             Outcome::Error => "error",
         }
     }
@@ -246,12 +251,6 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     for event in KnownGoodEvent::ALL {
         counter!(KNOWN_GOOD, "event" => event.as_str()).absolute(0);
     }
-    counter!(VERDICTS, "verdict" => Decision::Accept.as_str(), "reason" => "none").absolute(0);
-    for reason in Reason::ALL {
-        counter!(VERDICTS, "verdict" => Decision::Reject.as_str(), "reason" => reason.as_str())
-            .absolute(0);
-        counter!(CHECK_FAILURES, "reason" => reason.as_str()).absolute(0);
-    }
     list_sizes(0, 0);
     reputation(0, 0);
     counter!(DENY_EVICTIONS).absolute(0);
@@ -261,8 +260,9 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the exporter of `helo-filter policy` (no kernel, no enforcement) and registers
-/// its series at zero.
+/// Starts the exporter of `helo-filter policy` (no kernel, no enforcement), which the
+/// daemon's [`install`] builds on: every series' help text, `helo_filter_build_info`, and
+/// the policy service's series at zero.
 pub fn install_for_policy_service(addr: SocketAddr) -> anyhow::Result<()> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
@@ -270,12 +270,24 @@ pub fn install_for_policy_service(addr: SocketAddr) -> anyhow::Result<()> {
         .set_buckets_for_metric(Matcher::Full(HELO_TO_VERDICT.to_owned()), &VERDICT_BUCKETS)?
         .install()
         .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+    describe_series();
+    // The commit is build.rs's `git rev-parse`, or `unknown` for a build outside git.
+    let (version, commit) = (env!("CARGO_PKG_VERSION"), env!("HELO_FILTER_COMMIT"));
+    gauge!(BUILD_INFO, "version" => version, "commit" => commit).set(1.0);
     for result in ["hit", "miss"] {
         counter!(DNS_CACHE, "result" => result).absolute(0);
     }
     for outcome in Outcome::ALL {
         counter!(POLICY_REQUESTS, "action" => outcome.as_str()).absolute(0);
     }
+    // Verdicts: the data path's in the daemon, the policy service's when it runs alone.
+    counter!(VERDICTS, "verdict" => Decision::Accept.as_str(), "reason" => "none").absolute(0);
+    for reason in Reason::ALL {
+        counter!(VERDICTS, "verdict" => Decision::Reject.as_str(), "reason" => reason.as_str())
+            .absolute(0);
+        counter!(CHECK_FAILURES, "reason" => reason.as_str()).absolute(0);
+    }
+    counter!(FAIL_OPEN, "cause" => FailOpenCause::DnsTempfail.as_str()).absolute(0);
     // Registered, not recorded: the histograms are on the page before their first
     // observation (the dashboard's queries find them).
     let _ = histogram!(VALIDATION_DURATION);
@@ -283,6 +295,117 @@ pub fn install_for_policy_service(addr: SocketAddr) -> anyhow::Result<()> {
         let _ = histogram!(DNS_LOOKUP_DURATION, "type" => kind.as_str());
     }
     Ok(())
+}
+
+/// The `# HELP` line of every series, daemon's and policy service's alike: the exporter
+/// writes one only for the series its page holds.
+fn describe_series() {
+    describe_counter!(
+        XDP_PACKETS,
+        "Packets the XDP program saw, by kind: every packet (seen), TCP packets to an SMTP \
+         port (smtp), events that complete a HELO/EHLO line (helo), events that continue a \
+         flow's capture (continuation); kernel per-CPU counters, summed, copied every second"
+    );
+    describe_counter!(
+        RINGBUF_DROPPED,
+        "Ring-buffer reservations that failed in the kernel (the segment passed, not captured)"
+    );
+    describe_counter!(HELO_EVENTS, "HELO/EHLO lines delivered to the policy stage");
+    describe_counter!(
+        FAIL_OPEN,
+        "Sessions let through unjudged, by cause (queue_full, dns_tempfail, gate_deadline; \
+         daemon_absent: segments the gate let through while the daemon's heartbeat was stale)"
+    );
+    describe_gauge!(
+        XDP_ATTACHED,
+        "1 per interface the XDP program is attached to, with its mode (native, generic)"
+    );
+    describe_counter!(
+        VERDICTS,
+        "Verdicts, by verdict (accept, reject) and primary reason (none on an accept)"
+    );
+    describe_counter!(
+        CHECK_FAILURES,
+        "Failed policy checks, by reason (a verdict with three failed checks adds three)"
+    );
+    describe_histogram!(
+        VALIDATION_DURATION,
+        "Policy evaluation time in seconds, DNS included"
+    );
+    describe_histogram!(
+        DNS_LOOKUP_DURATION,
+        "DNS wire lookup time in seconds, by record type (cache hits not included)"
+    );
+    describe_counter!(DNS_CACHE, "DNS cache look-ups, by result (hit, miss)");
+    describe_counter!(
+        ACTIONS,
+        "Actions taken on rejects (reply, rst, drop; monitor: would have acted)"
+    );
+    describe_counter!(
+        SOCK_DESTROY,
+        "Attempts to destroy the MTA's socket of a rejected session, by outcome (destroyed; \
+         not_found: the session had already ended; failed: refused by the kernel)"
+    );
+    describe_histogram!(
+        HELO_TO_ACTION,
+        "Seconds from the kernel timestamp of the deciding segment to the action applied"
+    );
+    describe_histogram!(
+        HELO_TO_VERDICT,
+        "Seconds from the kernel timestamp of the deciding segment to the verdict written \
+         into the kernel's flow table (every verdict, accepts included)"
+    );
+    describe_counter!(
+        GATE_HELD,
+        "Client segments the gate dropped while their verdict was pending"
+    );
+    describe_counter!(
+        SYN_DROPPED,
+        "SYNs from denied sources dropped in XDP (or answered with a RST under \
+         --deny-answer rst)"
+    );
+    describe_counter!(
+        CONDEMNED_DROPPED,
+        "Packets of condemned flows dropped (client packets in XDP, the MTA's at egress)"
+    );
+    describe_gauge!(
+        REPUTATION_SOURCES,
+        "Sources with a non-zero reputation score"
+    );
+    describe_gauge!(
+        DENY_ENTRIES,
+        "Entries in the kernel deny map, by origin (operator, reputation)"
+    );
+    describe_gauge!(ALLOW_ENTRIES, "Entries in the allow list");
+    describe_counter!(
+        DENY_EVICTIONS,
+        "Reputation denials let go early because the deny list was at its cap, lowest \
+         scores first"
+    );
+    describe_counter!(
+        POLICY_REQUESTS,
+        "Postfix policy-service replies, by action (dunno, reject, defer; warn: a reject in \
+         monitor mode; error: a malformed or incomplete request, answered DUNNO)"
+    );
+    describe_counter!(
+        TASK_PANICS,
+        "Tasks of the daemon that panicked (the daemon then exits with status 70)"
+    );
+    describe_counter!(
+        REPLIES,
+        "Segments sent under action reply, by segment (reject, repeat, reset, mta_freed; \
+         failed: the raw socket refused one)"
+    );
+    describe_counter!(
+        KNOWN_GOOD,
+        "Known-good events: a source became known-good (added), a reject ended that \
+         (ended), a reject of an ungated session was answered with rst instead of reply \
+         (fallback)"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1: the version and commit of the running helo-filter"
+    );
 }
 
 /// One policy-service reply.
@@ -389,12 +512,12 @@ pub fn reputation(sources: usize, denied: usize) {
     gauge!(DENY_ENTRIES, "origin" => "reputation").set(denied as f64);
 }
 
-/// Reputation denials let go early because the deny list was over its cap.
 /// A task of the daemon panicked (the daemon then exits).
 pub fn task_panicked() {
     counter!(TASK_PANICS).increment(1);
 }
 
+/// Reputation denials let go early because the deny list was over its cap.
 pub fn deny_evictions(count: usize) {
     counter!(DENY_EVICTIONS).increment(count as u64);
 }

@@ -1,5 +1,5 @@
-//! Imports point one way: commands → operator and Postfix service → pipeline → metrics →
-//! config → policy → DNS and kernel → the small helpers at the bottom. This test reads the
+//! Imports point one way: commands → operator and Postfix service → pipeline → logging and
+//! metrics → config → policy → DNS and kernel → the small helpers at the bottom. This test reads the
 //! `crate::` paths of every source file (test code left out) and fails on an import of a
 //! module at the same or a higher layer, which is what an import cycle needs.
 
@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["dns", "kernel"],
     &["policy"],
     &["config"],
-    &["metrics"],
+    &["logging", "metrics"],
     &["pipeline"],
     &["operator", "postfix"],
     &["cmd"],

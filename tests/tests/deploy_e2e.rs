@@ -83,8 +83,8 @@ fn systemd_accepts_the_unit() {
     for wanted in [
         "Type=notify",
         "NotifyAccess=main",
-        "ExecStart=/usr/local/bin/helo-filter run --config /etc/helo-filter/helo-filter.toml",
-        "ExecReload=/usr/local/bin/helo-filter reload",
+        "ExecStart=/usr/bin/helo-filter run --config /etc/helo-filter/helo-filter.toml",
+        "ExecReload=/usr/bin/helo-filter reload",
         "WatchdogSec=30s",
         "LimitNOFILE=65536",
         "Restart=on-failure",
@@ -97,7 +97,7 @@ fn systemd_accepts_the_unit() {
     let copy = dir.join("helo-filter.service");
     std::fs::write(
         &copy,
-        unit.replace("/usr/local/bin/helo-filter", &binary.to_string_lossy()),
+        unit.replace("/usr/bin/helo-filter", &binary.to_string_lossy()),
     )
     .expect("copy");
     let out = Command::new("systemd-analyze")
@@ -111,10 +111,11 @@ fn systemd_accepts_the_unit() {
     assert!(!said.contains("helo-filter.service"), "{said}");
 }
 
-/// `--log-format json`: one JSON object per line, and a HELO's control characters escaped
-/// (no raw escape sequence reaches the log).
+/// `--log-format json`: one JSON object per line; a verdict's facts are keys of their own
+/// (not text in a message), and a HELO's control characters escaped (no raw escape sequence
+/// reaches the log).
 #[test]
-fn json_logs_escape_what_clients_send() {
+fn json_logs_carry_the_verdict_as_keys_and_escape_what_clients_send() {
     let lab = lab("j");
     let mut daemon =
         Daemon::start(&lab, &["--log-format", "json"], false).expect("starting the daemon");
@@ -126,16 +127,25 @@ fn json_logs_escape_what_clients_send() {
     );
     let line = daemon
         .wait_for(Duration::from_secs(10), |l| {
-            l.contains("client=203.0.113.11:55101")
+            l.contains("\"client\":\"203.0.113.11:55101\"")
         })
         .expect("the session is logged");
     let record: Value = serde_json::from_str(&line).expect("a JSON log line");
-    let message = record["fields"]["message"].as_str().expect("a message");
-    assert!(message.contains("EHLO evil\\x1b[31m.example"), "{message}");
+    assert_eq!(record["message"], "verdict", "{record}");
+    assert_eq!(record["kind"], "helo", "{record}");
+    assert_eq!(record["verb"], "EHLO", "{record}");
+    assert_eq!(record["line"], "EHLO evil\\x1b[31m.example", "{record}");
+    assert_eq!(record["verdict"], "reject", "{record}");
+    assert_eq!(record["reasons"], "syntax", "{record}");
+    assert_eq!(record["action"], "reply", "{record}");
+    assert!(record["score"].is_u64(), "{record}");
     assert!(
-        !line.contains('\x1b') && !message.contains('\x1b'),
-        "{line}"
+        record["server"]
+            .as_str()
+            .is_some_and(|s| s.ends_with(":25")),
+        "{record}"
     );
+    assert!(!line.contains('\x1b'), "{line}");
     assert!(
         daemon
             .lines()

@@ -13,6 +13,7 @@ use std::{
 use helo_filter_tests::{e2e::*, policy_client::*, require_root};
 use xtask::{
     daemon::{Daemon, cli, metric_value},
+    http,
     lab::{self, Lab},
     netns, process,
     sessions::{self, Greeting},
@@ -65,18 +66,7 @@ impl Service {
     }
 
     fn scrape(&self) -> String {
-        use std::io::{Read as _, Write as _};
-        let mut stream = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(5))
-            .expect("metrics endpoint");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("a read timeout");
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
-            .expect("request");
-        let mut page = String::new();
-        stream.read_to_string(&mut page).expect("page");
-        page
+        http::get_ok(self.metrics, "/metrics").expect("the metrics page")
     }
 }
 
@@ -367,4 +357,143 @@ fn the_daemons_policy_listener_feeds_reputation_once_per_session() {
         "one log line per session:\n{}",
         daemon.lines().join("\n")
     );
+}
+
+/// Postfix's habits, against a real Postfix that asks at CONNECT (`smtpd_delay_reject = no`,
+/// a misplaced check) and at RCPT: the CONNECT request, before any HELO, gets `DUNNO` and a
+/// warning in the log, not a reject of every client; with `[replies] style = "postfix"` each
+/// reason gets Postfix's own code (450 for a name that does not resolve, 504 for one not
+/// fully qualified, 501 for no name at all); in monitor mode a bogus HELO gets `WARN`, which
+/// Postfix logs and lets the mail through — and that maillog, replayed through `check
+/// --replay`, gives the verdicts back. The standalone service counts verdicts and reasons on
+/// its own endpoint.
+#[test]
+fn the_policy_service_keeps_postfixs_habits() {
+    require_root();
+    let mut lab = Lab::create(&unique_name("ph")).expect("creating the lab");
+    lab.start_dns().expect("starting dnsmasq");
+    let policy = POLICY_LISTEN.strip_prefix("inet:").expect("inet");
+    lab.start_postfix(&format!(
+        "smtpd_delay_reject = no\n\
+         smtpd_client_restrictions = check_policy_service inet:{policy}\n\
+         smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination, \
+         check_policy_service inet:{policy}"
+    ))
+    .expect("starting Postfix");
+    let dir = std::env::temp_dir().join(format!("hf-habits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("postfix-style.toml");
+    std::fs::write(&config, "[replies]\nstyle = \"postfix\"\n").expect("config");
+    let args = ["--config", config.to_str().expect("utf-8 path")];
+    let service = Daemon::start_policy_service(&lab, POLICY_LISTEN, &args, false)
+        .expect("starting the policy service");
+
+    sessions::swaks(&lab, v4(0, 49001), Greeting::Ehlo, "mail.example.net")
+        .expect("a good session passes the CONNECT check and is queued");
+    let connect_warning = service
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("protocol_state=CONNECT"));
+    assert!(
+        connect_warning.is_some_and(|l| l.contains("answered DUNNO")),
+        "no warning about the check at CONNECT:\n{}",
+        service.lines().join("\n")
+    );
+    let rcpt_rejected =
+        "<postmaster@example.org>: Recipient address rejected: Helo command rejected";
+    for (client, greeting, helo, reply) in [
+        (
+            v4(1, 49002),
+            Greeting::Ehlo,
+            "fakedomain.xyz",
+            format!("<** 450 4.7.1 {rcpt_rejected}: Host not found (no_dns)"),
+        ),
+        (
+            v6(2, 49003),
+            Greeting::Helo,
+            "mon-serveur",
+            format!("<** 504 5.5.2 {rcpt_rejected}: need fully-qualified hostname (not_fqdn)"),
+        ),
+        (
+            v4(3, 49004),
+            Greeting::Helo,
+            "127.0.0.1",
+            format!("<** 501 5.5.2 {rcpt_rejected}: Invalid name (bare_ip)"),
+        ),
+    ] {
+        let (completed, transcript) =
+            sessions::swaks_transcript(&lab, client, greeting, helo).expect("swaks");
+        assert!(!completed, "{helo}: the session completed:\n{transcript}");
+        assert!(
+            transcript.lines().any(|l| l == reply),
+            "{helo}: expected {reply:?} at RCPT TO:\n{transcript}"
+        );
+    }
+    let page = service.scrape().expect("metrics");
+    for reason in ["no_dns", "not_fqdn", "bare_ip"] {
+        assert_metric(
+            &page,
+            &format!("helo_filter_verdicts_total{{verdict=\"reject\",reason=\"{reason}\"}}"),
+            1.0,
+        );
+    }
+    assert_metric(
+        &page,
+        "helo_filter_verdicts_total{verdict=\"accept\",reason=\"none\"}",
+        1.0,
+    );
+    drop(service);
+
+    let monitor = ["--config", args[1], "--monitor"];
+    let service = Daemon::start_policy_service(&lab, POLICY_LISTEN, &monitor, false)
+        .expect("starting the monitoring policy service");
+    sessions::swaks(&lab, v6(4, 49005), Greeting::Ehlo, "localhost")
+        .expect("monitor mode: the bogus session is queued");
+    let postfix = lab.postfix().expect("Postfix runs");
+    let warned = process::wait_until(Duration::from_secs(10), || {
+        postfix
+            .log()
+            .lines()
+            .any(|l| l.contains("warn: RCPT from") && l.contains("bogus HELO (localhost)"))
+    });
+    assert!(
+        warned.is_ok(),
+        "Postfix logged no WARN for the bogus HELO:\n{}",
+        postfix.log()
+    );
+    let page = service.scrape().expect("metrics");
+    assert_metric(
+        &page,
+        "helo_filter_policy_requests_total{action=\"warn\"}",
+        1.0,
+    );
+
+    // Last week's maillog, replayed: the WARN line and the NOQUEUE rejects carry the pairs.
+    let maillog = dir.join("maillog");
+    std::fs::write(&maillog, postfix.log()).expect("maillog copy");
+    let replay = std::process::Command::new(xtask::paths::daemon_binary())
+        .args(["check", "--offline", "--no-config", "--json", "--replay"])
+        .arg(&maillog)
+        .output()
+        .expect("check --replay runs");
+    let out = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "check --replay failed: {out}");
+    let totals: serde_json::Value = out
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no totals line:\n{out}"));
+    let reasons = &totals["totals"]["reasons"];
+    for reason in ["localhost", "not_fqdn", "bare_ip"] {
+        assert!(
+            reasons[reason].as_u64().is_some_and(|n| n >= 1),
+            "{reason} missing from the replay's totals: {totals}"
+        );
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.contains("\"helo\":\"localhost\"") && l.contains("\"verdict\":\"reject\"")),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -284,7 +284,7 @@ fn sighup_reloads_the_daemon() {
 
     write_config(
         &lab,
-        "[policy]\nbundle = \"standard\"\ndeny = [\"mail.example.net\"]\n",
+        "[policy]\nbundle = \"standard\"\ndeny_helo = [\"mail.example.net\"]\n",
     );
     daemon.signal(libc::SIGHUP);
     let line = daemon
@@ -402,7 +402,7 @@ fn sighup_reloads_the_policy_service() {
 
     std::fs::write(
         &config,
-        "[policy]\nbundle = \"standard\"\ndeny = [\"bad.example.net\"]\n",
+        "[policy]\nbundle = \"standard\"\ndeny_helo = [\"bad.example.net\"]\n",
     )
     .expect("config");
     service.signal(libc::SIGHUP);

@@ -2,8 +2,7 @@
 //! (and optionally echoed) so that callers can wait for and inspect them.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    io::{BufRead as _, BufReader},
     process::{Child, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread,
@@ -48,6 +47,29 @@ impl Daemon {
         env: &[(&str, &str)],
         echo: bool,
     ) -> anyhow::Result<Daemon> {
+        Daemon::run(lab, extra, env, echo, None)
+    }
+
+    /// [`Daemon::start`] reading the configuration where an installed daemon does, from
+    /// /etc/helo-filter (here `etc`'s directory): no `--config` and no identity flags are
+    /// passed, so the file's identity is the one judged against.
+    pub fn start_reading_etc(
+        lab: &Lab,
+        etc: &EtcOverlay,
+        extra: &[&str],
+        echo: bool,
+    ) -> anyhow::Result<Daemon> {
+        Daemon::run(lab, extra, &[], echo, Some(etc))
+    }
+
+    /// `helo-filter run` on the lab's filter interface, with the lab's paths.
+    fn run(
+        lab: &Lab,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        echo: bool,
+        etc: Option<&EtcOverlay>,
+    ) -> anyhow::Result<Daemon> {
         let (state, socket, pins) = (lab.state_dir(), lab.control_socket(), lab.bpffs_dir()?);
         let run = [
             "run",
@@ -60,7 +82,7 @@ impl Daemon {
             "--bpffs-dir",
             &pins.to_string_lossy(),
         ];
-        Daemon::spawn(lab, &run, extra, env, "ready: capturing", echo)
+        Daemon::spawn(lab, &run, extra, env, "ready: capturing", echo, etc)
     }
 
     /// Starts `helo-filter policy` (the Postfix policy service alone, no XDP program) in the
@@ -73,7 +95,15 @@ impl Daemon {
         echo: bool,
     ) -> anyhow::Result<Daemon> {
         let policy = ["policy", "--listen", listen];
-        Daemon::spawn(lab, &policy, extra, &[], "policy service listening", echo)
+        Daemon::spawn(
+            lab,
+            &policy,
+            extra,
+            &[],
+            "policy service listening",
+            echo,
+            None,
+        )
     }
 
     fn spawn(
@@ -83,6 +113,7 @@ impl Daemon {
         env: &[(&str, &str)],
         ready_line: &str,
         echo: bool,
+        etc: Option<&EtcOverlay>,
     ) -> anyhow::Result<Daemon> {
         let binary = daemon_binary();
         if !binary.exists() {
@@ -91,15 +122,21 @@ impl Daemon {
                 binary.display()
             );
         }
-        // The configuration is always explicit, so that nothing under /etc changes what the
-        // lab sees: the caller's `--config`, or the lab's empty one (the built-in defaults).
-        // `--config` cannot be given twice.
-        let lab_config = match config_given(extra) {
+        // The configuration is explicit, so that nothing under /etc changes what the lab
+        // sees: the caller's `--config`, or the lab's empty one (the built-in defaults) — unless
+        // the test gives /etc/helo-filter a directory of its own (`etc`). `--config` cannot be
+        // given twice.
+        let lab_config = match etc.is_some() || config_given(extra) {
             true => None,
             false => Some(lab.empty_config()?),
         };
-        let mut child = lab
-            .command_in(&lab.filter_ns, &binary.to_string_lossy())
+        let binary = binary.to_string_lossy();
+        let mut launch = match etc {
+            Some(etc) => etc.command(Some(&lab.filter_ns), &binary),
+            None => lab.command_in(&lab.filter_ns, &binary),
+        };
+        let identity: &[&str] = if etc.is_some() { &[] } else { &IDENTITY_ARGS };
+        let mut child = launch
             .args(command)
             .args(
                 lab_config
@@ -108,7 +145,7 @@ impl Daemon {
             )
             .args(["--metrics-addr", METRICS_ADDR])
             .args(["--dns-server", DNS_SERVER])
-            .args(IDENTITY_ARGS)
+            .args(identity)
             .args(extra)
             .env("RUST_LOG", "info")
             .env("RUST_LOG_STYLE", "never")
@@ -171,21 +208,8 @@ impl Daemon {
 
     /// Fetches the metrics page from inside the daemon's namespace.
     pub fn scrape(&self) -> anyhow::Result<String> {
-        in_netns(&self.filter_ns, || -> anyhow::Result<String> {
-            let addr: SocketAddr = METRICS_ADDR.parse()?;
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            let (head, body) = response.split_once("\r\n\r\n").context("no HTTP body")?;
-            if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-                bail!(
-                    "metrics endpoint answered: {}",
-                    head.lines().next().unwrap_or("")
-                );
-            }
-            Ok(body.to_owned())
+        in_netns(&self.filter_ns, || {
+            crate::http::get_ok(METRICS_ADDR.parse()?, "/metrics")
         })
     }
 
@@ -232,7 +256,54 @@ impl Drop for Daemon {
 /// Whether `args` name a configuration file (`--config FILE` or `--config=FILE`).
 pub fn config_given(args: &[&str]) -> bool {
     args.iter()
-        .any(|a| *a == "--config" || a.starts_with("--config="))
+        .any(|a| *a == "--config" || *a == "-c" || a.starts_with("--config="))
+}
+
+/// Where `helo-filter` reads its configuration when told nothing.
+const ETC_DIR: &str = "/etc/helo-filter";
+
+/// A directory that commands started through it see as /etc/helo-filter: a bind mount in a
+/// private mount namespace of each command's own, so the host's /etc is left as it is (but
+/// for the empty mount point, created when absent and removed again when this is dropped).
+pub struct EtcOverlay {
+    dir: std::path::PathBuf,
+    created_mount_point: bool,
+}
+
+impl EtcOverlay {
+    pub fn new(dir: &std::path::Path) -> anyhow::Result<EtcOverlay> {
+        let created_mount_point = !std::path::Path::new(ETC_DIR).exists();
+        if created_mount_point {
+            std::fs::create_dir(ETC_DIR).with_context(|| format!("creating {ETC_DIR}"))?;
+        }
+        Ok(EtcOverlay {
+            dir: dir.to_owned(),
+            created_mount_point,
+        })
+    }
+
+    /// `program` in network namespace `ns` (none: the host's), seeing the directory as
+    /// /etc/helo-filter; the caller adds the arguments.
+    pub fn command(&self, ns: Option<&str>, program: &str) -> std::process::Command {
+        let mut command = match ns {
+            Some(ns) => crate::netns::command_in(ns, "unshare"),
+            None => std::process::Command::new("unshare"),
+        };
+        command
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!("mount --bind \"$0\" {ETC_DIR} && exec \"$@\""))
+            .arg(&self.dir)
+            .arg(program);
+        command
+    }
+}
+
+impl Drop for EtcOverlay {
+    fn drop(&mut self) {
+        if self.created_mount_point {
+            let _ = std::fs::remove_dir(ETC_DIR);
+        }
+    }
 }
 
 /// Runs an operator subcommand of `helo-filter` against the lab's daemon (its control

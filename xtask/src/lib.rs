@@ -1,12 +1,13 @@
 //! Developer tasks (setup, run, test, bench) and the network-namespace lab they share
 //! with the end-to-end tests.
 //!
-//! Layers, each module using only those below it: `paths`; `process`; `netns`, `corpus`;
+//! Layers, each module using only those below it: `paths`; `process`, `http`; `netns`, `corpus`;
 //! `dns_fixture`; `lab`; `daemon`, `sessions`, `setup`; `bench`.
 pub mod bench;
 pub mod corpus;
 pub mod daemon;
 pub mod dns_fixture;
+pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod paths;

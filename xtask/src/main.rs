@@ -1,4 +1,4 @@
-//! `cargo xtask setup | run | lint | test | bench`.
+//! `cargo xtask setup | run | lint | test | bench | deb`.
 use std::{
     io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr},
@@ -16,6 +16,8 @@ use xtask::{
     sessions::{self, Greeting},
     setup,
 };
+
+mod deb;
 
 #[derive(Parser)]
 #[command(about = "helo-filter developer tasks")]
@@ -49,6 +51,8 @@ enum Task {
         #[arg(long, value_delimiter = ',', value_parser = xtask::bench::SECTION_NAMES)]
         only: Vec<String>,
     },
+    /// The Debian package (cargo-deb), in target/debian/ (docs/packaging.md).
+    Deb,
 }
 
 /// The lab `cargo xtask run` uses; a crashed run's leftovers are removed at next start.
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         Task::Lint => lint(),
         Task::Test => test(),
         Task::Bench { quick, only } => bench(quick, &only),
+        Task::Deb => deb::run(),
     }
 }
 
@@ -120,6 +125,10 @@ fn test() -> anyhow::Result<()> {
     println!("checking formatting (nightly rustfmt: import grouping)");
     run_cmd(&mut format_check())?;
     build_daemon()?;
+    // The package test builds it again, then a no-op: the release build's minutes are spent
+    // here rather than beside the end-to-end tests, whose deadlines assume an idle machine.
+    println!("building the Debian package (the package test installs it)");
+    deb::build()?;
     println!("running every test (unit, packet table, end to end)");
     let mut child = cargo()
         .args(["test", "--workspace", "--exclude", "helo-filter-ebpf"])
@@ -238,10 +247,15 @@ fn count_before(summary: &str, label: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The daemon's release build: what the benchmarks run and the Debian package ships.
+fn build_release_daemon() -> anyhow::Result<()> {
+    println!("building helo-filter in release mode (the eBPF object too)");
+    run_cmd(cargo().args(["build", "--release", "--package", "helo-filter"]))
+}
+
 fn bench(quick: bool, only: &[String]) -> anyhow::Result<()> {
     setup::run()?;
-    println!("building helo-filter in release mode (the eBPF object too)");
-    run_cmd(cargo().args(["build", "--release", "--package", "helo-filter"]))?;
+    build_release_daemon()?;
     let binary = paths::release_binary();
     // SAFETY: set_var is sound while no other thread reads or writes the environment; up
     // to here this task has only run child processes, never a thread (the benchmarks,

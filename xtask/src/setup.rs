@@ -7,9 +7,12 @@
 //! machine without the Perl module it needs for IPv6 (`libio-socket-inet6-perl`, only a
 //! *Recommends*), so the probe is swaks itself, asked for an IPv6 session.
 //!
-//! Not here on purpose: cargo-deb (a later issue packages the daemon; it is not installed
-//! now) and promtool (Debian's `prometheus`, about 100 MB and a service of its own: a later
-//! issue adds it when it needs it).
+//! Tools built from crates.io (bpf-linker, and cargo-deb for `cargo xtask deb`) are probed
+//! by running them and installed with `cargo install`.
+//!
+//! promtool comes with Debian's `prometheus` (about 100 MB), whose package may also start a
+//! Prometheus service on :9090: the tests leave it alone and run a Prometheus of their own
+//! in a lab namespace.
 
 use std::{
     net::TcpListener,
@@ -21,27 +24,55 @@ use anyhow::{Context as _, bail};
 
 use crate::process::run_cmd;
 
-/// bpf-linker must use the same LLVM major as the nightly that compiles the eBPF crate.
-const BPF_LINKER_VERSION: &str = "0.13.0";
-const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
-const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// What building bpf-linker against Debian's LLVM 22 needs (installed only to build it).
-const BPF_LINKER_BUILD_PACKAGES: &[&str] = &[
-    "llvm-22-dev",
-    "libpolly-22-dev",
-    "libzstd-dev",
-    "zlib1g-dev",
-];
-
 /// How a missing capability is provided.
 enum Provider {
     /// Debian packages.
     Debian(&'static [&'static str]),
     /// A component of the nightly toolchain.
     Nightly(&'static str),
-    /// `cargo install bpf-linker`, built against Debian's LLVM 22.
-    BpfLinker,
+    /// A tool built from crates.io.
+    CargoInstall(&'static CargoInstall),
 }
+
+/// `cargo install --quiet ARGS`, with ENV set, after the Debian packages its build needs.
+struct CargoInstall {
+    args: &'static [&'static str],
+    env: &'static [(&'static str, &'static str)],
+    /// Installed only to build it.
+    build_packages: &'static [&'static str],
+    /// How long the build takes on these 2-core machines, for the progress line.
+    takes: &'static str,
+}
+
+/// bpf-linker must use the same LLVM major as the nightly that compiles the eBPF crate: built
+/// against Debian's LLVM 22, which its build script finds only through LLVM_PREFIX.
+const BPF_LINKER: CargoInstall = CargoInstall {
+    args: &[
+        "bpf-linker",
+        "--version",
+        "0.13.0",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ],
+    env: &[("LLVM_PREFIX", "/usr/lib/llvm-22")],
+    build_packages: &[
+        "llvm-22-dev",
+        "libpolly-22-dev",
+        "libzstd-dev",
+        "zlib1g-dev",
+    ],
+    takes: "about 3 minutes",
+};
+
+/// cargo-deb packs the Debian package (`cargo xtask deb`). Pinned, with the dependency
+/// versions it was released with (--locked): 3.8 builds with this stable (it needs 1.85).
+const CARGO_DEB: CargoInstall = CargoInstall {
+    args: &["cargo-deb", "--version", "3.8.0", "--locked"],
+    env: &[],
+    build_packages: &[],
+    takes: "about 2 minutes",
+};
 
 struct Capability {
     what: &'static str,
@@ -118,6 +149,16 @@ const CAPABILITIES: &[Capability] = &[
         provider: Provider::Debian(&["redis-server"]),
         probe: || version("redis-server", &["--version"], "Redis server"),
     },
+    // The alert rules' checks (`promtool check rules`, `promtool test rules`) and the test
+    // in which a real Prometheus scrapes the daemon and evaluates them.
+    Capability {
+        what: "promtool (prometheus)",
+        provider: Provider::Debian(&["prometheus"]),
+        probe: || {
+            version("promtool", &["--version"], "promtool, version")?;
+            version("prometheus", &["--version"], "prometheus, version")
+        },
+    },
     Capability {
         what: "nightly rust-src (builds the eBPF crate with -Z build-std)",
         provider: Provider::Nightly("rust-src"),
@@ -135,8 +176,18 @@ const CAPABILITIES: &[Capability] = &[
     },
     Capability {
         what: "bpf-linker (LLVM 22)",
-        provider: Provider::BpfLinker,
+        provider: Provider::CargoInstall(&BPF_LINKER),
         probe: || version("bpf-linker", &["--version"], "bpf-linker"),
+    },
+    Capability {
+        what: "cargo-deb (cargo xtask deb)",
+        provider: Provider::CargoInstall(&CARGO_DEB),
+        probe: || version("cargo", &["deb", "--version"], "cargo-deb"),
+    },
+    Capability {
+        what: "dpkg-shlibdeps (dpkg-dev), from which cargo-deb derives the package's Depends",
+        provider: Provider::Debian(&["dpkg-dev"]),
+        probe: || version("dpkg-shlibdeps", &["--version"], "dpkg-shlibdeps"),
     },
 ];
 
@@ -185,18 +236,18 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 /// Installs what provides the missing capabilities: Debian packages (once), nightly
-/// components, bpf-linker.
+/// components, tools from crates.io.
 fn install(missing: &[&Capability]) -> anyhow::Result<()> {
     let mut packages: Vec<&str> = Vec::new();
     let mut components: Vec<&str> = Vec::new();
-    let mut bpf_linker = false;
+    let mut cargo_installs: Vec<&CargoInstall> = Vec::new();
     for capability in missing {
         match capability.provider {
             Provider::Debian(names) => packages.extend(names),
             Provider::Nightly(component) => components.push(component),
-            Provider::BpfLinker => {
-                bpf_linker = true;
-                packages.extend(BPF_LINKER_BUILD_PACKAGES);
+            Provider::CargoInstall(tool) => {
+                packages.extend(tool.build_packages);
+                cargo_installs.push(tool);
             }
         }
     }
@@ -218,17 +269,17 @@ fn install(missing: &[&Capability]) -> anyhow::Result<()> {
                 .args(["--toolchain", "nightly"]),
         )?;
     }
-    if bpf_linker {
+    for tool in cargo_installs {
         println!(
-            "setup: cargo install bpf-linker {BPF_LINKER_VERSION} (about 3 minutes on 2 cores)"
+            "setup: cargo install {} ({} on 2 cores)",
+            tool.args.join(" "),
+            tool.takes
         );
         run_cmd(
             Command::new("cargo")
-                .args(["install", "--quiet", "bpf-linker", "--version"])
-                .arg(BPF_LINKER_VERSION)
-                .args(["--no-default-features", "--features"])
-                .arg(BPF_LINKER_LLVM_FEATURE)
-                .env("LLVM_PREFIX", LLVM_PREFIX),
+                .args(["install", "--quiet"])
+                .args(tool.args)
+                .envs(tool.env.iter().copied()),
         )?;
     }
     Ok(())

@@ -1,11 +1,13 @@
-//! `helo-filter check [OPTIONS] --ip IP [--] HELO`: judge one HELO for one client address.
+//! `helo-filter check [OPTIONS] --ip IP [--] HELO`: judge one HELO for one client address;
+//! `check --replay FILE`: judge every (address, HELO) of a maillog or a TSV (`replay`).
 //!
 //! Exit status: 0 accept, 1 reject, 2 usage or configuration error (clap's own usage errors
 //! exit with 2 as well). `--json` prints exactly one JSON object on one line:
 //! `{"helo":…,"ip":…,"verdict":…,"reasons":[…],"notes":[…],"score":N}`.
 
-use std::{io::Write, net::IpAddr};
+use std::{io::Write, net::IpAddr, path::PathBuf};
 
+use super::replay;
 use crate::{
     config::PolicyArgs,
     policy::{HeloInput, PolicyEngine, Verdict},
@@ -15,20 +17,25 @@ use crate::{
 #[derive(clap::Args, Clone, Debug)]
 pub struct CheckArgs {
     /// The client's address.
-    #[arg(long, value_name = "IP")]
-    pub ip: IpAddr,
+    #[arg(long, value_name = "IP", required_unless_present = "replay")]
+    pub ip: Option<IpAddr>,
     /// Skip every check that needs DNS (a usage error beside --dns-server).
     #[arg(long, conflicts_with = "dns_server")]
     pub offline: bool,
-    /// Print one JSON object on one line.
+    /// Print one JSON object on one line (with --replay: one per pair, then the totals).
     #[arg(long)]
     pub json: bool,
+    /// Judge every (client address, HELO) pair in FILE instead: Postfix maillog lines
+    /// carrying `helo=<…>` and the client's `[address]`, or `ADDRESS<TAB>HELO` lines; prints
+    /// what the policy would have done to each, then the totals per reason.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ip", "helo"])]
+    pub replay: Option<PathBuf>,
     /// Identity, DNS and policy options.
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// The HELO/EHLO argument (may be empty; write it after `--` when it starts with `-`).
-    #[arg(value_name = "HELO")]
-    pub helo: String,
+    #[arg(value_name = "HELO", required_unless_present = "replay")]
+    pub helo: Option<String>,
 }
 
 /// Exit status of an accept.
@@ -44,6 +51,9 @@ pub const EXIT_USAGE: i32 = 2;
 /// tasks log to stderr from the runtime's worker threads while the lookups run, and a lock
 /// held across the await would block them (and so the lookups, and `check`) for ever.
 pub async fn run(args: CheckArgs) -> i32 {
+    if let Some(file) = &args.replay {
+        return replay::run(&args, file).await;
+    }
     let judged = judge(&args).await;
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
@@ -58,9 +68,18 @@ pub async fn run_with(args: &CheckArgs, out: &mut dyn Write, err: &mut dyn Write
 
 /// The verdict, or a usage or configuration error. Touches neither stdout nor stderr.
 async fn judge(args: &CheckArgs) -> Result<Verdict, String> {
+    let (ip, helo) = single(args)?;
     let engine = build_engine(args)?;
-    let input = HeloInput::new(args.helo.as_bytes(), args.ip);
+    let input = HeloInput::new(helo.as_bytes(), ip);
     Ok(engine.evaluate(&input).await)
+}
+
+/// The one address and HELO to judge (clap requires both without `--replay`).
+fn single(args: &CheckArgs) -> Result<(IpAddr, &str), String> {
+    match (args.ip, &args.helo) {
+        (Some(ip), Some(helo)) => Ok((ip, helo)),
+        _ => Err("--ip IP and a HELO, or --replay FILE".to_owned()),
+    }
 }
 
 /// Writes the verdict (or the error) and gives the exit status.
@@ -77,10 +96,13 @@ fn print(
             return EXIT_USAGE;
         }
     };
+    let Ok((ip, helo)) = single(args) else {
+        return EXIT_USAGE;
+    };
     let written = if args.json {
-        writeln!(out, "{}", json_line(&args.helo, args.ip, &verdict))
+        writeln!(out, "{}", json_line(helo, ip, &verdict))
     } else {
-        write!(out, "{}", human(&args.helo, args.ip, &verdict))
+        write!(out, "{}", human(helo, ip, &verdict))
     };
     if let Err(e) = written.and_then(|()| out.flush()) {
         let _ = writeln!(err, "helo-filter check: cannot write the verdict: {e}");
@@ -93,7 +115,7 @@ fn print(
     }
 }
 
-fn build_engine(args: &CheckArgs) -> Result<PolicyEngine, String> {
+pub(super) fn build_engine(args: &CheckArgs) -> Result<PolicyEngine, String> {
     let mut loaded = args.policy.load().map_err(|e| e.to_string())?;
     if args.offline {
         loaded.config.dns.enabled = false;
@@ -276,7 +298,7 @@ mod tests {
             1
         );
         let (code, out, _) = run(
-            &["--deny", "*.bots.example.com", "--deny", "/x+/"],
+            &["--deny-helo", "*.bots.example.com", "--deny", "/x+/"],
             "a.bots.example.com",
         )
         .await;
@@ -299,7 +321,7 @@ mod tests {
             &["--ip", "not-an-ip", "mail.example.net"][..],
             &["--ip", "203.0.113.10", "-mail.example.net"][..],
             &["--ip", "203.0.113.10", "--policy", "paranoid", "x.example"][..],
-            &["--ip", "203.0.113.10", "--deny", "/(/", "x.example"][..],
+            &["--ip", "203.0.113.10", "--deny-helo", "/(/", "x.example"][..],
             &[
                 "--ip",
                 "203.0.113.10",
@@ -315,7 +337,13 @@ mod tests {
                 "x.example",
             ][..],
             &["--ip", "203.0.113.10", "a.example", "b.example"][..],
-            &["--ip", "203.0.113.10", "--deny", "foo bar", "x.example"][..],
+            &[
+                "--ip",
+                "203.0.113.10",
+                "--deny-helo",
+                "foo bar",
+                "x.example",
+            ][..],
             &[
                 "--ip",
                 "203.0.113.10",

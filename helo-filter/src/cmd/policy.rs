@@ -24,7 +24,8 @@ pub struct PolicyCommandArgs {
     /// Skip every check that needs DNS (a usage error beside --dns-server).
     #[arg(long, conflicts_with = "dns_server")]
     pub offline: bool,
-    /// Reject nothing: log what would have been rejected and answer DUNNO.
+    /// Reject nothing: answer a bogus HELO `WARN bogus HELO (<reason>)`, which Postfix
+    /// logs, instead of rejecting it.
     #[arg(long)]
     pub monitor: bool,
     /// Where the Prometheus endpoint listens (path /metrics).
@@ -40,6 +41,7 @@ pub async fn run(args: PolicyCommandArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let file = configuration(&args)?;
+    file.warnings().iter().for_each(|w| warn!("{w}"));
     let Some(listen) = args.listen.clone().or(file.postfix.listen.clone()) else {
         bail!("where to listen: --listen unix:PATH|inet:IP:PORT, or [postfix] listen");
     };
@@ -51,7 +53,8 @@ pub async fn run(args: PolicyCommandArgs) -> anyhow::Result<()> {
     let listener = Listener::bind(&listen, &file.postfix.socket_group).await?;
     let monitor = args.monitor || file.enforce.monitor;
     let engine = Arc::new(parking_lot::RwLock::new(engine));
-    let service = PolicyService::new(Arc::clone(&engine), file.replies(), monitor, None);
+    let service =
+        PolicyService::new(Arc::clone(&engine), file.replies(), monitor, None).counting_verdicts();
     let serving = listener.serve(Arc::new(service));
     tokio::pin!(serving);
     let notifier = Notifier::from_env();

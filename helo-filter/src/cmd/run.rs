@@ -88,7 +88,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let signals = Signals::new()?;
     let notifier = Arc::new(Notifier::from_env());
     let file = args.configuration()?;
-    file.reputation.warnings().iter().for_each(|w| warn!("{w}"));
+    file.warnings().iter().for_each(|w| warn!("{w}"));
     if file.kernel.interfaces.is_empty() {
         bail!("no interface to attach to: --iface IFACE, or [kernel] interfaces in the config");
     }
@@ -190,7 +190,7 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
         KernelLists::new(&mut ebpf)?,
     ));
     let counters = Arc::new(CounterReader::new(&mut ebpf)?);
-    let config = args.policy.config.clone();
+    let config = args.policy.config.file();
     let operator = Arc::new(Operator::start(operator::Parts {
         stage: Arc::clone(&stage),
         state,

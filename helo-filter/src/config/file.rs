@@ -103,6 +103,20 @@ impl fmt::Display for Located<'_> {
 }
 
 impl PolicyFile {
+    /// Settings that are valid but risky or deprecated, one sentence each (`config check`
+    /// prints them, the daemon and the policy service log them at start).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = self.reputation.warnings();
+        if !self.policy.deprecated_deny.is_empty() {
+            warnings.push(
+                "[policy] deny is deprecated: rename it deny_helo (HELO name patterns; \
+                 [lists] deny holds source CIDRs)"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+
     /// Parses text (types and single values are checked here, ranges and cross-key rules by
     /// [`Loaded::validate`]); `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<PolicyFile, ConfigError> {
@@ -130,7 +144,7 @@ impl PolicyFile {
                 domains: p.our_domains.iter().map(|n| n.0.clone()).collect(),
                 addrs: p.our_addrs.clone(),
             },
-            deny: DenyList::new(p.deny.clone()),
+            deny: DenyList::new(p.helo_patterns().cloned().collect()),
             // Allow-listed sources are trusted too, whatever path asks the engine.
             trusted_networks: p
                 .trusted_networks
@@ -300,7 +314,14 @@ monitor = true
         assert_eq!(s.table.mode(Reason::LiteralNotAllowed), CheckMode::Reject);
         assert_eq!(s.table.weight(Reason::DnsMismatch), 3);
         assert_eq!(s.identity.names, ["mx.example.org"]);
-        assert_eq!(s.deny.len(), 3);
+        assert_eq!(s.deny.len(), 3, "the old name `deny` is still read");
+        assert!(
+            f.warnings()
+                .iter()
+                .any(|w| w.contains("rename it deny_helo")),
+            "{:?}",
+            f.warnings()
+        );
         assert_eq!(s.score_threshold, Some(4));
         assert!(s.dns_fail_closed);
         let d = f.dns_settings();
@@ -413,6 +434,22 @@ monitor = true
             }
             assert!(e.contains(needle), "{text:?} -> {e}");
         }
+    }
+
+    #[test]
+    fn helo_patterns_under_both_names_are_refused() {
+        let text = "[policy]\ndeny_helo = [\"a.example\"]\ndeny = [\"b.example\"]\n";
+        let e = Loaded::parse(text.to_owned(), "both.toml".to_owned())
+            .and_then(Loaded::validate)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("both.toml:3:") && e.contains("an old name of `policy.deny_helo`"),
+            "{e}"
+        );
+        let f = PolicyFile::parse("[policy]\ndeny_helo = [\"a.example\"]\n", "t").unwrap();
+        assert!(f.warnings().is_empty());
+        assert_eq!(f.settings().deny.len(), 1);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use std::{
 use ipnet::IpNet;
 
 use super::{
-    Action, ConfigError, DenyAnswer, Deployment, HostName, ListenAddr, Loaded, PolicyFile,
+    Action, ConfigArgs, ConfigError, DenyAnswer, Deployment, HostName, ListenAddr, Loaded,
+    PolicyFile,
+    duration::{self, Unit},
 };
 use crate::{
     kernel::XdpModeChoice,
@@ -20,9 +22,8 @@ use crate::{
 /// Identity, DNS and policy options shared by `check`, `run` and `policy`.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct PolicyArgs {
-    /// Configuration file (its [policy] and [dns] sections are used here).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
     /// DNS server to ask instead of the system's (repeatable).
     #[arg(long = "dns-server", value_name = "ADDR:PORT")]
     pub dns_server: Vec<SocketAddr>,
@@ -38,9 +39,13 @@ pub struct PolicyArgs {
     /// One of our addresses (repeatable; added to the configuration's).
     #[arg(long = "our-addr", value_name = "IP")]
     pub our_addr: Vec<IpAddr>,
-    /// A deny pattern: NAME, *.SUFFIX or /REGEX/ (repeatable; added to the configuration's).
-    #[arg(long, value_name = "PATTERN", value_parser = deny_pattern)]
-    pub deny: Vec<DenyPattern>,
+    /// A HELO name to reject as `denylisted`: NAME, *.SUFFIX or /REGEX/ (repeatable; added
+    /// to the configuration's `[policy] deny_helo`).
+    #[arg(long = "deny-helo", value_name = "PATTERN", value_parser = deny_pattern)]
+    pub deny_helo: Vec<DenyPattern>,
+    /// The old name of --deny-helo (still read, with a warning).
+    #[arg(long = "deny", value_name = "PATTERN", value_parser = deny_pattern, hide = true)]
+    pub deprecated_deny: Vec<DenyPattern>,
 }
 
 fn host_name(s: &str) -> Result<HostName, String> {
@@ -52,13 +57,10 @@ fn deny_pattern(s: &str) -> Result<DenyPattern, String> {
 }
 
 impl PolicyArgs {
-    /// Reads the configuration file named by `--config` (or takes the defaults) and applies
+    /// Reads the configuration file (see [`ConfigArgs`]; or takes the defaults) and applies
     /// these options over it. Nothing is validated yet: see [`Loaded::validate`].
     pub fn load(&self) -> Result<Loaded, ConfigError> {
-        let mut loaded = match &self.config {
-            Some(path) => Loaded::read(path)?,
-            None => Loaded::defaults(),
-        };
+        let mut loaded = self.config.load()?;
         self.apply_to(&mut loaded);
         Ok(loaded)
     }
@@ -85,7 +87,21 @@ impl PolicyArgs {
             &self.our_addr,
             &mut p.our_addrs,
         );
-        flags.extend("policy.deny", "--deny", &self.deny, &mut p.deny);
+        flags.extend(
+            "policy.deny_helo",
+            "--deny-helo",
+            &self.deny_helo,
+            &mut p.deny_helo,
+        );
+        if !self.deprecated_deny.is_empty() {
+            log::warn!("--deny is deprecated: use --deny-helo (a HELO name pattern)");
+            flags.extend(
+                "policy.deny_helo",
+                "--deny",
+                &self.deprecated_deny,
+                &mut p.deny_helo,
+            );
+        }
         if !self.dns_server.is_empty() {
             flags.set(
                 "dns.servers",
@@ -105,8 +121,7 @@ pub struct RunArgs {
     /// Interface to attach to (repeat for several) [default: the file's [kernel] interfaces].
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
-    /// XDP attach mode: auto tries native and falls back to generic with a warning
-    /// [default: auto].
+    /// XDP attach mode [default: auto].
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeChoice>,
     /// Where the Prometheus endpoint listens (path /metrics) [default: 127.0.0.1:9725].
@@ -125,33 +140,30 @@ pub struct RunArgs {
     /// [default: /sys/fs/bpf/helo-filter].
     #[arg(long, value_name = "DIR")]
     pub bpffs_dir: Option<PathBuf>,
-    /// Where the filter sits: `mx` (the MTA runs on this host) or `gateway` (this host
-    /// forwards SMTP traffic to MTAs elsewhere) [default: mx].
+    /// Where the filter sits [default: mx].
     #[arg(long, value_enum)]
     pub deployment: Option<Deployment>,
-    /// What to do with a rejected session: `reply` (the client reads `550 5.7.1 Access
-    /// denied - bogus HELO (<reason>)` in answer to its next command), `rst` (the client
-    /// gets a RST) or `drop` (the client gets silence). The MTA is freed in every case
-    /// [default: reply].
+    /// What to do with a rejected session (the MTA is freed in every case) [default: reply].
     #[arg(long, value_enum)]
     pub action: Option<Action>,
-    /// How a denied source's SYN is answered: `drop` (silence) or `rst` [default: drop].
+    /// How the SYN of a denied source (the deny list's, reputation's) is answered
+    /// [default: drop].
     #[arg(long, value_enum)]
     pub deny_answer: Option<DenyAnswer>,
     /// Enforce nothing: count the actions that would have been taken.
     #[arg(long)]
     pub monitor: bool,
     /// How long the kernel holds a flow's further segments waiting for its verdict before
-    /// letting them through (fail-open) [default: 5000].
-    #[arg(long, value_name = "MS")]
+    /// letting them through (fail-open): milliseconds, or 500ms, 5s, 1m [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::flag::<u32>(Unit::Millis))]
     pub gate_deadline_ms: Option<u32>,
     /// The known-good cache: a source whose last N sessions were accepted is no longer
     /// gated (its HELO still judged; a reject of it answered with a RST) [default: 0, off].
     #[arg(long, value_name = "N")]
     pub known_good_after: Option<u32>,
-    /// A daemon heartbeat older than this turns the gate off (the daemon is gone)
-    /// [default: 3000].
-    #[arg(long, value_name = "MS")]
+    /// A daemon heartbeat older than this turns the gate off (the daemon is gone):
+    /// milliseconds, or 500ms, 3s [default: 3s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::flag::<u32>(Unit::Millis))]
     pub heartbeat_timeout_ms: Option<u32>,
     /// A source (CIDR) the filter leaves alone: no capture, no gate, trusted by the policy
     /// (repeat for several; added to the file's).
@@ -165,11 +177,13 @@ pub struct RunArgs {
     /// [default: 5].
     #[arg(long, value_name = "SCORE")]
     pub reputation_threshold: Option<f64>,
-    /// Reputation scores halve in this many seconds [default: 3600].
-    #[arg(long, value_name = "SECS")]
+    /// Reputation scores halve in this time (seconds, or 90s, 15m, 12h, 1d, 1w)
+    /// [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = duration::flag::<u64>(Unit::Secs))]
     pub reputation_half_life: Option<u64>,
-    /// How long a source denied by its reputation stays denied, in seconds [default: 3600].
-    #[arg(long, value_name = "SECS")]
+    /// How long a source denied by its reputation stays denied (seconds, or 90s, 15m, 12h,
+    /// 1d, 1w) [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = duration::flag::<u64>(Unit::Secs))]
     pub deny_ttl: Option<u64>,
     /// Sources denied by reputation at most; the lowest scores are let go first
     /// [default: 10000].

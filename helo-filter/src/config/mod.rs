@@ -1,5 +1,6 @@
 //! The configuration: the file's sections, how it is read and located, the flags that
 //! override it, and the one validation that `run`, `reload` and `config check` share.
+pub mod duration;
 mod file;
 mod flags;
 mod locate;
@@ -7,6 +8,7 @@ mod policy_sections;
 mod postfix_section;
 mod replies;
 mod sections;
+mod source;
 mod validate;
 
 pub use file::*;
@@ -15,4 +17,5 @@ pub use policy_sections::*;
 pub use postfix_section::*;
 pub use replies::*;
 pub use sections::*;
+pub use source::*;
 pub use validate::*;

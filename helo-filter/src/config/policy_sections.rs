@@ -8,6 +8,7 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use super::duration;
 use crate::{
     dns::DnsSettings,
     policy::{Bundle, CheckMode, DenyPattern, Reason, rfc5321},
@@ -115,8 +116,12 @@ pub struct PolicySection {
     pub our_addrs: Vec<IpAddr>,
     /// Clients accepted without checks; unset means loopback only.
     pub trusted_networks: Option<Vec<IpNet>>,
-    /// Deny patterns: `name`, `*.suffix`, `/regex/`.
-    pub deny: Vec<DenyPattern>,
+    /// HELO names rejected as `denylisted`: `name`, `*.suffix`, `/regex/`.
+    pub deny_helo: Vec<DenyPattern>,
+    /// The old name of `deny_helo` (still read, with a warning): "deny" also names the
+    /// source CIDRs of `[lists] deny`, which drop SYNs.
+    #[serde(rename = "deny")]
+    pub deprecated_deny: Vec<DenyPattern>,
     /// Reject when the score reaches this (unset: never by score alone).
     pub score_threshold: Option<NonZeroU32>,
     /// Per-check modes.
@@ -133,11 +138,19 @@ impl Default for PolicySection {
             our_domains: Vec::new(),
             our_addrs: Vec::new(),
             trusted_networks: None,
-            deny: Vec::new(),
+            deny_helo: Vec::new(),
+            deprecated_deny: Vec::new(),
             score_threshold: None,
             checks: CheckModes::default(),
             weights: CheckWeights::default(),
         }
+    }
+}
+
+impl PolicySection {
+    /// Every HELO deny pattern: `deny_helo`'s and the old `deny`'s.
+    pub fn helo_patterns(&self) -> impl Iterator<Item = &DenyPattern> {
+        self.deny_helo.iter().chain(&self.deprecated_deny)
     }
 }
 
@@ -150,12 +163,15 @@ pub struct DnsSection {
     /// `ADDR:PORT` of the servers to ask; empty: the system configuration.
     pub servers: Vec<SocketAddr>,
     /// Deadline of one lookup in milliseconds.
+    #[serde(deserialize_with = "duration::millis")]
     pub deadline_ms: NonZeroU64,
     /// Cap on cached answers (0 disables the cache).
     pub cache_entries: usize,
     /// TTL in seconds of a negative answer without an SOA.
+    #[serde(deserialize_with = "duration::secs")]
     pub negative_ttl_secs: u64,
     /// Upper bound in seconds on any cached TTL.
+    #[serde(deserialize_with = "duration::secs")]
     pub max_ttl_secs: u64,
     /// Bound on DNS queries in flight.
     pub max_in_flight: NonZeroUsize,

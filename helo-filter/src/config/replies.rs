@@ -6,6 +6,12 @@
 //! `451 4.7.1 HELO check failed temporarily - try again later`, so that the sender tries
 //! again rather than bounce.
 //!
+//! `style = "postfix"` starts from Postfix's own HELO restrictions' replies instead, where
+//! they have one: `501 5.5.2` for a name that is not one (`reject_invalid_helo_hostname`),
+//! `504 5.5.2` for one that is not fully qualified (`reject_non_fqdn_helo_hostname`), and a
+//! temporary `450 4.7.1` for one that does not resolve (`reject_unknown_helo_hostname`:
+//! DNS may be wrong for a while). Per-reason keys override either style.
+//!
 //! `[postfix] reject_code`, `reject_text` and `defer_text`, from before the table, are
 //! still read as old names of the table's defaults.
 
@@ -24,6 +30,32 @@ const DEFAULT_TEMPFAIL: (u16, &str, &str) = (
     "4.7.1",
     "HELO check failed temporarily - try again later",
 );
+
+/// Which replies the table starts from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyStyle {
+    /// The seed's `550 5.7.1 Access denied - bogus HELO` for every reason.
+    #[default]
+    Seed,
+    /// Postfix's codes and texts for the reasons its HELO restrictions share.
+    Postfix,
+}
+
+/// Postfix's reply for a reason its own HELO restrictions reject for.
+fn postfix_style(reason: Reason) -> Option<(u16, &'static str, &'static str)> {
+    const INVALID_NAME: (u16, &str, &str) = (501, "5.5.2", "Helo command rejected: Invalid name");
+    match reason {
+        Reason::Syntax | Reason::BareIp | Reason::BadLiteralIp => Some(INVALID_NAME),
+        Reason::NotFqdn => Some((
+            504,
+            "5.5.2",
+            "Helo command rejected: need fully-qualified hostname",
+        )),
+        Reason::NoDns => Some((450, "4.7.1", "Helo command rejected: Host not found")),
+        _ => None,
+    }
+}
 
 /// A refusal's reply code: 4xx (try again later) or 5xx (permanent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +155,7 @@ pub struct ReplyKeys {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RepliesSection {
+    pub style: ReplyStyle,
     pub code: Option<ReplyCode>,
     pub enhanced: Option<EnhancedCode>,
     pub text: Option<ReplyText>,
@@ -221,14 +254,18 @@ impl Replies {
         let by_reason = Reason::ALL
             .into_iter()
             .map(|reason| {
-                let base = if reason == Reason::DnsTempfail {
-                    &tempfail
-                } else {
-                    &reject
+                let styled = match section.style {
+                    ReplyStyle::Postfix => postfix_style(reason).map(Reply::new),
+                    ReplyStyle::Seed => None,
+                };
+                let base = match styled {
+                    Some(styled) => styled,
+                    None if reason == Reason::DnsTempfail => tempfail.clone(),
+                    None => reject.clone(),
                 };
                 let reply = match section.reasons.get(&ReasonKey(reason)) {
                     Some(keys) => base.over(keys),
-                    None => base.clone(),
+                    None => base,
                 };
                 (reason, reply)
             })
@@ -315,6 +352,34 @@ mod tests {
             replies.reply(Reason::BareIp).line_for(Reason::BareIp),
             "550 5.7.1 Go away (bare_ip)"
         );
+    }
+
+    #[test]
+    fn the_postfix_style_answers_as_postfix_would_and_reason_keys_still_win() {
+        let replies = table(
+            "[replies]\nstyle = \"postfix\"\ntext = \"Go away\"\n\
+             [replies.reasons.syntax]\ntext = \"Bad name\"\n",
+        );
+        let line = |reason: Reason| replies.reply(reason).line_for(reason);
+        assert_eq!(
+            line(Reason::NoDns),
+            "450 4.7.1 Helo command rejected: Host not found (no_dns)"
+        );
+        assert_eq!(
+            line(Reason::NotFqdn),
+            "504 5.5.2 Helo command rejected: need fully-qualified hostname (not_fqdn)"
+        );
+        assert_eq!(
+            line(Reason::BareIp),
+            "501 5.5.2 Helo command rejected: Invalid name (bare_ip)"
+        );
+        assert_eq!(line(Reason::Syntax), "501 5.5.2 Bad name (syntax)");
+        assert_eq!(
+            line(Reason::Localhost),
+            "550 5.7.1 Go away (localhost)",
+            "a reason Postfix has no restriction for keeps the table's default"
+        );
+        assert!(replies.iter().all(|(_, r)| r.classes_agree()));
     }
 
     #[test]

@@ -8,15 +8,19 @@ use helo_filter_common::KernelConfig;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::{config::ReputationWeights, kernel::XdpModeChoice};
+use crate::{
+    config::{ReputationWeights, duration},
+    kernel::XdpModeChoice,
+};
 
 /// What is done about a rejected session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
-    /// The client reads `550 5.7.1 Access denied - bogus HELO (<reason>)` in answer to its
-    /// next command, then the connection ends; the MTA is freed at once (on an MX its
-    /// socket is destroyed, in a gateway it is sent a RST).
+    /// The client reads `550 5.7.1 Access denied - bogus HELO (<reason>)` (the reason's
+    /// `[replies]` entry) in answer to its next command, then the connection ends; the MTA
+    /// is freed (on an MX its socket is destroyed once it has answered the HELO, at most
+    /// 1 s after the verdict; in a gateway it is sent a RST).
     Reply,
     /// The server-side socket is destroyed; the client gets a RST.
     Rst,
@@ -79,12 +83,15 @@ pub struct EnforceSection {
     pub action: Action,
     pub monitor: bool,
     pub deny_answer: DenyAnswer,
+    #[serde(deserialize_with = "duration::millis")]
     pub gate_deadline_ms: u32,
+    #[serde(deserialize_with = "duration::millis")]
     pub heartbeat_timeout_ms: u32,
     /// The known-good cache: a source whose last this many sessions were accepted is no
     /// longer gated (0: off).
     pub known_good_after: u32,
     /// How long a source stays known-good after its last accepted session.
+    #[serde(deserialize_with = "duration::secs")]
     pub known_good_ttl_secs: u64,
 }
 
@@ -119,7 +126,9 @@ impl Default for EnforceSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ReputationSection {
     pub threshold: f64,
+    #[serde(deserialize_with = "duration::secs")]
     pub half_life_secs: u64,
+    #[serde(deserialize_with = "duration::secs")]
     pub deny_ttl_secs: u64,
     pub max_denied: usize,
     /// What a reject adds to its source's score, unless its primary reason has a weight of
@@ -242,6 +251,7 @@ pub struct StateSection {
     /// Where the kernel maps and links are pinned (on a BPF file system).
     pub bpffs_dir: PathBuf,
     /// Seconds between reputation snapshots (also written at every denial and at exit).
+    #[serde(deserialize_with = "duration::secs")]
     pub snapshot_interval_secs: NonZeroU64,
 }
 

@@ -362,6 +362,12 @@ fn problems(c: &PolicyFile) -> Vec<Problem> {
     let r = &c.replies;
     for (old, set, new, new_set) in [
         (
+            "policy.deny",
+            !c.policy.deprecated_deny.is_empty(),
+            "policy.deny_helo",
+            !c.policy.deny_helo.is_empty(),
+        ),
+        (
             "postfix.reject_code",
             c.postfix.reject_code.is_some(),
             "replies.code",

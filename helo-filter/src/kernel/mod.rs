@@ -38,7 +38,9 @@ pub static BASELINE_OBJECT: &[u8] =
 pub enum XdpModeChoice {
     /// Native (driver) mode, falling back to generic with a warning.
     Auto,
+    /// Native (driver) mode only: the start fails where the driver lacks it.
     Native,
+    /// Generic (skb) mode: works on any interface, at a higher cost per packet.
     Generic,
 }
 

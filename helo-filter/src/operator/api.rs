@@ -72,6 +72,8 @@ pub enum Command {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Answered by an [`Explanation`].
+    Explain { ip: IpAddr },
     /// Answered by [`Reloaded`].
     Reload,
     /// Answered by [`Detached`].
@@ -426,6 +428,38 @@ pub struct Flow {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Flows {
     pub flows: Vec<Flow>,
+}
+
+/// What a new connection from an address meets now (`explain`), in the kernel's order:
+/// an allow entry wins over a deny entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Standing {
+    /// An allow entry covers it: no capture, no gate, trusted by the policy.
+    Allowed,
+    /// A deny entry (the file's, the operator's or reputation's) covers it: its SYNs to the
+    /// SMTP ports are dropped (or answered with a RST).
+    Denied,
+    /// Its HELO is judged, as any source's.
+    Judged,
+}
+
+/// `explain`: why an address is treated as it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub address: IpAddr,
+    pub standing: Standing,
+    /// The daemon enforces nothing: reputation denials are counted, not put into the
+    /// kernel (so a source it would deny is still judged).
+    pub monitor: bool,
+    /// Allow entries that cover the address.
+    pub allow: Vec<Entry>,
+    /// Deny entries that cover it (sources; HELO patterns are not about addresses).
+    pub deny: Vec<Entry>,
+    /// The reputation of its source (IPv4 /32, IPv6 /64).
+    pub reputation: SourceScore,
+    /// Its latest sessions, newest first (at most 8).
+    pub sessions: Vec<Flow>,
 }
 
 /// `reload` (applied).

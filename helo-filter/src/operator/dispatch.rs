@@ -45,6 +45,7 @@ impl Handler for Operator {
             Command::ReputationReset { ip } => wire(self.reputation_reset(ip)),
             Command::Status => wire(Ok(self.status())),
             Command::Flows { limit } => wire(Ok(self.flows(limit))),
+            Command::Explain { ip } => wire(Ok(self.explain(ip))),
             Command::Reload => wire(self.reload().await),
             Command::Detach => wire(self.detach()),
         }

@@ -89,7 +89,7 @@ fn engine(
     {
         merged
             .policy
-            .deny
+            .deny_helo
             .push(DenyPattern::parse(&entry.pattern).map_err(|e| anyhow::anyhow!("{e}"))?);
     }
     Ok(PolicyEngine::new(merged.settings(), dns))
@@ -434,8 +434,7 @@ impl Operator {
             let in_file = inner
                 .file
                 .policy
-                .deny
-                .iter()
+                .helo_patterns()
                 .any(|p| p.to_string() == pattern);
             return Err(if in_file {
                 ControlError::new(
@@ -499,8 +498,7 @@ impl Operator {
         let helo = inner
             .file
             .policy
-            .deny
-            .iter()
+            .helo_patterns()
             .map(|p| HeloRow {
                 pattern: p.to_string(),
                 source: EntrySource::Config,

@@ -16,6 +16,7 @@ pub mod api;
 pub mod client;
 pub mod control;
 mod dispatch;
+mod explain;
 mod lists;
 pub mod state;
 
@@ -40,8 +41,9 @@ use crate::{
         state::{Lists, StateDir},
     },
     pipeline::{
+        history::FlowRecord,
         reputation::{SourceState, source_of},
-        stage::{FlowRecord, Stage},
+        stage::Stage,
     },
 };
 
@@ -299,7 +301,7 @@ impl Operator {
             lists: ListSizes {
                 allow: inner.file.lists.allow.len() + inner.lists.allow.len(),
                 deny: inner.file.lists.deny.len() + inner.lists.deny.len(),
-                deny_helo: inner.file.policy.deny.len() + inner.lists.deny_helo.len(),
+                deny_helo: inner.file.policy.helo_patterns().count() + inner.lists.deny_helo.len(),
             },
             reputation: ReputationSizes {
                 sources: self.stage.reputation().sources(),
@@ -321,7 +323,8 @@ impl Operator {
     fn flows(&self, limit: Option<usize>) -> Flows {
         let flows = self
             .stage
-            .recent_flows(limit.unwrap_or(20))
+            .history()
+            .recent(limit.unwrap_or(20))
             .iter()
             .map(flow)
             .collect();
@@ -406,7 +409,7 @@ fn sections(names: &[&str]) -> String {
 fn flow(record: &FlowRecord) -> Flow {
     Flow {
         at: record.at,
-        client: record.client.clone(),
+        client: record.client.to_string(),
         server: record.server.clone(),
         verb: record.verb.to_owned(),
         line: record.line.clone(),
@@ -427,7 +430,7 @@ mod tests {
         let mut next = start.clone();
         assert!(changed_sections(&start, &next).is_empty());
         next.policy
-            .deny
+            .deny_helo
             .push(crate::policy::DenyPattern::parse("*.example.net").expect("pattern"));
         next.enforce.action = crate::config::Action::Drop;
         next.reputation.deny_ttl_secs += 1;

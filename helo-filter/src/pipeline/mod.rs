@@ -3,6 +3,7 @@
 pub mod answer;
 pub mod capture;
 pub mod enforce;
+pub mod history;
 pub mod known_good;
 pub mod probe;
 pub mod reassembly;

@@ -75,4 +75,12 @@ impl NoHeloCause {
             NoHeloCause::CapExceeded => "cap_exceeded",
         }
     }
+
+    /// The line the client sent instead of a HELO, escaped (empty: none complete).
+    pub fn escaped_line(&self) -> &str {
+        match self {
+            NoHeloCause::OtherCommandFirst { escaped_line } => escaped_line,
+            NoHeloCause::CapExceeded => "",
+        }
+    }
 }

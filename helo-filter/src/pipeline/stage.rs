@@ -2,7 +2,6 @@
 //! and counted against its source's reputation; repeat offenders are denied in the kernel.
 
 use std::{
-    collections::VecDeque,
     net::IpAddr,
     sync::{
         Arc,
@@ -15,18 +14,19 @@ use helo_filter_common::origin;
 use ipnet::IpNet;
 use log::{info, warn};
 use parking_lot::{Mutex, MutexGuard, RwLock};
-use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{
     config::Action,
     kernel::lists::KernelLists,
+    logging::{self, Judged},
     metrics,
     pipeline::{
         enforce::{Enforcement, Enforcer},
+        history::{FlowRecord, History},
         probe::Probe,
         reputation::Reputation,
-        session::{NoHeloCause, Opening, Session},
+        session::{Opening, Session},
     },
     policy::{HeloInput, PolicyEngine, Verdict},
     tasks::Tasks,
@@ -34,9 +34,6 @@ use crate::{
 
 /// Validations running at once (each may wait on DNS); further sessions wait in the queue.
 const VALIDATIONS_IN_FLIGHT: usize = 512;
-
-/// Verdicts `helo-filter flows` can show.
-const RECENT_FLOWS: usize = 256;
 
 /// The policy engine in force; replaced whole when the operator changes what it depends on
 /// (a reload, a HELO deny pattern).
@@ -53,27 +50,10 @@ pub struct Stage {
     enforcer: Enforcer,
     reputation: Reputation,
     lists: Mutex<KernelLists>,
-    /// The latest verdicts, newest last.
-    recent: Mutex<VecDeque<FlowRecord>>,
+    /// The latest verdicts, for `flows` and `explain`.
+    history: History,
     /// Reputation denied or released a source since the last snapshot was written.
     reputation_changed: AtomicBool,
-}
-
-/// One judged session, as `helo-filter flows` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct FlowRecord {
-    /// Unix time of the verdict.
-    pub at: u64,
-    pub client: String,
-    pub server: String,
-    /// `HELO`, `EHLO`, or `none` for a session without one.
-    pub verb: &'static str,
-    /// The command line, escaped.
-    pub line: String,
-    pub verdict: &'static str,
-    pub reasons: Vec<&'static str>,
-    pub score: u32,
-    pub action: &'static str,
 }
 
 /// What the policy stage's queue carries: sessions, and now and then the watchdog's probe
@@ -120,7 +100,7 @@ impl Stage {
             enforcer,
             reputation,
             lists: Mutex::new(lists),
-            recent: Mutex::new(VecDeque::new()),
+            history: History::default(),
             reputation_changed: AtomicBool::new(false),
         }
     }
@@ -149,10 +129,9 @@ impl Stage {
         self.lists.lock()
     }
 
-    /// The latest verdicts, newest first, at most `limit`.
-    pub fn recent_flows(&self, limit: usize) -> Vec<FlowRecord> {
-        let recent = self.recent.lock();
-        recent.iter().rev().take(limit).cloned().collect()
+    /// The latest verdicts (`flows`, `explain`).
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// Whether reputation denied or released a source since the last call (a snapshot is
@@ -221,14 +200,11 @@ impl Stage {
     fn keep_recent(&self, session: &Session, verdict: &Verdict, action: Option<Action>) {
         let (verb, line) = match &session.opening {
             Opening::Helo(helo) => (helo.verb.as_str(), helo.escaped_line.clone()),
-            Opening::NoHelo(NoHeloCause::OtherCommandFirst { escaped_line }) => {
-                ("none", escaped_line.clone())
-            }
-            Opening::NoHelo(NoHeloCause::CapExceeded) => ("none", String::new()),
+            Opening::NoHelo(cause) => ("none", cause.escaped_line().to_owned()),
         };
         let record = FlowRecord {
             at: crate::clock::unix_now(),
-            client: session.client.to_string(),
+            client: session.client,
             server: session.server.to_string(),
             verb,
             line,
@@ -237,11 +213,7 @@ impl Stage {
             score: verdict.score,
             action: action.map_or("none", Action::as_str),
         };
-        let mut recent = self.recent.lock();
-        if recent.len() == RECENT_FLOWS {
-            recent.pop_front();
-        }
-        recent.push_back(record);
+        self.history.record(record);
     }
 
     /// Counts a verdict against its source's reputation, denying a repeat offender.
@@ -295,6 +267,31 @@ impl Stage {
 /// One log line per session: who, what they said (escaped), the verdict and the action
 /// (after `destroyed=true|false` where the MTA's socket was to be destroyed).
 fn report(session: &Session, verdict: &Verdict, enforcement: Option<Enforcement>) {
+    let action = enforcement.map_or("none", |done| done.action.as_str());
+    if logging::json() {
+        let (verb, pipelined, cause, line) = match &session.opening {
+            Opening::Helo(helo) => (
+                Some(helo.verb.as_str()),
+                Some(helo.pipelined),
+                None,
+                helo.escaped_line.as_str(),
+            ),
+            Opening::NoHelo(cause) => (None, None, Some(cause.as_str()), cause.escaped_line()),
+        };
+        let judged = Judged {
+            kind: if verb.is_some() { "helo" } else { "no_helo" },
+            client: &session.client,
+            server: Some(&session.server),
+            verb,
+            pipelined,
+            cause,
+            line,
+            instance: None,
+        };
+        let destroyed = enforcement.and_then(|done| done.destroyed);
+        logging::verdict_json(&judged, verdict, action, destroyed);
+        return;
+    }
     let what = match &session.opening {
         Opening::Helo(helo) => format!(
             "helo client={} server={} verb={} pipelined={} line=\"{}\"",
@@ -304,18 +301,13 @@ fn report(session: &Session, verdict: &Verdict, enforcement: Option<Enforcement>
             helo.pipelined,
             helo.escaped_line
         ),
-        Opening::NoHelo(cause) => {
-            let line = match cause {
-                NoHeloCause::OtherCommandFirst { escaped_line } => escaped_line.as_str(),
-                NoHeloCause::CapExceeded => "",
-            };
-            format!(
-                "no_helo client={} server={} cause={} line=\"{line}\"",
-                session.client,
-                session.server,
-                cause.as_str()
-            )
-        }
+        Opening::NoHelo(cause) => format!(
+            "no_helo client={} server={} cause={} line=\"{}\"",
+            session.client,
+            session.server,
+            cause.as_str(),
+            cause.escaped_line()
+        ),
     };
     let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
     let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
@@ -329,6 +321,6 @@ fn report(session: &Session, verdict: &Verdict, enforcement: Option<Enforcement>
         verdict.score,
         notes.join(","),
         verdict.dns_error_field(),
-        enforcement.map_or("none", |done| done.action.as_str())
+        action
     );
 }

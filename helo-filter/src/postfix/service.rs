@@ -1,9 +1,15 @@
 //! What the policy service answers: one request's HELO judged by the engine, the verdict
 //! turned into a Postfix action, each SMTP session logged (and fed to reputation) once.
+//!
+//! Postfix's habits: in monitor mode a bogus HELO is answered `WARN bogus HELO (<reason>)`,
+//! so that Postfix logs it in the maillog; a request at `protocol_state=CONNECT`, before any
+//! HELO, is answered `DUNNO` (a check placed there would otherwise reject every client for
+//! a HELO it has not sent yet), with a warning logged once.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -13,6 +19,7 @@ use parking_lot::Mutex;
 use super::protocol::{Received, Request};
 use crate::{
     config::Replies,
+    logging::{self, Judged},
     metrics,
     metrics::Outcome,
     pipeline::{
@@ -34,8 +41,13 @@ pub type RejectHook = Box<dyn Fn(IpAddr, &Verdict) + Send + Sync>;
 pub struct PolicyService {
     engine: SharedEngine,
     replies: Replies,
-    /// Rejections are logged and counted but answered `DUNNO`.
+    /// Rejections are logged and counted but answered `WARN`.
     monitor: bool,
+    /// Count each session's verdict in the verdict series: the standalone service's only
+    /// judge (in the daemon those series count the data path's verdicts).
+    counts_verdicts: bool,
+    /// A request came at `protocol_state=CONNECT` (warned about once).
+    warned_connect: AtomicBool,
     on_reject: Option<RejectHook>,
     sessions: Mutex<HashMap<String, Instant>>,
 }
@@ -51,9 +63,17 @@ impl PolicyService {
             engine,
             replies,
             monitor,
+            counts_verdicts: false,
+            warned_connect: AtomicBool::new(false),
             on_reject,
             sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The standalone service: its verdicts go into the verdict series.
+    pub fn counting_verdicts(mut self) -> PolicyService {
+        self.counts_verdicts = true;
+        self
     }
 
     /// The action for what was read (never fails: anything unusable gets `DUNNO`).
@@ -97,6 +117,10 @@ impl PolicyService {
             .parse()
             .map_err(|_| "client_address is not an IP address")?;
         let helo = request.get("helo_name").ok_or("no helo_name attribute")?;
+        if helo.is_empty() && request.get("protocol_state") == Some(b"CONNECT") {
+            self.warn_connect_once();
+            return Ok((Outcome::Dunno, "DUNNO".to_owned()));
+        }
         let mut input = if helo.is_empty() {
             // The client never said HELO/EHLO.
             HeloInput::without_helo(client)
@@ -108,10 +132,14 @@ impl PolicyService {
             .filter_map(|name| request.text(name))
             .find(|name| !name.is_empty() && *name != "unknown")
             .map(str::to_owned);
+        let started = Instant::now();
         let verdict = current(&self.engine).evaluate(&input).await;
         let (outcome, action) = self.action(&verdict);
         let instance = request.text("instance").unwrap_or_default();
         if self.first_request_of(instance) {
+            if self.counts_verdicts {
+                metrics::verdict(&verdict, started.elapsed());
+            }
             report(client, helo, instance, &verdict, &action);
             if verdict.is_reject()
                 && let Some(hook) = &self.on_reject
@@ -125,7 +153,11 @@ impl PolicyService {
     fn action(&self, verdict: &Verdict) -> (Outcome, String) {
         match verdict.primary() {
             None => (Outcome::Dunno, "DUNNO".to_owned()),
-            Some(_) if self.monitor => (Outcome::Dunno, "DUNNO".to_owned()),
+            // Postfix logs a WARN's text in the maillog and goes on.
+            Some(reason) if self.monitor => (
+                Outcome::Warn,
+                format!("WARN bogus HELO ({})", reason.as_str()),
+            ),
             // Deferred only if nothing else rejects the mail: Postfix answers 450 then.
             Some(reason @ Reason::DnsTempfail) => (
                 Outcome::Defer,
@@ -143,6 +175,16 @@ impl PolicyService {
                 };
                 (outcome, reply.line_for(reason))
             }
+        }
+    }
+
+    fn warn_connect_once(&self) {
+        if !self.warned_connect.swap(true, Ordering::Relaxed) {
+            warn!(
+                "policy request at protocol_state=CONNECT, before any HELO: answered DUNNO; \
+                 call check_policy_service from smtpd_helo_restrictions or later \
+                 (smtpd_recipient_restrictions) for the HELO to be judged"
+            );
         }
     }
 
@@ -169,6 +211,21 @@ impl PolicyService {
 
 /// One log line per SMTP session, like the data path's.
 fn report(client: IpAddr, helo: &[u8], instance: &str, verdict: &Verdict, action: &str) {
+    if logging::json() {
+        let line = escape_for_log(helo);
+        let judged = Judged {
+            kind: "policy",
+            client: &client,
+            server: None,
+            verb: None,
+            pipelined: None,
+            cause: None,
+            line: &line,
+            instance: Some(instance),
+        };
+        logging::verdict_json(&judged, verdict, action, None);
+        return;
+    }
     let reasons: Vec<&str> = verdict.reason_codes().map(|r| r.as_str()).collect();
     let notes: Vec<&str> = verdict.notes.iter().map(|n| n.as_str()).collect();
     info!(
@@ -249,13 +306,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn monitor_mode_answers_dunno_but_still_remembers() {
+    async fn monitor_mode_answers_warn_and_still_remembers() {
         let (service, told) = service(true);
         let got = service
             .answer(request(&rcpt("localhost", "m1")).await)
             .await;
-        assert_eq!(got, "DUNNO");
+        assert_eq!(got, "WARN bogus HELO (localhost)");
         assert_eq!(told.load(Ordering::Relaxed), 1);
+        let got = service
+            .answer(request(&rcpt("mail.example.net", "m2")).await)
+            .await;
+        assert_eq!(got, "DUNNO", "an accept is no warning");
+    }
+
+    #[tokio::test]
+    async fn a_request_at_connect_before_any_helo_is_dunno_and_no_rejection() {
+        let (service, told) = service(false);
+        let mut connect = rcpt("", "c1").to_vec();
+        connect.push(("protocol_state", "CONNECT"));
+        assert_eq!(service.answer(request(&connect).await).await, "DUNNO");
+        assert_eq!(told.load(Ordering::Relaxed), 0);
+        // Past CONNECT an empty HELO is a client that never sent one.
+        let mut rcpt_state = rcpt("", "c2").to_vec();
+        rcpt_state.push(("protocol_state", "RCPT"));
+        assert_eq!(
+            service.answer(request(&rcpt_state).await).await,
+            "550 5.7.1 Access denied - bogus HELO (no_helo)"
+        );
     }
 
     #[tokio::test]

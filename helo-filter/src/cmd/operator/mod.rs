@@ -1,44 +1,73 @@
-//! The operator's subcommands: each sends one request over the control socket, reads the
-//! result as its type in `operator::api`, and prints it readably or (`--json`) as the
-//! daemon's JSON result on one line. The schemas are in `docs/operations.md`. `config check`
-//! and, with no daemon running, `detach` work offline.
+//! The operator's subcommands: each sends one request over the control socket (found in the
+//! configuration file's `[control] socket` unless `--control-socket` names it), reads the
+//! result as its type in `operator::api`, and prints it for a person (`output`) or
+//! (`--json`) as the daemon's JSON result on one line. The schemas are in
+//! `docs/operations.md`. `config check` and, with no daemon running, `detach` work offline.
 //!
 //! Exit status: 0 done, 1 refused or failed (a one-line message on stderr; with `--json`
 //! also `{"ok":false,"kind":K,"error":TEXT}` on stdout), 2 usage.
 
+mod output;
+
 use std::{
-    fmt::Display,
     net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use clap::{Args, Subcommand};
 use ipnet::IpNet;
-use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
-    config::Loaded,
+    config::{
+        ConfigArgs, Loaded, PolicyFile,
+        duration::{self, Unit},
+    },
     kernel::pins::PinDir,
     operator::{
-        api::{
-            AllowList, Command, ControlError, DenyList, Detached, Entry, ErrorKind, Flows,
-            HeloEntry, Reloaded, Removed, ReputationList, ReputationReset, SourceScore, Status,
-        },
+        api::{Command, ControlError, Detached, ErrorKind},
         client,
-        control::DEFAULT_SOCKET,
     },
 };
 
 /// Options every operator subcommand takes.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// The daemon's control socket.
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, global = true)]
-    pub control_socket: PathBuf,
+    /// The daemon's control socket [default: the configuration file's `[control] socket`,
+    /// /run/helo-filter/control.sock].
+    #[arg(long, value_name = "PATH", global = true)]
+    pub control_socket: Option<PathBuf>,
     /// Print the daemon's JSON result on one line (schemas: docs/operations.md).
     #[arg(long, global = true)]
     pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl Common {
+    /// The configuration file, parsed: where the daemon keeps its socket and its pins.
+    fn file(&self) -> Result<PolicyFile, ControlError> {
+        self.config
+            .load()
+            .map(|loaded| loaded.config)
+            .map_err(|e| ControlError::new(ErrorKind::InvalidConfig, e.to_string()))
+    }
+
+    /// The control socket: the flag's, else the configuration file's.
+    fn socket(&self) -> Result<PathBuf, ControlError> {
+        match &self.control_socket {
+            Some(socket) => Ok(socket.clone()),
+            None => Ok(self.file()?.control.socket),
+        }
+    }
+}
+
+/// `--ttl`: seconds, or 90s, 15m, 12h, 1d, 1w.
+fn ttl(text: &str) -> Result<u64, String> {
+    match duration::parse(text, Unit::Secs)? {
+        0 => Err("a TTL of 0 would end at once; leave --ttl out for an entry that stays".into()),
+        secs => Ok(secs),
+    }
 }
 
 #[derive(Args, Clone, Debug)]
@@ -46,8 +75,9 @@ pub struct EntryArgs {
     /// An IPv4 or IPv6 address or CIDR.
     #[arg(value_name = "CIDR", value_parser = parse_net)]
     pub net: IpNet,
-    /// Seconds until the entry ends by itself.
-    #[arg(long, value_name = "SECS")]
+    /// How long until the entry ends by itself: seconds, or 90s, 15m, 12h, 1d, 1w
+    /// [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = ttl)]
     pub ttl: Option<u64>,
     /// Why it is there.
     #[arg(long, value_name = "TEXT")]
@@ -60,6 +90,7 @@ pub enum AllowCommand {
     Add(EntryArgs),
     /// Remove an operator entry.
     Del {
+        /// The entry's CIDR, as listed.
         #[arg(value_name = "CIDR", value_parser = parse_net)]
         net: IpNet,
     },
@@ -77,8 +108,9 @@ pub enum DenyCommand {
         /// A HELO name pattern: NAME, *.SUFFIX or /REGEX/.
         #[arg(long, value_name = "PATTERN")]
         helo: Option<String>,
-        /// Seconds until the entry ends by itself.
-        #[arg(long, value_name = "SECS")]
+        /// How long until the entry ends by itself: seconds, or 90s, 15m, 12h, 1d, 1w
+        /// [default: never].
+        #[arg(long, value_name = "DURATION", value_parser = ttl)]
         ttl: Option<u64>,
         /// Why it is there.
         #[arg(long, value_name = "TEXT")]
@@ -86,8 +118,10 @@ pub enum DenyCommand {
     },
     /// Remove an operator entry (a CIDR, or `--helo PATTERN`).
     Del {
+        /// The entry's CIDR, as listed.
         #[arg(value_name = "CIDR", value_parser = parse_net, required_unless_present = "helo", conflicts_with = "helo")]
         net: Option<IpNet>,
+        /// The HELO name pattern, as listed.
         #[arg(long, value_name = "PATTERN")]
         helo: Option<String>,
     },
@@ -99,19 +133,30 @@ pub enum DenyCommand {
 pub enum ReputationCommand {
     /// Sources by score, highest first.
     List {
+        /// Show only the N highest scores.
         #[arg(long, value_name = "N")]
         top: Option<usize>,
     },
     /// One source's score and denial.
-    Show { ip: IpAddr },
+    Show {
+        /// An address; its source is its IPv4 /32 or IPv6 /64.
+        ip: IpAddr,
+    },
     /// Forget a source's score and lift its reputation denial.
-    Reset { ip: IpAddr },
+    Reset {
+        /// An address; its source is its IPv4 /32 or IPv6 /64.
+        ip: IpAddr,
+    },
 }
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum ConfigCommand {
     /// Validate a configuration file offline (each error names file, line and key).
-    Check { file: PathBuf },
+    Check {
+        /// The file [default: the one -c/--config names, else
+        /// /etc/helo-filter/helo-filter.toml].
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -146,8 +191,17 @@ pub enum OperatorCommand {
     Flows {
         #[command(flatten)]
         common: Common,
+        /// Show at most N verdicts (the daemon keeps the last 256).
         #[arg(long, value_name = "N", default_value_t = 20)]
         limit: usize,
+    },
+    /// Why an address is treated as it is: the allow and deny entries that cover it, its
+    /// reputation, and its latest sessions with their verdicts.
+    Explain {
+        #[command(flatten)]
+        common: Common,
+        /// The client address.
+        ip: IpAddr,
     },
     /// Re-read the configuration file; a bad file is refused and the running one kept.
     Reload {
@@ -165,9 +219,10 @@ pub enum OperatorCommand {
     Detach {
         #[command(flatten)]
         common: Common,
-        /// Where the pins are, for a detach with no daemon running.
-        #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/helo-filter")]
-        bpffs_dir: PathBuf,
+        /// Where the pins are, for a detach with no daemon running [default: the
+        /// configuration file's `[state] bpffs_dir`, /sys/fs/bpf/helo-filter].
+        #[arg(long, value_name = "DIR")]
+        bpffs_dir: Option<PathBuf>,
     },
 }
 
@@ -183,8 +238,8 @@ pub fn run(command: OperatorCommand) -> i32 {
         OperatorCommand::Config {
             common,
             command: ConfigCommand::Check { file },
-        } => return config_check(&common, &file),
-        OperatorCommand::Detach { common, bpffs_dir } => return detach(&common, &bpffs_dir),
+        } => return config_check(&common, file),
+        OperatorCommand::Detach { common, bpffs_dir } => return detach(&common, bpffs_dir),
         OperatorCommand::Allow { common, command } => (common, allow_request(command)),
         OperatorCommand::Deny { common, command } => (common, deny_request(command)),
         OperatorCommand::Reputation { common, command } => (
@@ -197,10 +252,13 @@ pub fn run(command: OperatorCommand) -> i32 {
         ),
         OperatorCommand::Status { common } => (common, Command::Status),
         OperatorCommand::Flows { common, limit } => (common, Command::Flows { limit: Some(limit) }),
+        OperatorCommand::Explain { common, ip } => (common, Command::Explain { ip }),
         OperatorCommand::Reload { common } => (common, Command::Reload),
     };
-    match client::call(&common.control_socket, &request)
-        .and_then(|result| print(&common, &request, &result))
+    match common
+        .socket()
+        .and_then(|socket| client::call(&socket, &request))
+        .and_then(|result| output::print(&common, &request, &result))
     {
         Ok(()) => 0,
         Err(e) => failed(&common, &e),
@@ -258,8 +316,18 @@ fn deny_request(command: DenyCommand) -> Command {
     }
 }
 
-fn config_check(common: &Common, file: &std::path::Path) -> i32 {
-    let outcome = Loaded::read(file)
+fn config_check(common: &Common, file: Option<PathBuf>) -> i32 {
+    let Some(file) = file.or_else(|| common.config.file()) else {
+        return failed(
+            common,
+            &ControlError::new(
+                ErrorKind::InvalidArgument,
+                "no configuration file to check: name one, or create \
+                 /etc/helo-filter/helo-filter.toml",
+            ),
+        );
+    };
+    let outcome = Loaded::read(&file)
         .and_then(Loaded::validate)
         .map_err(|e| e.to_string());
     if common.json {
@@ -271,7 +339,7 @@ fn config_check(common: &Common, file: &std::path::Path) -> i32 {
     }
     match outcome {
         Ok(policy) => {
-            for warning in policy.reputation.warnings() {
+            for warning in policy.warnings() {
                 eprintln!("warning: {warning}");
             }
             if !common.json {
@@ -287,10 +355,22 @@ fn config_check(common: &Common, file: &std::path::Path) -> i32 {
 }
 
 /// Detaches through the daemon; with none running, removes the pins itself.
-fn detach(common: &Common, bpffs_dir: &Path) -> i32 {
-    let result = match client::call(&common.control_socket, &Command::Detach) {
+fn detach(common: &Common, bpffs_dir: Option<PathBuf>) -> i32 {
+    let located = common.socket().and_then(|socket| {
+        let bpffs_dir = match bpffs_dir {
+            Some(dir) => dir,
+            None => common.file()?.state.bpffs_dir,
+        };
+        Ok((socket, bpffs_dir))
+    });
+    let (socket, bpffs_dir) = match located {
+        Ok(located) => located,
+        Err(e) => return failed(common, &e),
+    };
+    let bpffs_dir: &Path = &bpffs_dir;
+    let result = match client::call(&socket, &Command::Detach) {
         Ok(result) => result,
-        Err(e) if e.kind == ErrorKind::Unavailable && !common.control_socket.exists() => {
+        Err(e) if e.kind == ErrorKind::Unavailable && !socket.exists() => {
             match PinDir::existing(bpffs_dir).map(|pins| pins.remove_all()) {
                 Some(Err(e)) => return failed(common, &ControlError::io(&e)),
                 Some(Ok(())) => {
@@ -310,193 +390,8 @@ fn detach(common: &Common, bpffs_dir: &Path) -> i32 {
         }
         Err(e) => return failed(common, &e),
     };
-    match print(common, &Command::Detach, &result) {
+    match output::print(common, &Command::Detach, &result) {
         Ok(()) => 0,
         Err(e) => failed(common, &e),
-    }
-}
-
-/// An optional value for a person: `-` for none.
-fn or_dash<T: Display>(value: &Option<T>) -> String {
-    value.as_ref().map_or_else(|| "-".to_owned(), T::to_string)
-}
-
-/// Section names for a person: `-` for none.
-fn names(list: &[String]) -> String {
-    if list.is_empty() {
-        "-".to_owned()
-    } else {
-        list.join(", ")
-    }
-}
-
-/// Reads `result` as the command's result type and prints it: the daemon's JSON on one
-/// line, or (`human`) for a person.
-fn show<T: DeserializeOwned>(
-    common: &Common,
-    result: &Value,
-    human: impl FnOnce(T),
-) -> Result<(), ControlError> {
-    let typed: T = client::typed(result)?;
-    if common.json {
-        println!("{result}");
-    } else {
-        human(typed);
-    }
-    Ok(())
-}
-
-fn entry_rows(entries: &[Entry]) {
-    for e in entries {
-        list_row(&e.net, e.source.as_str(), &e.expires_in_secs, &e.comment);
-    }
-}
-
-/// One line of `allow list` or `deny list`: what, where it comes from, its expiry, its comment.
-fn list_row(what: &dyn Display, source: &str, expiry: &Option<u64>, comment: &Option<String>) {
-    println!(
-        "{what}  {source}  {}  {}",
-        or_dash(expiry),
-        or_dash(comment)
-    );
-}
-
-fn entry_fields(e: &Entry) {
-    println!("net {}", e.net);
-    println!("source {}", e.source.as_str());
-    println!("expires_at {}", or_dash(&e.expires_at));
-    println!("expires_in_secs {}", or_dash(&e.expires_in_secs));
-    println!("comment {}", or_dash(&e.comment));
-    println!("added_at {}", or_dash(&e.added_at));
-}
-
-fn status_lines(status: Status) {
-    for iface in &status.interfaces {
-        println!(
-            "interface {} mode={} adopted={}",
-            iface.name, iface.mode, iface.adopted
-        );
-    }
-    println!("uptime_secs {}", status.uptime_secs);
-    println!("deployment {}", status.deployment);
-    println!("action {}", status.action);
-    println!("monitor {}", status.monitor);
-    println!("bundle {}", status.bundle);
-    let config = &status.configuration;
-    let now = crate::clock::unix_now();
-    println!(
-        "config {} (in force since {}, {} s ago)",
-        config
-            .file
-            .as_deref()
-            .unwrap_or("none (defaults and flags)"),
-        config.loaded_at,
-        now.saturating_sub(config.loaded_at)
-    );
-    println!("config.applied {}", names(&config.applied));
-    if !config.pending_restart.is_empty() {
-        println!(
-            "config.pending_restart {} (changed in the file; enforced at the next restart)",
-            names(&config.pending_restart)
-        );
-    }
-    if let Some(refused) = &config.refused {
-        println!(
-            "config.refused {} s ago, the configuration above stays in force: {}",
-            now.saturating_sub(refused.at),
-            refused.error
-        );
-    }
-    let lists = &status.lists;
-    println!("lists.allow {}", lists.allow);
-    println!("lists.deny {}", lists.deny);
-    println!("lists.deny_helo {}", lists.deny_helo);
-    println!("reputation.sources {}", status.reputation.sources);
-    println!("reputation.denied {}", status.reputation.denied);
-    for (name, value) in &status.counters {
-        println!("counters.{name} {value}");
-    }
-    println!("state_dir {}", status.state_dir);
-    println!("bpffs_dir {}", status.bpffs_dir);
-}
-
-/// Prints a command's result: one JSON line, or lines for a person.
-fn print(common: &Common, request: &Command, result: &Value) -> Result<(), ControlError> {
-    match request {
-        Command::AllowAdd { .. } | Command::DenyAdd { .. } => {
-            show(common, result, |e: Entry| entry_fields(&e))
-        }
-        Command::DenyHeloAdd { .. } => show(common, result, |e: HeloEntry| {
-            println!("pattern {}", e.pattern);
-            println!("source {}", e.source.as_str());
-            println!("expires_at {}", or_dash(&e.expires_at));
-            println!("comment {}", or_dash(&e.comment));
-            println!("added_at {}", or_dash(&e.added_at));
-        }),
-        Command::AllowDel { .. } | Command::DenyDel { .. } | Command::DenyHeloDel { .. } => {
-            show(common, result, |r: Removed| {
-                println!("removed {}", r.removed)
-            })
-        }
-        Command::AllowList => show(common, result, |l: AllowList| entry_rows(&l.entries)),
-        Command::DenyList => show(common, result, |l: DenyList| {
-            entry_rows(&l.entries);
-            for h in &l.helo {
-                list_row(&h.pattern, h.source.as_str(), &h.expires_at, &h.comment);
-            }
-        }),
-        Command::ReputationList { .. } => show(common, result, |l: ReputationList| {
-            for s in &l.sources {
-                println!(
-                    "{}  {:.2}  {}",
-                    s.source,
-                    s.score,
-                    or_dash(&s.denied_for_secs)
-                );
-            }
-        }),
-        Command::ReputationShow { .. } => show(common, result, |s: SourceScore| {
-            println!("source {}", s.source);
-            println!("score {:.2}", s.score);
-            println!("denied_for_secs {}", or_dash(&s.denied_for_secs));
-        }),
-        Command::ReputationReset { .. } => show(common, result, |r: ReputationReset| {
-            println!("source {}", r.source);
-            println!("was_known {}", r.was_known);
-        }),
-        Command::Status => show(common, result, status_lines),
-        Command::Flows { .. } => show(common, result, |f: Flows| {
-            for f in &f.flows {
-                let reasons = if f.reasons.is_empty() {
-                    "-".to_owned()
-                } else {
-                    f.reasons.join(",")
-                };
-                println!(
-                    "{}  {}  {}  {}  {}  {}  {}",
-                    f.at, f.client, f.verb, f.line, f.verdict, reasons, f.action
-                );
-            }
-        }),
-        Command::Reload => show(common, result, |r: Reloaded| {
-            println!(
-                "reloaded {}",
-                r.reloaded.as_deref().unwrap_or("(defaults and flags)")
-            );
-            println!("applied {}", names(&r.applied));
-            if !r.pending_restart.is_empty() {
-                println!(
-                    "pending_restart {} (changed in the file; enforced at the next restart)",
-                    names(&r.pending_restart)
-                );
-            }
-        }),
-        Command::Detach => show(common, result, |d: Detached| {
-            println!("detached {}", d.detached);
-            println!("bpffs_dir {}", d.bpffs_dir);
-            if let Some(daemon) = d.daemon {
-                println!("daemon {daemon}");
-            }
-        }),
     }
 }
