@@ -290,6 +290,8 @@ pub struct DenyEntry {
 pub mod origin {
     pub const OPERATOR: u32 = 1;
     pub const REPUTATION: u32 = 2;
+    /// Another member of the fleet denied the source (docs/fleet.md).
+    pub const FLEET: u32 = 3;
 }
 
 /// Per-flow capture state kept by the kernel in an LRU hash keyed by `FlowKey`.

@@ -6,6 +6,7 @@ pub mod config;
 pub mod dns;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod fleet;
 pub mod io;
 pub mod kernel;
 pub mod logging;

@@ -44,6 +44,22 @@ pub const TASK_PANICS: &str = "helo_filter_task_panics_total";
 pub const REPLIES: &str = "helo_filter_replies_total";
 pub const KNOWN_GOOD: &str = "helo_filter_known_good_total";
 pub const BUILD_INFO: &str = "helo_filter_build_info";
+pub const FLEET_CONNECTED: &str = "helo_filter_fleet_connected";
+pub const FLEET_DENIALS: &str = "helo_filter_fleet_denials_total";
+pub const FLEET_ERRORS: &str = "helo_filter_fleet_errors_total";
+pub const FLEET_PROPAGATION: &str = "helo_filter_fleet_propagation_seconds";
+/// `helo_filter_fleet_errors_total{kind}`'s values.
+const FLEET_ERROR_KINDS: [&str; 9] = [
+    "connect",
+    "subscribe",
+    "command",
+    "decode",
+    "encode",
+    "refused",
+    "kernel",
+    "queue_full",
+    "stopped",
+];
 
 /// Buckets of the verdict latency (seconds): 10 µs to 1 s, since a verdict is meant to take
 /// microseconds.
@@ -257,6 +273,14 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     counter!(TASK_PANICS).absolute(0);
     let _ = histogram!(HELO_TO_ACTION);
     let _ = histogram!(HELO_TO_VERDICT);
+    fleet_connected(false);
+    for direction in ["sent", "received"] {
+        counter!(FLEET_DENIALS, "direction" => direction).absolute(0);
+    }
+    for kind in FLEET_ERROR_KINDS {
+        counter!(FLEET_ERRORS, "kind" => kind).absolute(0);
+    }
+    let _ = histogram!(FLEET_PROPAGATION);
     Ok(())
 }
 
@@ -406,6 +430,44 @@ fn describe_series() {
         BUILD_INFO,
         "Always 1: the version and commit of the running helo-filter"
     );
+    describe_gauge!(
+        FLEET_CONNECTED,
+        "1 while connected to the fleet's Redis (0 also where no [fleet] is configured)"
+    );
+    describe_counter!(
+        FLEET_DENIALS,
+        "Fleet denials by direction: this member's shared (sent), other members' taken and \
+         enforced here (received)"
+    );
+    describe_counter!(
+        FLEET_ERRORS,
+        "Fleet errors by kind: connect, subscribe, command, decode, encode, refused (a \
+         fleet denial local rules refuse), kernel, queue_full, stopped"
+    );
+    describe_histogram!(
+        FLEET_PROPAGATION,
+        "From a denial made on one member to its enforcement here (members' clocks by NTP)"
+    );
+}
+
+/// Whether the fleet's Redis is connected.
+pub fn fleet_connected(connected: bool) {
+    gauge!(FLEET_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// A fleet denial sent or received.
+pub fn fleet_denial(direction: &'static str) {
+    counter!(FLEET_DENIALS, "direction" => direction).increment(1);
+}
+
+/// A fleet error (`kind`: one of [`FLEET_ERROR_KINDS`]).
+pub fn fleet_error(kind: &'static str) {
+    counter!(FLEET_ERRORS, "kind" => kind).increment(1);
+}
+
+/// How long a fleet denial took from its member to this one.
+pub fn fleet_propagation(lag: Duration) {
+    histogram!(FLEET_PROPAGATION).record(lag.as_secs_f64());
 }
 
 /// One policy-service reply.

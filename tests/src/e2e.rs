@@ -25,10 +25,7 @@ pub fn unique_name(test: &str) -> String {
 /// this test process and test.
 pub fn lab(test: &str) -> Lab {
     require_root();
-    let mut lab = Lab::create(&unique_name(test)).expect("creating the lab");
-    lab.start_smtp_sink().expect("starting smtp-sink");
-    lab.start_dns().expect("starting dnsmasq");
-    lab
+    Lab::create_serving(&unique_name(test)).expect("creating the lab")
 }
 
 /// A lab whose MX runs a real Postfix (HELO required, no HELO restrictions of its own)

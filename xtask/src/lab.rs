@@ -112,6 +112,15 @@ impl Lab {
         Ok(lab)
     }
 
+    /// [`Lab::create`] with smtp-sink on the MX's port 25 and the fixture DNS where the
+    /// filter runs: the lab most end-to-end tests use.
+    pub fn create_serving(name: &str) -> anyhow::Result<Lab> {
+        let mut lab = Lab::create(name)?;
+        lab.start_smtp_sink()?;
+        lab.start_dns()?;
+        Ok(lab)
+    }
+
     /// A gateway lab: client ─ gateway (routes between the two subnets; the filter runs
     /// here, on the client-facing side) ─ MX.
     ///

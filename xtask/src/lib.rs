@@ -2,11 +2,12 @@
 //! with the end-to-end tests.
 //!
 //! Layers, each module using only those below it: `paths`; `process`, `http`; `netns`, `corpus`;
-//! `dns_fixture`; `lab`; `daemon`, `sessions`, `setup`; `bench`.
+//! `dns_fixture`; `lab`; `daemon`, `fleet_lab`, `sessions`, `setup`; `bench`.
 pub mod bench;
 pub mod corpus;
 pub mod daemon;
 pub mod dns_fixture;
+pub mod fleet_lab;
 pub mod http;
 pub mod lab;
 pub mod netns;

@@ -33,6 +33,10 @@ enum Task {
     /// Without arguments: the filter in a throwaway lab with scripted sessions. With
     /// arguments after `--`: `helo-filter run ARGS` on real interfaces.
     Run {
+        /// A fleet of two MX hosts sharing one Redis instead: a source denied on one is
+        /// dropped on the other (docs/fleet.md).
+        #[arg(long, conflicts_with = "daemon_args")]
+        fleet: bool,
         #[arg(last = true)]
         daemon_args: Vec<String>,
     },
@@ -63,8 +67,9 @@ fn main() -> anyhow::Result<()> {
     ensure_cargo_bin_on_path();
     match cli.task {
         Task::Setup => setup::run(),
-        Task::Run { daemon_args } if daemon_args.is_empty() => run_lab(),
-        Task::Run { daemon_args } => run_real(&daemon_args),
+        Task::Run { fleet: true, .. } => run_fleet_lab(),
+        Task::Run { daemon_args, .. } if daemon_args.is_empty() => run_lab(),
+        Task::Run { daemon_args, .. } => run_real(&daemon_args),
         Task::Lint => lint(),
         Task::Test => test(),
         Task::Bench { quick, only } => bench(quick, &only),
@@ -312,6 +317,84 @@ fn run_lab() -> anyhow::Result<()> {
     drop(lab);
     println!("lab {LAB_NAME} removed");
     result
+}
+
+/// The fleet lab `cargo xtask run --fleet` uses (members `hffleet0`, `hffleet1`).
+const FLEET_LAB_NAME: &str = "hffleet";
+
+/// Two MX hosts, each with its filter, sharing one Redis: bogus sessions from one source to
+/// the first until its reputation denies it, then that source's SYN to the second, dropped.
+fn run_fleet_lab() -> anyhow::Result<()> {
+    setup::run()?;
+    build_daemon()?;
+    ctrlc::set_handler(|| {
+        println!("\ninterrupted: tearing the fleet lab down");
+        for i in 0..2 {
+            lab::remove(&format!("{FLEET_LAB_NAME}{i}"));
+        }
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")?;
+    println!("creating fleet lab {FLEET_LAB_NAME}: two MX labs and a redis-server joining them");
+    let fleet = xtask::fleet_lab::FleetLab::create(FLEET_LAB_NAME, 2)?;
+    println!("redis-server (with a password) at {}", fleet.redis().url());
+    // Under action `reply` a reject adds 0.5 to its source's score: two deny it (scores
+    // decay from the first moment, so a threshold of 1 would take a third).
+    let reputation = "[reputation]\nthreshold = 0.9\n";
+    let mut daemons = Vec::new();
+    for (i, lab) in fleet.members.iter().enumerate() {
+        let config = fleet.member_config(i, reputation)?;
+        println!(
+            "member mx{} filters {} ({})",
+            i + 1,
+            lab.mx_ns,
+            config.display()
+        );
+        daemons.push(Daemon::start(
+            lab,
+            &["--config", &config.to_string_lossy()],
+            true,
+        )?);
+    }
+    let (mx1, mx2) = (&fleet.members[0], &fleet.members[1]);
+    let source = SocketAddr::new(IpAddr::V4(lab::client_v4(1)), 0);
+    for port in [40101, 40102] {
+        let client = SocketAddr::new(source.ip(), port);
+        println!("client {client} says HELO localhost to mx1");
+        match sessions::swaks_run(mx1, client, Greeting::Helo, "localhost") {
+            Ok(run) => println!("  → {}", run.outcome),
+            Err(e) => println!("  → the client failed: {e:#}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let client = SocketAddr::new(source.ip(), 40103);
+    println!("client {client} connects to mx2, which has never seen it");
+    let outcome = xtask::netns::in_netns(&mx2.client_ns, move || {
+        sessions::connect_from_within(
+            client,
+            SocketAddr::new(IpAddr::V4(lab::MX_V4), lab::SMTP_PORT),
+            Duration::from_secs(1),
+        )
+        .map(drop)
+    });
+    match &outcome {
+        Ok(()) => println!("  → connected: the fleet's denial did not reach mx2"),
+        Err(_) => println!("  → no answer: mx2 drops its SYN, denied by mx1 through the fleet"),
+    }
+    for args in [&["deny", "list"][..], &["status"]] {
+        println!("mx2: helo-filter {}:", args.join(" "));
+        match daemon::cli(mx2, args) {
+            Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
+            Err(e) => println!("  {e:#}"),
+        }
+    }
+    drop(daemons);
+    drop(fleet);
+    println!("fleet lab {FLEET_LAB_NAME} removed");
+    match outcome {
+        Ok(()) => bail!("mx2 still answers the source mx1 denied"),
+        Err(_) => Ok(()),
+    }
 }
 
 fn play_script(lab: &Lab, daemon: &Daemon) -> anyhow::Result<()> {

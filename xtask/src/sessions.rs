@@ -288,6 +288,15 @@ pub fn raw_session(
 /// Connects from `client` (address and port) with SO_REUSEADDR, so that the fixed
 /// ports the tests use are free again right after a session.
 pub fn connect_from(client: SocketAddr, server: SocketAddr) -> anyhow::Result<TcpStream> {
+    connect_from_within(client, server, Duration::from_secs(5))
+}
+
+/// [`connect_from`] with a time limit of `timeout`.
+pub fn connect_from_within(
+    client: SocketAddr,
+    server: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(client),
         Type::STREAM,
@@ -298,7 +307,7 @@ pub fn connect_from(client: SocketAddr, server: SocketAddr) -> anyhow::Result<Tc
         .bind(&client.into())
         .with_context(|| format!("bind {client}"))?;
     socket
-        .connect_timeout(&server.into(), Duration::from_secs(5))
+        .connect_timeout(&server.into(), timeout)
         .with_context(|| format!("connect {client} -> {server}"))?;
     Ok(socket.into())
 }

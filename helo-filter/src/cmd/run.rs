@@ -19,6 +19,7 @@ use tokio::{
 
 use crate::{
     config::{Action, Deployment, HEARTBEAT_INTERVAL_MS, PolicyFile, RunArgs},
+    fleet::{self, Fleet, wire::DenialKind},
     io::{
         notify::{self, Notifier},
         raw_socket::RawSockets,
@@ -214,6 +215,35 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
     })
 }
 
+/// Joins the fleet (`[fleet]`, docs/fleet.md): its link to Redis runs as a task, reputation
+/// denials are shared when so configured, and the start waits up to 5 s for the fleet's
+/// denials, so that a source another member denied meanwhile is dropped before READY=1.
+async fn join_fleet(
+    file: &PolicyFile,
+    stage: &Arc<Stage>,
+    operator: &Arc<Operator>,
+    tasks: &Tasks,
+) -> anyhow::Result<()> {
+    let local = Arc::clone(operator) as Arc<dyn fleet::Local>;
+    let fleet = Fleet::start(&file.fleet, Arc::clone(stage), local, tasks)?;
+    operator.set_fleet(fleet.clone());
+    if fleet.shares_reputation() {
+        let sharing = fleet.clone();
+        stage.on_denied(Box::new(move |source, ttl| {
+            let expires_at = crate::clock::unix_now() + ttl.as_secs();
+            sharing.share(source, DenialKind::Reputation, expires_at, None);
+        }));
+    }
+    if !fleet.synced(fleet::START_WAIT).await {
+        warn!(
+            "fleet: Redis did not answer within {} s: starting without the fleet's denials \
+             (read when it answers)",
+            fleet::START_WAIT.as_secs()
+        );
+    }
+    Ok(())
+}
+
 /// Reputation as configured; under action `reply` a reject counts `reply_weight` of its
 /// weight.
 fn reputation_settings(file: &PolicyFile) -> ReputationSettings {
@@ -319,6 +349,9 @@ async fn spawn(
     tasks.every(interval, "writing the reputation snapshot", move || {
         snapshotting.snapshot_reputation()
     });
+    if file.fleet.redis.is_some() {
+        join_fleet(file, &daemon.stage, &daemon.operator, tasks).await?;
+    }
     if let Some(listen) = &file.postfix.listen {
         let listener = Listener::bind(listen, &file.postfix.socket_group).await?;
         let remembering = Arc::clone(&daemon.stage);

@@ -11,9 +11,9 @@ use helo_filter_common::{KernelConfig, MAX_SMTP_PORTS};
 use serde::Deserialize;
 
 use super::{
-    Action, ControlSection, DenyAnswer, DnsSection, EnforceSection, KernelSection, ListsSection,
-    MetricsSection, PolicySection, PostfixSection, Replies, RepliesSection, ReputationSection,
-    StateSection, locate::locate,
+    Action, ControlSection, DenyAnswer, DnsSection, EnforceSection, FleetSection, KernelSection,
+    ListsSection, MetricsSection, PolicySection, PostfixSection, Replies, RepliesSection,
+    ReputationSection, StateSection, locate::locate,
 };
 use crate::{
     dns::{DnsBuildError, DnsClient, DnsObserver, DnsSettings},
@@ -49,6 +49,8 @@ pub struct PolicyFile {
     pub metrics: MetricsSection,
     /// `[state]`
     pub state: StateSection,
+    /// `[fleet]`
+    pub fleet: FleetSection,
 }
 
 /// A configuration error, located when possible.

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 
 use super::{
     Action, ConfigArgs, ConfigError, DenyAnswer, Deployment, HostName, ListenAddr, Loaded,
-    PolicyFile,
+    PolicyFile, RedisUrl,
     duration::{self, Unit},
 };
 use crate::{
@@ -193,6 +193,10 @@ pub struct RunArgs {
     /// (over the file's `[postfix] listen`).
     #[arg(long, value_name = "ADDR")]
     pub policy_listen: Option<ListenAddr>,
+    /// Join the fleet whose Redis is at URL: redis://HOST[:PORT] or rediss:// (over the
+    /// file's `[fleet] redis`; the rest of `[fleet]` from the file).
+    #[arg(long, value_name = "URL")]
+    pub fleet_redis: Option<RedisUrl>,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }
@@ -340,6 +344,12 @@ impl RunArgs {
             "--policy-listen",
             self.policy_listen.clone().map(Some),
             &mut file.postfix.listen,
+        );
+        flags.set(
+            "fleet.redis",
+            "--fleet-redis",
+            self.fleet_redis.clone().map(Some),
+            &mut file.fleet.redis,
         );
     }
 }

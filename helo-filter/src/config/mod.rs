@@ -3,6 +3,7 @@
 pub mod duration;
 mod file;
 mod flags;
+mod fleet_section;
 mod locate;
 mod policy_sections;
 mod postfix_section;
@@ -13,6 +14,7 @@ mod validate;
 
 pub use file::*;
 pub use flags::*;
+pub use fleet_section::*;
 pub use policy_sections::*;
 pub use postfix_section::*;
 pub use replies::*;

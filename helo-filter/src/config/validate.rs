@@ -285,15 +285,45 @@ fn problems(c: &PolicyFile) -> Vec<Problem> {
             format!("a finite number, 0 or more, {weight} given"),
         );
     }
-    let deny_entries = reputation.max_denied.saturating_add(c.lists.deny.len());
+    let fleet = &c.fleet;
+    let fleet_held = if fleet.redis.is_some() {
+        fleet.max_denied
+    } else {
+        0
+    };
+    let deny_entries = reputation
+        .max_denied
+        .saturating_add(c.lists.deny.len())
+        .saturating_add(fleet_held);
     refuse(
         "reputation.max_denied",
         deny_entries > maps::DENY_CAPACITY as usize,
         format!(
-            "max_denied plus the [lists] deny entries ({deny_entries}) must fit the kernel's \
-             deny map ({} entries)",
+            "max_denied plus the [lists] deny entries plus [fleet] max_denied \
+             ({deny_entries}) must fit the kernel's deny map ({} entries)",
             maps::DENY_CAPACITY
         ),
+    );
+    refuse(
+        "fleet.max_denied",
+        fleet.max_denied == 0,
+        "at least 1 (a member holds the fleet's denials it enforces)".into(),
+    );
+    let fleet_name_ok = |name: &str| {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    refuse(
+        "fleet.prefix",
+        !fleet_name_ok(&fleet.prefix),
+        "1 to 64 letters, digits, '-', '_' or '.' (it starts every key and channel)".into(),
+    );
+    refuse(
+        "fleet.name",
+        fleet.name.as_deref().is_some_and(|n| !fleet_name_ok(n)),
+        "1 to 64 letters, digits, '-', '_' or '.'".into(),
     );
     refuse(
         "lists.allow",

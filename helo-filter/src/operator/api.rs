@@ -41,6 +41,9 @@ pub enum Command {
         ttl_secs: Option<u64>,
         #[serde(default)]
         comment: Option<String>,
+        /// Shared with the fleet (docs/fleet.md).
+        #[serde(default)]
+        fleet: bool,
     },
     /// Answered by a [`HeloEntry`].
     DenyHeloAdd {
@@ -51,7 +54,12 @@ pub enum Command {
         comment: Option<String>,
     },
     /// Answered by [`Removed`].
-    DenyDel { net: IpNet },
+    DenyDel {
+        net: IpNet,
+        /// Lifted on every member of the fleet.
+        #[serde(default)]
+        fleet: bool,
+    },
     /// Answered by [`Removed`].
     DenyHeloDel { pattern: String },
     /// Answered by a [`DenyList`].
@@ -140,6 +148,8 @@ pub enum ErrorKind {
     NotFound,
     /// The entry belongs to the configuration file: edit the file and reload.
     ConfigEntry,
+    /// The entry came from the fleet: `deny del --fleet` lifts it on every member.
+    FleetEntry,
     /// `reload`: the file does not load or validate (or its DNS settings cannot be set
     /// up); the running configuration is kept.
     InvalidConfig,
@@ -168,6 +178,7 @@ impl ErrorKind {
             ErrorKind::InvalidArgument => "invalid_argument",
             ErrorKind::NotFound => "not_found",
             ErrorKind::ConfigEntry => "config_entry",
+            ErrorKind::FleetEntry => "fleet_entry",
             ErrorKind::InvalidConfig => "invalid_config",
             ErrorKind::Kernel => "kernel",
             ErrorKind::Io => "io",
@@ -254,6 +265,8 @@ pub enum EntrySource {
     Operator,
     /// Reputation (deny list only).
     Reputation,
+    /// Another member of the fleet (deny list only).
+    Fleet,
 }
 
 impl EntrySource {
@@ -262,6 +275,7 @@ impl EntrySource {
             EntrySource::Config => "config",
             EntrySource::Operator => "operator",
             EntrySource::Reputation => "reputation",
+            EntrySource::Fleet => "fleet",
         }
     }
 }
@@ -277,6 +291,10 @@ pub struct Entry {
     pub comment: Option<String>,
     /// Unix time it was added (operator entries).
     pub added_at: Option<u64>,
+    /// The fleet member that made a fleet entry, or that this member shares an operator
+    /// entry with (`deny add --fleet`: this one's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// A HELO deny pattern (`deny add --helo`, and the deny list).
@@ -405,6 +423,9 @@ pub struct Status {
     pub state_dir: String,
     pub bpffs_dir: String,
     pub configuration: ConfigState,
+    /// The fleet, when this member is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::FleetStatus>,
 }
 
 /// One judged session.
@@ -537,6 +558,7 @@ mod tests {
             expires_in_secs: None,
             comment: None,
             added_at: None,
+            member: None,
         };
         assert_eq!(
             serde_json::to_string(&entry).expect("json"),

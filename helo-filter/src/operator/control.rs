@@ -150,7 +150,8 @@ mod tests {
             Ok(Command::DenyAdd {
                 net: "198.51.100.0/24".parse().expect("net"),
                 ttl_secs: Some(60),
-                comment: None
+                comment: None,
+                fleet: false,
             })
         );
         assert_eq!(

@@ -127,6 +127,7 @@ fn operator_entry(entry: &NetEntry, now: u64) -> Entry {
         expires_in_secs: entry.expires_at.map(|at| at.saturating_sub(now)),
         comment: entry.comment.clone(),
         added_at: Some(entry.added_at),
+        member: None,
     }
 }
 
@@ -138,6 +139,7 @@ fn config_entry(net: &IpNet) -> Entry {
         expires_in_secs: None,
         comment: None,
         added_at: None,
+        member: None,
     }
 }
 
@@ -162,10 +164,23 @@ enum FoundDenial {
 }
 
 /// The fate of a kernel deny entry at the start, `boot` nanoseconds after boot: `known` when
-/// reputation's snapshot has it, `wanted` when the lists call for it.
-fn found_denial(entry: &DenyEntry, boot: u64, known: bool, wanted: bool) -> FoundDenial {
+/// reputation's snapshot has it, `wanted` when the lists call for it, `in_fleet` when this
+/// member is in a fleet (whose denials it keeps enforcing until the fleet says otherwise).
+fn found_denial(
+    entry: &DenyEntry,
+    boot: u64,
+    known: bool,
+    wanted: bool,
+    in_fleet: bool,
+) -> FoundDenial {
     let expired = entry.expires_ns != 0 && entry.expires_ns <= boot;
-    if entry.origin == origin::REPUTATION && expired {
+    if entry.origin == origin::FLEET && !wanted {
+        if in_fleet && !expired {
+            FoundDenial::Keep
+        } else {
+            FoundDenial::Remove
+        }
+    } else if entry.origin == origin::REPUTATION && expired {
         // Ran out while the daemon was down: the kernel ignores it; free its slot.
         FoundDenial::Remove
     } else if entry.origin == origin::REPUTATION && !known {
@@ -207,12 +222,14 @@ impl Operator {
             }
         }
         let wanted_deny: HashSet<IpNet> = want.deny.iter().map(|(net, _)| *net).collect();
+        let in_fleet = inner.file.fleet.redis.is_some();
         for (net, entry) in kernel.denied() {
             match found_denial(
                 &entry,
                 boot,
                 known.contains(&net),
                 wanted_deny.contains(&net),
+                in_fleet,
             ) {
                 FoundDenial::Keep => {}
                 FoundDenial::Remove => kernel.undeny(net)?,
@@ -319,21 +336,31 @@ impl Operator {
     }
 
     /// `allow add`, `deny add`: a source (replacing an entry for the same CIDR).
+    /// `allow add`, `deny add` (`shared`: `deny add --fleet`, or `[fleet] operator =
+    /// "shared"`).
     pub(super) fn add_net(
         &self,
         deny: bool,
         net: IpNet,
         ttl: Option<u64>,
         comment: Option<String>,
+        shared: bool,
     ) -> Result<Entry, ControlError> {
         check_comment(&comment)?;
         let now = unix_now();
         let net = net.trunc();
+        let shared = deny && (shared || self.fleet().is_some_and(|f| f.shares_operator_entries()));
+        let ttl = if shared {
+            Some(self.fleet_ttl(ttl)?)
+        } else {
+            ttl
+        };
         let entry = NetEntry {
             net,
             expires_at: ttl_to_expiry(ttl, now)?,
             comment,
             added_at: now,
+            shared,
         };
         let mut inner = self.inner();
         let mut lists = inner.lists.clone();
@@ -345,17 +372,37 @@ impl Operator {
         list.retain(|e| e.net != net);
         list.push(entry.clone());
         self.commit(&mut inner, None, lists, None)?;
+        drop(inner);
         info!(
-            "operator: {} {net}{}",
+            "operator: {} {net}{}{}",
             if deny { "denied" } else { "allowed" },
-            ttl.map_or(String::new(), |t| format!(" for {t} s"))
+            ttl.map_or(String::new(), |t| format!(" for {t} s")),
+            if shared {
+                ", shared with the fleet"
+            } else {
+                ""
+            }
         );
-        Ok(operator_entry(&entry, now))
+        let mut added = operator_entry(&entry, now);
+        if shared {
+            added.member = self.share_operator_entry(&entry);
+        }
+        Ok(added)
     }
 
-    /// `allow del`, `deny del`: an operator's entry (the file's are edited in the file).
-    pub(super) fn del_net(&self, deny: bool, net: IpNet) -> Result<Removed, ControlError> {
+    /// `allow del`, `deny del`: an operator's entry (the file's are edited in the file);
+    /// with `fleet` (`deny del --fleet`), the fleet's denial of `net` is lifted on every
+    /// member too.
+    pub(super) fn del_net(
+        &self,
+        deny: bool,
+        net: IpNet,
+        fleet: bool,
+    ) -> Result<Removed, ControlError> {
         let net = net.trunc();
+        if fleet {
+            return self.lift_fleet_denial(net);
+        }
         let name = if deny { "deny" } else { "allow" };
         let mut inner = self.inner();
         let in_file = if deny {
@@ -372,7 +419,18 @@ impl Operator {
         let before = list.len();
         list.retain(|e| e.net != net);
         if list.len() == before {
-            return Err(if in_file {
+            drop(inner);
+            let from_fleet = self.fleet().and_then(|f| f.held_for(net));
+            return Err(if let Some(denial) = from_fleet {
+                ControlError::new(
+                    ErrorKind::FleetEntry,
+                    format!(
+                        "{net} was denied by the fleet (member {}): `deny del --fleet {net}` \
+                         lifts it on every member",
+                        denial.member
+                    ),
+                )
+            } else if in_file {
                 ControlError::new(
                     ErrorKind::ConfigEntry,
                     format!(
@@ -388,7 +446,12 @@ impl Operator {
             });
         }
         self.commit(&mut inner, None, lists, None)?;
+        drop(inner);
         info!("operator: removed {net} from the {name} list");
+        // The local entry stood for a fleet denial of the same prefix: that one again.
+        if let Some(fleet) = self.fleet() {
+            fleet.reapply(net);
+        }
         Ok(Removed {
             removed: net.to_string(),
         })
@@ -492,9 +555,11 @@ impl Operator {
                     expires_in_secs: Some(left.as_secs()),
                     comment: Some(format!("score {:.2}", source.score)),
                     added_at: None,
+                    member: None,
                 });
             }
         }
+        entries.extend(self.fleet_entries(now));
         let helo = inner
             .file
             .policy
@@ -536,7 +601,13 @@ mod tests {
         for known in [false, true] {
             for expires in [boot - SECOND, boot] {
                 assert_eq!(
-                    found_denial(&entry(origin::REPUTATION, expires), boot, known, false),
+                    found_denial(
+                        &entry(origin::REPUTATION, expires),
+                        boot,
+                        known,
+                        false,
+                        false
+                    ),
                     FoundDenial::Remove,
                     "expired at {expires}, known {known}"
                 );
@@ -548,10 +619,33 @@ mod tests {
     fn a_reputation_denial_still_in_force_is_kept_or_adopted_with_its_time_left() {
         let boot = 100 * SECOND;
         let live = entry(origin::REPUTATION, boot + 30 * SECOND);
-        assert_eq!(found_denial(&live, boot, true, false), FoundDenial::Keep);
         assert_eq!(
-            found_denial(&live, boot, false, false),
+            found_denial(&live, boot, true, false, false),
+            FoundDenial::Keep
+        );
+        assert_eq!(
+            found_denial(&live, boot, false, false, false),
             FoundDenial::Adopt(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn fleet_denials_stay_while_in_a_fleet_and_unexpired() {
+        let boot = 100 * SECOND;
+        let live = entry(origin::FLEET, boot + SECOND);
+        assert_eq!(
+            found_denial(&live, boot, false, false, true),
+            FoundDenial::Keep
+        );
+        assert_eq!(
+            found_denial(&live, boot, false, false, false),
+            FoundDenial::Remove,
+            "no fleet any more"
+        );
+        let ended = entry(origin::FLEET, boot - SECOND);
+        assert_eq!(
+            found_denial(&ended, boot, false, false, true),
+            FoundDenial::Remove
         );
     }
 
@@ -560,9 +654,12 @@ mod tests {
         let boot = 100 * SECOND;
         for expires in [0, boot + SECOND] {
             let found = entry(origin::OPERATOR, expires);
-            assert_eq!(found_denial(&found, boot, false, true), FoundDenial::Keep);
             assert_eq!(
-                found_denial(&found, boot, false, false),
+                found_denial(&found, boot, false, true, false),
+                FoundDenial::Keep
+            );
+            assert_eq!(
+                found_denial(&found, boot, false, false, false),
                 FoundDenial::Remove
             );
         }

@@ -17,6 +17,7 @@ pub mod client;
 pub mod control;
 mod dispatch;
 mod explain;
+mod fleet;
 mod lists;
 pub mod state;
 
@@ -103,6 +104,7 @@ fn changed_sections(a: &PolicyFile, b: &PolicyFile) -> Vec<&'static str> {
         control,
         metrics,
         state,
+        fleet,
     } = a;
     [
         ("policy", *policy != b.policy),
@@ -116,6 +118,7 @@ fn changed_sections(a: &PolicyFile, b: &PolicyFile) -> Vec<&'static str> {
         ("control", *control != b.control),
         ("metrics", *metrics != b.metrics),
         ("state", *state != b.state),
+        ("fleet", *fleet != b.fleet),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
@@ -149,6 +152,8 @@ pub struct Operator {
     started: Instant,
     /// Notified when the operator detaches: the daemon then exits.
     pub detached: Arc<Notify>,
+    /// The fleet, when this member is in one (set once it has joined).
+    fleet: std::sync::OnceLock<crate::fleet::Fleet>,
 }
 
 impl Operator {
@@ -189,6 +194,7 @@ impl Operator {
             counters,
             started: now,
             detached: Arc::new(Notify::new()),
+            fleet: std::sync::OnceLock::new(),
         };
         operator.reconcile_kernel()?;
         operator.rebuild_engine()?;
@@ -317,6 +323,7 @@ impl Operator {
                 pending_restart: pending_restart(&self.enforced, &inner.file),
                 refused: history.refused.clone(),
             },
+            fleet: self.fleet().map(crate::fleet::Fleet::status),
         }
     }
 

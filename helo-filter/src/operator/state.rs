@@ -31,6 +31,10 @@ pub struct NetEntry {
     pub expires_at: Option<u64>,
     pub comment: Option<String>,
     pub added_at: u64,
+    /// A deny entry shared with the fleet (`deny add --fleet`): re-published after a
+    /// reconnect while it lasts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// An operator's HELO deny pattern (exact name, `*.suffix` or `/regex/`).
@@ -181,8 +185,15 @@ mod tests {
                 expires_at: None,
                 comment: Some("partner".into()),
                 added_at: 1,
+                shared: false,
             }],
-            deny: vec![],
+            deny: vec![NetEntry {
+                net: "203.0.113.0/24".parse().expect("net"),
+                expires_at: Some(7),
+                comment: None,
+                added_at: 3,
+                shared: true,
+            }],
             deny_helo: vec![HeloEntry {
                 pattern: "*.dyn.example".into(),
                 expires_at: Some(9),

@@ -4,7 +4,7 @@
 use std::{
     net::IpAddr,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Instant,
@@ -54,7 +54,12 @@ pub struct Stage {
     history: History,
     /// Reputation denied or released a source since the last snapshot was written.
     reputation_changed: AtomicBool,
+    /// Told of each reputation denial put into the kernel (the fleet shares it).
+    on_denied: OnceLock<DeniedHook>,
 }
+
+/// Called with a source reputation denied and how long for.
+pub type DeniedHook = Box<dyn Fn(IpNet, std::time::Duration) + Send + Sync>;
 
 /// What the policy stage's queue carries: sessions, and now and then the watchdog's probe
 /// (see [`super::probe`]), which takes the sessions' path.
@@ -102,7 +107,13 @@ impl Stage {
             lists: Mutex::new(lists),
             history: History::default(),
             reputation_changed: AtomicBool::new(false),
+            on_denied: OnceLock::new(),
         }
+    }
+
+    /// Sets what is told of each reputation denial (once).
+    pub fn on_denied(&self, hook: DeniedHook) {
+        let _ = self.on_denied.set(hook);
     }
 
     /// The engine in force, shared with whoever else judges (the Postfix policy service).
@@ -255,10 +266,15 @@ impl Stage {
         let mut lists = self.lists.lock();
         self.reputation_changed.store(true, Ordering::Relaxed);
         match lists.deny(source, Some(ttl), origin::REPUTATION) {
-            Ok(()) => info!(
-                "denied {source} for {} s: reputation score over the threshold",
-                ttl.as_secs()
-            ),
+            Ok(()) => {
+                info!(
+                    "denied {source} for {} s: reputation score over the threshold",
+                    ttl.as_secs()
+                );
+                if let Some(hook) = self.on_denied.get() {
+                    hook(source, ttl);
+                }
+            }
             Err(e) => warn!("{e:#}"),
         }
     }

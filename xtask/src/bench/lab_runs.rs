@@ -32,6 +32,8 @@ pub struct Sizes {
     pub flood_good: usize,
     /// Good sessions one at a time, for the idle verdict latency.
     pub idle_sessions: usize,
+    /// Fleet denials timed, each way.
+    pub fleet_denials: usize,
 }
 
 impl Sizes {
@@ -45,6 +47,7 @@ impl Sizes {
         peer_good: 300,
         flood_good: 1000,
         idle_sessions: 300,
+        fleet_denials: 100,
     };
     /// A smoke test: every figure produced, none of them meaningful.
     pub const QUICK: Sizes = Sizes {
@@ -57,6 +60,7 @@ impl Sizes {
         peer_good: 10,
         flood_good: 80,
         idle_sessions: 10,
+        fleet_denials: 6,
     };
 }
 

@@ -4,6 +4,7 @@
 //! `policy-bench` programs (they need the daemon's library); the lab figures are run here.
 
 pub mod figure;
+pub mod fleet_runs;
 pub mod lab_runs;
 pub mod load;
 
@@ -23,7 +24,7 @@ use crate::{
 };
 
 /// Every figure a run must produce, in report order.
-pub const EXPECTED: [&str; 33] = [
+pub const EXPECTED: [&str; 35] = [
     "kernel.arp",
     "kernel.tcp_other_port",
     "kernel.smtp_accepted_flow",
@@ -57,10 +58,12 @@ pub const EXPECTED: [&str; 33] = [
     "flood.host_cpu_fixed",
     "flood.good_sessions_per_s_max",
     "flood.host_cpu_max",
+    "fleet.propagation_p50",
+    "fleet.propagation_p99",
 ];
 
 /// What each section measures and how (the text above its table).
-const SECTIONS: [(&str, &str, &str); 5] = [
+const SECTIONS: [(&str, &str, &str); 6] = [
     (
         "kernel",
         "Per-packet cost in the kernel",
@@ -107,10 +110,17 @@ const SECTIONS: [(&str, &str, &str); 5] = [
          `--deny-source`), versus the same denial in an nftables set on the MX interface's netdev \
          ingress hook, the earliest nftables can drop.",
     ),
+    (
+        "fleet",
+        "A fleet: one denial, every member",
+        "Two members (lab MX namespaces) joined by a link to a real redis-server with a password: an \
+         operator's `deny add --fleet` on one member until the other drops the source's SYNs, \
+         beside the same denial on the member that made it.",
+    ),
 ];
 
 /// The sections `--only` takes, in report order.
-pub const SECTION_NAMES: [&str; 5] = ["kernel", "policy", "lab", "peer", "flood"];
+pub const SECTION_NAMES: [&str; 6] = ["kernel", "policy", "lab", "peer", "flood", "fleet"];
 
 /// Runs the benchmarks of the sections in `only` (empty: all) and writes the reports;
 /// `quick` for a smoke test.
@@ -151,6 +161,10 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     if wanted("flood") {
         println!("bench: SYN flood, XDP deny map versus nftables");
         figures.extend(lab_runs::syn_flood(&sizes)?);
+    }
+    if wanted("fleet") {
+        println!("bench: fleet propagation through Redis");
+        figures.extend(fleet_runs::propagation(sizes.fleet_denials)?);
     }
 
     let expected: Vec<&str> = EXPECTED

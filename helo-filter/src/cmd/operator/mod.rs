@@ -115,6 +115,10 @@ pub enum DenyCommand {
         /// Why it is there.
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
+        /// Share the denial with the fleet: every member drops the source's SYNs (its TTL
+        /// at most [reputation] deny_ttl_secs, which it defaults to).
+        #[arg(long, conflicts_with = "helo")]
+        fleet: bool,
     },
     /// Remove an operator entry (a CIDR, or `--helo PATTERN`).
     Del {
@@ -124,6 +128,10 @@ pub enum DenyCommand {
         /// The HELO name pattern, as listed.
         #[arg(long, value_name = "PATTERN")]
         helo: Option<String>,
+        /// Lift the fleet's denial of the CIDR on every member (their own local entries
+        /// stay).
+        #[arg(long, conflicts_with = "helo")]
+        fleet: bool,
     },
     /// The deny list: sources (configuration, operator, reputation) and HELO patterns.
     List,
@@ -294,6 +302,7 @@ fn deny_request(command: DenyCommand) -> Command {
             helo,
             ttl,
             comment,
+            fleet,
         } => match (net, helo) {
             (_, Some(pattern)) => Command::DenyHeloAdd {
                 pattern,
@@ -304,12 +313,13 @@ fn deny_request(command: DenyCommand) -> Command {
                 net,
                 ttl_secs: ttl,
                 comment,
+                fleet,
             },
             (None, None) => unreachable!("clap requires a CIDR or --helo"),
         },
-        DenyCommand::Del { net, helo } => match (net, helo) {
+        DenyCommand::Del { net, helo, fleet } => match (net, helo) {
             (_, Some(pattern)) => Command::DenyHeloDel { pattern },
-            (Some(net), None) => Command::DenyDel { net },
+            (Some(net), None) => Command::DenyDel { net, fleet },
             (None, None) => unreachable!("clap requires a CIDR or --helo"),
         },
         DenyCommand::List => Command::DenyList,

@@ -71,9 +71,14 @@ fn entry_table(first: &str, entries: &[Entry]) -> Table {
     let mut table = Table::new(&[first, "ORIGIN", "EXPIRES", "ADDED", "COMMENT"]);
     let now = unix_now();
     for e in entries {
+        // A fleet entry names the member that made it; a shared one, this member.
+        let origin = match &e.member {
+            Some(member) => format!("{} ({member})", e.source.as_str()),
+            None => e.source.as_str().to_owned(),
+        };
         table.row(vec![
             e.net.to_string(),
-            e.source.as_str().to_owned(),
+            origin,
             expiry(e.expires_in_secs),
             e.added_at.map_or_else(|| "-".to_owned(), |at| ago(at, now)),
             or_dash(&e.comment),
@@ -221,6 +226,27 @@ fn status(status: Status) {
             status.reputation.sources, status.reputation.denied
         ),
     );
+    if let Some(fleet) = &status.fleet {
+        fact(
+            "fleet",
+            format!(
+                "member {}, {}, {} members seen, {} denials held, {} sent, {} received{}",
+                fleet.name,
+                if fleet.connected {
+                    "connected"
+                } else {
+                    "Redis unreachable"
+                },
+                fleet.members_seen,
+                fleet.denials_held,
+                fleet.denials_sent,
+                fleet.denials_received,
+                fleet
+                    .last_lag_ms
+                    .map_or(String::new(), |ms| format!(", last lag {ms} ms"))
+            ),
+        );
+    }
     fact("state", status.state_dir.clone());
     fact("pins", status.bpffs_dir.clone());
     facts.print();
