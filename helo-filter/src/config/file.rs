@@ -424,6 +424,14 @@ monitor = true
                 "postfix.listen",
                 "absolute",
             ),
+            (
+                "[fleet]\nredis = \"redis://:secret@redis.example.org\"\n",
+                2,
+                "fleet.redis",
+                "password_file",
+            ),
+            ("[fleet]\noperator = \"everywhere\"\n", 2, "fleet.operator", ""),
+
         ];
         for (text, line, key, needle) in cases {
             let e = err(text);
@@ -436,22 +444,6 @@ monitor = true
             }
             assert!(e.contains(needle), "{text:?} -> {e}");
         }
-    }
-
-    #[test]
-    fn helo_patterns_under_both_names_are_refused() {
-        let text = "[policy]\ndeny_helo = [\"a.example\"]\ndeny = [\"b.example\"]\n";
-        let e = Loaded::parse(text.to_owned(), "both.toml".to_owned())
-            .and_then(Loaded::validate)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("both.toml:3:") && e.contains("an old name of `policy.deny_helo`"),
-            "{e}"
-        );
-        let f = PolicyFile::parse("[policy]\ndeny_helo = [\"a.example\"]\n", "t").unwrap();
-        assert!(f.warnings().is_empty());
-        assert_eq!(f.settings().deny.len(), 1);
     }
 
     #[test]
