@@ -22,6 +22,9 @@ pub mod maps {
     pub const ALLOW: &str = "ALLOW";
     pub const COUNTERS: &str = "COUNTERS";
     pub const KNOWN_GOOD: &str = "KNOWN_GOOD";
+    /// Bytes of the `EVENTS` ring buffer unless `[kernel] ringbuf_bytes` says otherwise
+    /// (the loader sets the size; a ring buffer's is a power of two of at least a page).
+    pub const EVENTS_DEFAULT_BYTES: u32 = 1 << 20;
     /// Entries the `DENY` trie holds: operator, configuration and reputation denials together
     /// (the configuration check refuses more).
     pub const DENY_CAPACITY: u32 = 65_536;

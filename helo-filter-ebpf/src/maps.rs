@@ -12,9 +12,10 @@ use helo_filter_common::{
 use crate::parse::TcpSegment;
 
 /// Capture events for the daemon. 1 MiB holds about 1,700 events: HELOs arrive at most
-/// a few thousand per second, and the daemon drains continuously.
+/// a few thousand per second, and the daemon drains continuously. The loader sets the size
+/// in force (`[kernel] ringbuf_bytes`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
 
 /// Flows to the SMTP ports, from SYN until their capture ends. LRU so that a SYN flood
 /// evicts old entries instead of failing inserts.

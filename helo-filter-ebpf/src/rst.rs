@@ -76,11 +76,16 @@ unsafe fn put<const N: usize>(at: usize, bytes: [u8; N]) {
     unsafe { (at as *mut [u8; N]).write_unaligned(bytes) };
 }
 
-/// Rewrites the packet into the RST and returns XDP_TX, or XDP_DROP if it cannot. A
-/// function of its own (a BPF subprogram with its own stack frame): inlined, its locals
-/// would join the capture path's in one frame over the 512-byte limit.
+/// Rewrites the packet into the RST and returns XDP_TX; returns XDP_DROP if it cannot, and
+/// for a packet that is itself a RST (a denied source's SYN|RST, a condemned client's RST),
+/// which is never answered (RFC 9293 §3.10.7.1). A function of its own (a BPF subprogram
+/// with its own stack frame): inlined, its locals would join the capture path's in one
+/// frame over the 512-byte limit.
 #[inline(never)]
 pub fn reply_with_rst(ctx: &XdpContext, segment: &TcpSegment) -> u32 {
+    if segment.flags & tcp_flags::RST != 0 {
+        return xdp_action::XDP_DROP;
+    }
     let (seq, ack, flags) = rst_numbers(segment);
     let key = &segment.key;
     let l3 = segment.l3_offset;

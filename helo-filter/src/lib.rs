@@ -7,6 +7,8 @@ pub mod dns;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod kernel;
 pub mod logging;

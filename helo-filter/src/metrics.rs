@@ -48,6 +48,12 @@ pub const FLEET_CONNECTED: &str = "helo_filter_fleet_connected";
 pub const FLEET_DENIALS: &str = "helo_filter_fleet_denials_total";
 pub const FLEET_ERRORS: &str = "helo_filter_fleet_errors_total";
 pub const FLEET_PROPAGATION: &str = "helo_filter_fleet_propagation_seconds";
+pub const STATE_WRITE_FAILURES: &str = "helo_filter_state_write_failures_total";
+pub const FLOWS_ABANDONED: &str = "helo_filter_flows_abandoned_total";
+pub const REASSEMBLY_FLOWS: &str = "helo_filter_reassembly_flows";
+pub const POLICY_QUEUE_SESSIONS: &str = "helo_filter_policy_queue_sessions";
+pub const DNS_IN_FLIGHT: &str = "helo_filter_dns_in_flight";
+pub const RUNTIME_TASKS: &str = "helo_filter_runtime_tasks";
 /// `helo_filter_fleet_errors_total{kind}`'s values.
 const FLEET_ERROR_KINDS: [&str; 9] = [
     "connect",
@@ -223,6 +229,46 @@ impl DestroyOutcome {
     }
 }
 
+/// Why the reassembly gave up a flow before its decisive line: the label of
+/// `helo_filter_flows_abandoned_total{cause}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AbandonCause {
+    /// Still undecided after the flow time-out (the client vanished, or events were lost).
+    Timeout,
+    /// The oldest undecided flow, evicted to make room in a full table.
+    TableFull,
+}
+
+impl AbandonCause {
+    pub const ALL: [AbandonCause; 2] = [AbandonCause::Timeout, AbandonCause::TableFull];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AbandonCause::Timeout => "timeout",
+            AbandonCause::TableFull => "table_full",
+        }
+    }
+}
+
+/// A file of the state directory: the label of `helo_filter_state_write_failures_total{file}`
+/// (and an index: the values count from 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateFile {
+    Lists,
+    Reputation,
+}
+
+impl StateFile {
+    pub const ALL: [StateFile; 2] = [StateFile::Lists, StateFile::Reputation];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StateFile::Lists => "lists",
+            StateFile::Reputation => "reputation",
+        }
+    }
+}
+
 /// The series and label of each kernel counter.
 fn kernel_series(counter: Counter) -> (&'static str, Option<(&'static str, &'static str)>) {
     match counter {
@@ -281,6 +327,14 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
         counter!(FLEET_ERRORS, "kind" => kind).absolute(0);
     }
     let _ = histogram!(FLEET_PROPAGATION);
+    for cause in AbandonCause::ALL {
+        flows_abandoned(cause, 0);
+    }
+    capture_load(0, 0);
+    runtime_load(0, 0);
+    for file in StateFile::ALL {
+        counter!(STATE_WRITE_FAILURES, "file" => file.as_str()).absolute(0);
+    }
     Ok(())
 }
 
@@ -448,6 +502,47 @@ fn describe_series() {
         FLEET_PROPAGATION,
         "From a denial made on one member to its enforcement here (members' clocks by NTP)"
     );
+    describe_counter!(
+        STATE_WRITE_FAILURES,
+        "Failed writes of a state file, by file (lists, reputation): a read-only or full \
+         state directory"
+    );
+    describe_counter!(
+        FLOWS_ABANDONED,
+        "Flows the reassembly gave up before their decisive line, by cause (timeout; \
+         table_full: evicted, the oldest, to make room)"
+    );
+    describe_gauge!(
+        REASSEMBLY_FLOWS,
+        "Flows being reassembled (undecided), sampled every 5 s"
+    );
+    describe_gauge!(
+        POLICY_QUEUE_SESSIONS,
+        "Sessions waiting in the policy queue, sampled every 5 s"
+    );
+    describe_gauge!(DNS_IN_FLIGHT, "DNS queries in flight, sampled every second");
+    describe_gauge!(
+        RUNTIME_TASKS,
+        "Tasks alive in the daemon's async runtime, sampled every second"
+    );
+}
+
+/// Flows the reassembly gave up before their decisive line (`count` at once).
+pub fn flows_abandoned(cause: AbandonCause, count: usize) {
+    counter!(FLOWS_ABANDONED, "cause" => cause.as_str()).increment(count as u64);
+}
+
+/// How much the capture task holds: flows being reassembled, sessions queued for the
+/// policy stage.
+pub fn capture_load(reassembly_flows: usize, queued_sessions: usize) {
+    gauge!(REASSEMBLY_FLOWS).set(reassembly_flows as f64);
+    gauge!(POLICY_QUEUE_SESSIONS).set(queued_sessions as f64);
+}
+
+/// DNS queries in flight and tasks alive in the async runtime.
+pub fn runtime_load(dns_in_flight: usize, tasks: usize) {
+    gauge!(DNS_IN_FLIGHT).set(dns_in_flight as f64);
+    gauge!(RUNTIME_TASKS).set(tasks as f64);
 }
 
 /// Whether the fleet's Redis is connected.
@@ -572,6 +667,11 @@ pub fn list_sizes(allow: usize, deny_operator: usize) {
 pub fn reputation(sources: usize, denied: usize) {
     gauge!(REPUTATION_SOURCES).set(sources as f64);
     gauge!(DENY_ENTRIES, "origin" => "reputation").set(denied as f64);
+}
+
+/// A write of a state file failed.
+pub fn state_write_failure(file: StateFile) {
+    counter!(STATE_WRITE_FAILURES, "file" => file.as_str()).increment(1);
 }
 
 /// A task of the daemon panicked (the daemon then exits).

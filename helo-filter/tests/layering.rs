@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["pipeline"],
     &["fleet"],
     &["operator", "postfix"],
-    &["cmd"],
+    &["cmd", "fuzzing"],
 ];
 
 fn layer_of(module: &str) -> usize {

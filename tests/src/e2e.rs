@@ -264,6 +264,20 @@ pub fn assert_metric(page: &str, series: &str, expected: f64) {
     );
 }
 
+/// Writes `text` as `helo-filter.toml` in the lab's daemon directory (created if needed):
+/// its path, for `--config`.
+pub fn config_file(lab: &Lab, text: &str) -> String {
+    std::fs::create_dir_all(lab.daemon_dir()).expect("the daemon's directory");
+    let path = lab.daemon_dir().join("helo-filter.toml");
+    std::fs::write(&path, text).expect("writing the configuration");
+    path.to_string_lossy().into_owned()
+}
+
+/// The reply of action `reply` (the default) to a bogus session's next command.
+pub fn reject_reply(reason: &str) -> String {
+    format!("550 5.7.1 Access denied - bogus HELO ({reason})")
+}
+
 /// swaks from `client` greeting with `EHLO helo`: asserts that its MAIL FROM is refused with
 /// `reply` (swaks exits 23, "MAIL refused") and returns the run.
 pub fn refused_at_mail_from(
@@ -537,4 +551,16 @@ pub fn policy_service_command(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     (command, metrics)
+}
+
+/// Runs an operator subcommand against the lab's daemon, checks that it succeeded and
+/// returns its stdout.
+pub fn cli_ok(lab: &Lab, args: &[&str]) -> String {
+    let out = xtask::daemon::cli(lab, args).expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "helo-filter {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

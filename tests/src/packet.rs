@@ -1,9 +1,13 @@
 //! A small frame builder for table-driven packet tests: Ethernet with VLAN tags, IPv4
 //! (options, fragment field) or IPv6 (extension headers), and TCP or another protocol.
 //!
-//! Checksums are left zero: the XDP program does not look at them.
+//! Checksums are left zero: the XDP program does not look at them. [`check_rst`] checks the
+//! RSTs the program builds (with XDP_TX) field by field, checksums included.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    fmt::Debug,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
@@ -90,6 +94,7 @@ pub struct Segment {
     pub sport: u16,
     pub dport: u16,
     pub seq: u32,
+    pub ack: u32,
     pub flags: u8,
     /// Overrides the data offset field (in 32-bit words).
     pub data_offset: Option<u8>,
@@ -124,6 +129,7 @@ impl Frame {
                 sport,
                 dport,
                 seq,
+                ack: 1,
                 flags,
                 data_offset: None,
                 payload: payload.to_vec(),
@@ -140,6 +146,22 @@ impl Frame {
             extensions: Vec::new(),
         };
         frame
+    }
+
+    /// The frame from `client` instead of the test client (of the frame's IP version).
+    pub fn source(mut self, client: IpAddr) -> Frame {
+        match (&mut self.network, client) {
+            (Network::V4 { src, .. }, IpAddr::V4(client)) => *src = client,
+            (Network::V6 { src, .. }, IpAddr::V6(client)) => *src = client,
+            (network, _) => panic!("source {client} for a frame of {network:?}"),
+        }
+        self
+    }
+
+    /// The acknowledgement number (1 unless set).
+    pub fn ack(mut self, ack: u32) -> Frame {
+        self.segment.ack = ack;
+        self
     }
 
     pub fn vlan(mut self, tpid: u16, id: u16) -> Frame {
@@ -279,7 +301,7 @@ impl Frame {
         out.extend_from_slice(&s.dport.to_be_bytes());
         if self.protocol == IPPROTO_TCP {
             out.extend_from_slice(&s.seq.to_be_bytes());
-            out.extend_from_slice(&1u32.to_be_bytes()); // ack
+            out.extend_from_slice(&s.ack.to_be_bytes());
             out.push(s.data_offset.unwrap_or(5) << 4);
             out.push(s.flags);
             out.extend_from_slice(&[0xFF, 0xFF, 0, 0, 0, 0]); // window, checksum, urgent
@@ -304,4 +326,74 @@ pub fn arp() -> Vec<u8> {
         segment: Frame::tcp4(0, 0, 0, 0, b"").segment,
     }
     .bytes()
+}
+
+/// What a RST the XDP program built must say: the server's answer to a client segment.
+pub struct ExpectedRst {
+    /// Where the IP header starts (after Ethernet and VLAN tags).
+    pub l3: usize,
+    pub client: IpAddr,
+    pub server: IpAddr,
+    pub client_port: u16,
+    pub server_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+}
+
+/// Checks a RST frame `out` built in answer to the client's frame `input`, field by field:
+/// MACs swapped, VLAN tags kept, addresses and ports reversed, sequence numbers, flags,
+/// lengths and both checksums (the IPv4 header's, and TCP's over its pseudo-header). The
+/// error names the first field that is wrong.
+pub fn check_rst(input: &[u8], out: &[u8], want: &ExpectedRst) -> Result<(), String> {
+    fn same<T: PartialEq + Debug>(what: &str, got: T, expected: T) -> Result<(), String> {
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("{what}: {got:?}, expected {expected:?}"))
+        }
+    }
+    let ip_len = if want.client.is_ipv6() { 40 } else { 20 };
+    same("frame length", out.len(), want.l3 + ip_len + 20)?;
+    same("destination MAC", &out[..6], &input[6..12])?;
+    same("source MAC", &out[6..12], &input[..6])?;
+    same(
+        "VLAN tags and ethertype",
+        &out[12..want.l3],
+        &input[12..want.l3],
+    )?;
+    let (ip, tcp) = out[want.l3..].split_at(ip_len);
+    let pseudo_sum = match (want.server, want.client) {
+        (IpAddr::V6(server), IpAddr::V6(client)) => {
+            same("IP version", ip[0] >> 4, 6)?;
+            same("payload length", u16::from_be_bytes([ip[4], ip[5]]), 20)?;
+            same("next header", ip[6], IPPROTO_TCP)?;
+            same("source", &ip[8..24], &server.octets()[..])?;
+            same("destination", &ip[24..40], &client.octets()[..])?;
+            ones_complement_sum(&ip[8..40], u32::from(IPPROTO_TCP) + 20)
+        }
+        (IpAddr::V4(server), IpAddr::V4(client)) => {
+            same("IPv4 version and header length (no options)", ip[0], 0x45)?;
+            same("total length", u16::from_be_bytes([ip[2], ip[3]]), 40)?;
+            same("protocol", ip[9], IPPROTO_TCP)?;
+            same("source", &ip[12..16], &server.octets()[..])?;
+            same("destination", &ip[16..20], &client.octets()[..])?;
+            same("IPv4 header checksum", ones_complement_sum(ip, 0), 0xFFFF)?;
+            ones_complement_sum(&ip[12..20], u32::from(IPPROTO_TCP) + 20)
+        }
+        (server, client) => return Err(format!("expected a RST from {server} to {client}")),
+    };
+    let word = |at: usize| u16::from_be_bytes([tcp[at], tcp[at + 1]]);
+    let long = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
+    same("source port", word(0), want.server_port)?;
+    same("destination port", word(2), want.client_port)?;
+    same("seq", long(4), want.seq)?;
+    same("ack", long(8), want.ack)?;
+    same("data offset", tcp[12] >> 4, 5)?;
+    same("flags", tcp[13], want.flags)?;
+    same(
+        "TCP checksum",
+        ones_complement_sum(tcp, u32::from(pseudo_sum)),
+        0xFFFF,
+    )
 }

@@ -14,6 +14,11 @@ use helo_filter_common::{
     CaptureEvent, Counter, FlowKey, FlowState, KernelConfig, known_good_key, maps, phase, programs,
 };
 
+/// `XDP_DROP`, `XDP_PASS` and `XDP_TX` from the kernel's UAPI (`enum xdp_action`).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
 pub struct CaptureProgram {
     ebpf: Ebpf,
     events: RingBuf<MapData>,
@@ -26,7 +31,8 @@ pub struct CaptureProgram {
 impl CaptureProgram {
     pub fn load(config: &KernelConfig) -> Self {
         crate::require_root();
-        let mut ebpf = kernel::load(config, None).expect("loading the capture program");
+        let mut ebpf = kernel::load(config, maps::EVENTS_DEFAULT_BYTES, None)
+            .expect("loading the capture program");
         let events = RingBuf::try_from(ebpf.take_map(maps::EVENTS).expect("EVENTS map"))
             .expect("EVENTS is a ring buffer");
         let counters = CounterReader::new(&mut ebpf).expect("COUNTERS map");

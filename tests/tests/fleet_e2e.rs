@@ -10,7 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 use helo_filter_tests::{e2e::*, require_root};
 use serde_json::Value;
 use xtask::{
-    daemon::{Daemon, cli, metric_value},
+    daemon::{Daemon, metric_value},
     fleet_lab::FleetLab,
     lab::Lab,
     process,
@@ -27,19 +27,8 @@ fn start_member(fleet: &FleetLab, i: usize) -> Daemon {
         .unwrap_or_else(|e| panic!("starting member {}: {e:#}", i + 1))
 }
 
-/// Runs an operator subcommand on a member; its stdout (it must succeed).
-fn ok(lab: &Lab, args: &[&str]) -> String {
-    let out = cli(lab, args).expect("the CLI runs");
-    assert!(
-        out.status.success(),
-        "helo-filter {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn status(lab: &Lab) -> Value {
-    serde_json::from_str(&ok(lab, &["status", "--json"])).expect("status JSON")
+    serde_json::from_str(&cli_ok(lab, &["status", "--json"])).expect("status JSON")
 }
 
 /// Waits up to `within` for `client`'s SYNs to `lab`'s MX to go unanswered (each try waits a
@@ -102,7 +91,7 @@ fn a_fleet_shares_its_denials_through_redis() {
         "{page}"
     );
     let listed: Value =
-        serde_json::from_str(&ok(lab2, &["deny", "list", "--json"])).expect("deny list JSON");
+        serde_json::from_str(&cli_ok(lab2, &["deny", "list", "--json"])).expect("deny list JSON");
     let entry = listed["entries"]
         .as_array()
         .expect("entries")
@@ -112,16 +101,18 @@ fn a_fleet_shares_its_denials_through_redis() {
         .clone();
     assert_eq!(entry["source"], "fleet", "{entry}");
     assert_eq!(entry["member"], "mx1", "{entry}");
-    let explained: Value =
-        serde_json::from_str(&ok(lab2, &["explain", &source.ip().to_string(), "--json"]))
-            .expect("explain JSON");
+    let explained: Value = serde_json::from_str(&cli_ok(
+        lab2,
+        &["explain", &source.ip().to_string(), "--json"],
+    ))
+    .expect("explain JSON");
     assert_eq!(explained["standing"], "denied", "{explained}");
     assert_eq!(explained["deny"][0]["source"], "fleet", "{explained}");
 
     // An operator's `deny add --fleet` on MX2 → enforced on MX1; `deny del --fleet` → lifted
     // on both.
     let shared = v4(1, 0);
-    ok(
+    cli_ok(
         lab2,
         &[
             "deny",
@@ -137,7 +128,7 @@ fn a_fleet_shares_its_denials_through_redis() {
         "MX1 does not enforce MX2's shared denial"
     );
     assert!(!connects(lab2, shared));
-    ok(lab2, &["deny", "del", &shared.ip().to_string(), "--fleet"]);
+    cli_ok(lab2, &["deny", "del", &shared.ip().to_string(), "--fleet"]);
     let lifted = process::wait_until(Duration::from_secs(5), || {
         connects(lab1, shared) && connects(lab2, shared)
     });
@@ -145,8 +136,8 @@ fn a_fleet_shares_its_denials_through_redis() {
 
     // Local rules win: a source allow-listed on MX2 is not denied there by the fleet.
     let partner = v4(2, 0);
-    ok(lab2, &["allow", "add", &partner.ip().to_string()]);
-    ok(
+    cli_ok(lab2, &["allow", "add", &partner.ip().to_string()]);
+    cli_ok(
         lab1,
         &[
             "deny",
@@ -188,7 +179,7 @@ fn a_fleet_shares_its_denials_through_redis() {
     assert!(errors >= 1.0, "no fleet error counted:\n{page}");
     // A denial made meanwhile on MX1 reaches MX2 once Redis is back.
     let meanwhile = v6(0, 0);
-    ok(
+    cli_ok(
         lab1,
         &[
             "deny",
@@ -213,7 +204,7 @@ fn a_fleet_shares_its_denials_through_redis() {
     // MX2 down while MX1 denies: enforced on MX2 before it says it is ready.
     mx2.take().expect("MX2 runs").stop().expect("stopping MX2");
     let while_down = v6(1, 0);
-    ok(
+    cli_ok(
         lab1,
         &[
             "deny",

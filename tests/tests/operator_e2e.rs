@@ -18,22 +18,11 @@ use xtask::{
     sessions::{self, Greeting},
 };
 
-/// Runs a subcommand, checks it succeeded, returns its stdout.
-fn ok(lab: &Lab, args: &[&str]) -> String {
-    let out = cli(lab, args).expect("the CLI runs");
-    assert!(
-        out.status.success(),
-        "helo-filter {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Runs a subcommand with `--json` and parses its one line.
 fn json(lab: &Lab, args: &[&str]) -> Value {
     let mut with = args.to_vec();
     with.push("--json");
-    let text = ok(lab, &with);
+    let text = cli_ok(lab, &with);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
 }
 
@@ -127,13 +116,6 @@ fn fact(status: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name:?} in status:\n{status}"))
 }
 
-fn config_file(lab: &Lab, text: &str) -> String {
-    std::fs::create_dir_all(lab.daemon_dir()).expect("daemon dir");
-    let path = lab.daemon_dir().join("helo-filter.toml");
-    std::fs::write(&path, text).expect("config");
-    path.to_string_lossy().into_owned()
-}
-
 /// Every subcommand, and what it does to the kernel and the policy.
 #[test]
 fn every_cli_subcommand_acts_on_the_running_daemon() {
@@ -150,7 +132,7 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
 
     // deny add: the source's SYNs are dropped.
-    ok(
+    cli_ok(
         &lab,
         &["deny", "add", "203.0.113.14", "--comment", "spam run"],
     );
@@ -158,10 +140,10 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     // deny add --ttl: dropped, then let go when the time is up. Expiry counts whole
     // seconds, so a TTL of 10 s is in force for at least 9: room for the checks below.
     let added = std::time::Instant::now();
-    ok(&lab, &["deny", "add", "203.0.113.13/32", "--ttl", "10"]);
+    cli_ok(&lab, &["deny", "add", "203.0.113.13/32", "--ttl", "10"]);
     assert!(!connects(&lab, v4(3, 53002)), "a denied source connected");
     // allow add --ttl: left alone, then judged again.
-    ok(&lab, &["allow", "add", "2001:db8:1::13", "--ttl", "10"]);
+    cli_ok(&lab, &["allow", "add", "2001:db8:1::13", "--ttl", "10"]);
     assert!(
         completes(&lab, v6(3, 53005), "localhost"),
         "an allow-listed source was cut"
@@ -194,7 +176,7 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
         "{denied:?}"
     );
     // deny del: the source connects again.
-    ok(&lab, &["deny", "del", "203.0.113.14"]);
+    cli_ok(&lab, &["deny", "del", "203.0.113.14"]);
     assert!(
         connects(&lab, v4(4, 53004)),
         "deny del left the source denied"
@@ -207,7 +189,7 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     assert_eq!(line["kind"], "not_found", "{line}");
 
     // allow add: an allow-listed source's bogus HELO passes; allow del ends that.
-    ok(
+    cli_ok(
         &lab,
         &["allow", "add", "203.0.113.12", "--comment", "partner"],
     );
@@ -217,12 +199,12 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     );
     let allowed = json(&lab, &["allow", "list"]);
     assert_eq!(allowed["entries"][0]["comment"], "partner", "{allowed}");
-    ok(&lab, &["allow", "del", "203.0.113.12"]);
+    cli_ok(&lab, &["allow", "del", "203.0.113.12"]);
     assert_reset_for(&daemon, &lab, v4(2, 53011), "localhost", "localhost");
 
     // deny add --helo: a good name matching the pattern is now bogus.
     assert!(completes(&lab, v4(0, 53020), "mail.example.net"));
-    ok(&lab, &["deny", "add", "--helo", "*.example.net"]);
+    cli_ok(&lab, &["deny", "add", "--helo", "*.example.net"]);
     assert_reset_for(
         &daemon,
         &lab,
@@ -232,7 +214,7 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     );
     let helo = json(&lab, &["deny", "list"])["helo"].clone();
     assert_eq!(helo[0]["pattern"], "*.example.net", "{helo}");
-    ok(&lab, &["deny", "del", "--helo", "*.example.net"]);
+    cli_ok(&lab, &["deny", "del", "--helo", "*.example.net"]);
     assert!(completes(&lab, v4(0, 53022), "mail.example.net"));
     assert!(refused(&lab, &["deny", "add", "--helo", "/(/"]).contains("--helo"));
 
@@ -244,7 +226,7 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
     );
     let shown = json(&lab, &["reputation", "show", "203.0.113.12"]);
     assert!(shown["score"].as_f64().unwrap_or(0.0) > 1.9, "{shown}");
-    ok(&lab, &["reputation", "reset", "203.0.113.12"]);
+    cli_ok(&lab, &["reputation", "reset", "203.0.113.12"]);
     let shown = json(&lab, &["reputation", "show", "203.0.113.12"]);
     assert_eq!(shown["score"].as_f64(), Some(0.0), "{shown}");
 
@@ -270,12 +252,12 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
         }),
         "{flows}"
     );
-    assert_eq!(fact(&ok(&lab, &["status"]), "deployment"), "mx");
+    assert_eq!(fact(&cli_ok(&lab, &["status"]), "deployment"), "mx");
 
     // reload: a new deny pattern in the file takes effect; a bad file is refused and the
     // running configuration kept.
     config_file(&lab, "[policy]\ndeny_helo = [\"mail.example.net\"]\n");
-    ok(&lab, &["reload"]);
+    cli_ok(&lab, &["reload"]);
     assert_reset_for(
         &daemon,
         &lab,
@@ -299,7 +281,7 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
 
     // config check, offline.
     let good = config_file(&lab, "[policy]\nbundle = \"strict\"\n");
-    assert!(ok(&lab, &["config", "check", &good]).contains("valid"));
+    assert!(cli_ok(&lab, &["config", "check", &good]).contains("valid"));
     let bad = config_file(&lab, "[dns]\ndeadline_ms = 0\n");
     let error = refused(&lab, &["config", "check", &bad]);
     assert!(
@@ -309,7 +291,7 @@ fn every_cli_subcommand_acts_on_the_running_daemon() {
 
     // detach: nothing pinned or attached any more, and the daemon is gone.
     let pins = lab.bpffs_dir().expect("pins");
-    ok(&lab, &["detach"]);
+    cli_ok(&lab, &["detach"]);
     let exited = process::wait_until(Duration::from_secs(10), || !lab.control_socket().exists());
     assert!(exited.is_ok(), "the daemon did not exit after detach");
     assert!(!pins.exists(), "{} is still there", pins.display());
@@ -379,7 +361,7 @@ fn status_tells_what_is_enforced_across_reloads() {
     assert!(after["refused"].is_null(), "{status}");
     let reloaded_at = after["loaded_at"].as_u64().expect("loaded_at");
     assert!(reloaded_at > loaded_at, "{status}");
-    let human = ok(&lab, &["status"]);
+    let human = cli_ok(&lab, &["status"]);
     assert_eq!(fact(&human, "action"), "reply", "{human}");
     assert!(
         fact(&human, "pending restart").starts_with("enforce (changed in the file"),
@@ -405,7 +387,7 @@ fn status_tells_what_is_enforced_across_reloads() {
         error.contains(&format!("{config}:2:")) && error.contains("bundle"),
         "{status}"
     );
-    let human = ok(&lab, &["status"]);
+    let human = cli_ok(&lab, &["status"]);
     assert!(
         fact(&human, "reload refused").contains("the configuration above stays in force"),
         "{human}"
@@ -451,8 +433,8 @@ fn protection_outlives_the_daemon() {
         "3000",
     ];
     let daemon = Daemon::start(&lab, &args, false).expect("starting the daemon");
-    ok(&lab, &["deny", "add", "203.0.113.14", "--comment", "kept"]);
-    ok(&lab, &["allow", "add", "2001:db8:1::12/128"]);
+    cli_ok(&lab, &["deny", "add", "203.0.113.14", "--comment", "kept"]);
+    cli_ok(&lab, &["allow", "add", "2001:db8:1::12/128"]);
     // Two rejects (weight 2 each) cross the threshold of 3: 203.0.113.11 is denied.
     for port in [54001, 54002] {
         assert!(!completes(&lab, v4(1, port), "localhost"));

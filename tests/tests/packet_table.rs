@@ -5,23 +5,22 @@
 //! Each row is its own flow (its own client port), so rows do not interfere; a flow's
 //! data starts at sequence number ISN + 1 = 1001.
 
+use std::net::IpAddr;
+
 use helo_filter_common::{
     Counter, FAMILY_IPV4, FAMILY_IPV6, KernelConfig, REPLY_MARK, flags, phase,
 };
 use helo_filter_tests::{
     packet::{
-        ACK, CLIENT_V4, CLIENT_V6, ETH_P_8021AD, ETH_P_8021Q, FIN, Frame, IPPROTO_UDP,
+        ACK, CLIENT_V4, CLIENT_V6, ETH_P_8021AD, ETH_P_8021Q, ExpectedRst, FIN, Frame, IPPROTO_UDP,
         IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, PSH, SERVER_V4, SERVER_V6,
-        SYN, arp, flow_key_v4, flow_key_v6, ones_complement_sum,
+        SYN, arp, check_rst, flow_key_v4, flow_key_v6,
     },
-    xdp::CaptureProgram,
+    xdp::{CaptureProgram, XDP_DROP, XDP_PASS, XDP_TX},
 };
 
-/// `XDP_PASS`, `XDP_DROP` and `XDP_TX` from the kernel's UAPI. Without a daemon heartbeat
-/// (the table below writes none) the program passes everything; the gate tests write one.
-const XDP_PASS: u32 = 2;
-const XDP_DROP: u32 = 1;
-const XDP_TX: u32 = 3;
+// Without a daemon heartbeat (the table below writes none) the program passes everything;
+// the gate tests write one.
 
 const ISN: u32 = 1000;
 const DATA: u32 = ISN + 1;
@@ -868,92 +867,11 @@ fn a_stale_heartbeat_turns_the_gate_off() {
     assert_eq!(program.counter(Counter::GateHeld), 0);
 }
 
-/// What a RST in an output frame must say.
-struct ExpectedRst {
-    /// Where the IP header starts (after Ethernet and VLAN tags).
-    l3: usize,
-    v6: bool,
-    client_port: u16,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-}
-
-/// Checks a RST frame field by field: MACs swapped, VLAN tags kept, addresses and ports
-/// reversed, sequence numbers, flags, lengths and both checksums.
-fn check_rst(name: &str, input: &[u8], out: &[u8], want: &ExpectedRst) {
-    let ip_len = if want.v6 { 40 } else { 20 };
-    assert_eq!(out.len(), want.l3 + ip_len + 20, "{name}: frame length");
-    assert_eq!(&out[..6], &input[6..12], "{name}: destination MAC");
-    assert_eq!(&out[6..12], &input[..6], "{name}: source MAC");
-    assert_eq!(
-        &out[12..want.l3],
-        &input[12..want.l3],
-        "{name}: VLAN tags and ethertype"
-    );
-    let ip = &out[want.l3..want.l3 + ip_len];
-    let tcp = &out[want.l3 + ip_len..];
-    let pseudo_sum = if want.v6 {
-        assert_eq!(ip[0] >> 4, 6, "{name}: IPv6");
-        assert_eq!(
-            u16::from_be_bytes([ip[4], ip[5]]),
-            20,
-            "{name}: payload length"
-        );
-        assert_eq!(ip[6], 6, "{name}: next header TCP");
-        assert_eq!(&ip[8..24], &SERVER_V6.octets(), "{name}: source");
-        assert_eq!(&ip[24..40], &CLIENT_V6.octets(), "{name}: destination");
-        u32::from(ones_complement_sum(&ip[8..40], 6 + 20))
-    } else {
-        assert_eq!(ip[0], 0x45, "{name}: IPv4, no options");
-        assert_eq!(
-            u16::from_be_bytes([ip[2], ip[3]]),
-            40,
-            "{name}: total length"
-        );
-        assert_eq!(ip[9], 6, "{name}: protocol TCP");
-        assert_eq!(&ip[12..16], &SERVER_V4.octets(), "{name}: source");
-        assert_eq!(&ip[16..20], &CLIENT_V4.octets(), "{name}: destination");
-        assert_eq!(
-            ones_complement_sum(ip, 0),
-            0xFFFF,
-            "{name}: IPv4 header checksum"
-        );
-        u32::from(ones_complement_sum(&ip[12..20], 6 + 20))
-    };
-    assert_eq!(
-        u16::from_be_bytes([tcp[0], tcp[1]]),
-        25,
-        "{name}: source port"
-    );
-    assert_eq!(
-        u16::from_be_bytes([tcp[2], tcp[3]]),
-        want.client_port,
-        "{name}: destination port"
-    );
-    assert_eq!(
-        u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
-        want.seq,
-        "{name}: seq"
-    );
-    assert_eq!(
-        u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
-        want.ack,
-        "{name}: ack"
-    );
-    assert_eq!(tcp[12] >> 4, 5, "{name}: data offset");
-    assert_eq!(tcp[13], want.flags, "{name}: flags");
-    assert_eq!(
-        ones_complement_sum(tcp, pseudo_sum),
-        0xFFFF,
-        "{name}: TCP checksum"
-    );
-}
-
 const RST: u8 = 0x04;
 
 /// Deployment `gateway`, action `rst`: once a flow is condemned, each further client packet
-/// comes back as a RST from the server (XDP_TX), for every encapsulation.
+/// comes back as a RST from the server (XDP_TX), for every encapsulation; but a RST is never
+/// answered (RFC 9293 §3.10.7.1): the client's is dropped.
 #[test]
 fn condemned_flows_are_answered_with_a_checksummed_rst() {
     let mut program = CaptureProgram::load(&KernelConfig::default());
@@ -994,20 +912,33 @@ fn condemned_flows_are_answered_with_a_checksummed_rst() {
         let (action, out) = program.run_out(&input);
         assert_eq!(action, XDP_TX, "{name}");
         // The client's segment carries ACK 1 (the frame builder's): the RST's seq is that.
+        let (client, server) = if v6 {
+            (IpAddr::from(CLIENT_V6), IpAddr::from(SERVER_V6))
+        } else {
+            (CLIENT_V4.into(), SERVER_V4.into())
+        };
         let want = ExpectedRst {
             l3,
-            v6,
+            client,
+            server,
             client_port: port,
+            server_port: 25,
             seq: 1,
             ack: 0,
             flags: RST,
         };
-        check_rst(name, &input, &out, &want);
+        check_rst(&input, &out, &want).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let reset = wrap(flow.frame(DATA + 16, RST | ACK, b"")).bytes();
+        assert_eq!(
+            program.run_out(&reset),
+            (XDP_DROP, reset.clone()),
+            "{name}: the client's RST"
+        );
     }
 }
 
 /// A denied source's SYN answered with a RST when so configured: RST|ACK acknowledging the
-/// SYN, sequence number 0.
+/// SYN, sequence number 0. A SYN|RST is dropped, not answered (a RST never is).
 #[test]
 fn denied_syns_can_be_answered_with_a_rst() {
     let config = KernelConfig {
@@ -1021,14 +952,19 @@ fn denied_syns_can_be_answered_with_a_rst() {
     assert_eq!(action, XDP_TX);
     let want = ExpectedRst {
         l3: 14,
-        v6: false,
+        client: CLIENT_V4.into(),
+        server: SERVER_V4.into(),
         client_port: 47_000,
+        server_port: 25,
         seq: 0,
         ack: ISN + 1,
         flags: RST | ACK,
     };
-    check_rst("denied SYN", &input, &out, &want);
+    check_rst(&input, &out, &want).unwrap_or_else(|e| panic!("denied SYN: {e}"));
     assert_eq!(program.counter(Counter::SynDropped), 1);
+    let syn_rst = Frame::tcp4(47_001, 25, ISN, SYN | RST, b"").bytes();
+    assert_eq!(program.run_out(&syn_rst), (XDP_DROP, syn_rst.clone()));
+    assert_eq!(program.counter(Counter::SynDropped), 2);
 }
 
 /// `TC_ACT_OK` and `TC_ACT_SHOT` from the kernel's UAPI.

@@ -110,6 +110,12 @@ fn every_series_is_described_and_the_build_named() {
         "only {families:?} on the daemon's page"
     );
     assert_metric(page, &build_info, 1.0);
+    // Registered at zero at install, so that a rate over it exists before the first flow
+    // is abandoned (the soak reads it to account for every session).
+    for cause in ["timeout", "table_full"] {
+        let series = format!("helo_filter_flows_abandoned_total{{cause=\"{cause}\"}}");
+        assert_metric(page, &series, 0.0);
+    }
     let mut exported = families;
 
     let dir = temp_dir("policy");

@@ -251,13 +251,6 @@ fn a_failed_attach_is_never_ready() {
     assert!(notify.got("READY=1").is_empty(), "{:?}", notify.all());
 }
 
-fn write_config(lab: &Lab, text: &str) -> String {
-    std::fs::create_dir_all(lab.daemon_dir()).expect("daemon dir");
-    let path = lab.daemon_dir().join("sighup.toml");
-    std::fs::write(&path, text).expect("config");
-    path.to_string_lossy().into_owned()
-}
-
 fn completes(lab: &Lab, client: std::net::SocketAddr, helo: &str) -> bool {
     sessions::swaks_transcript(lab, client, Greeting::Ehlo, helo)
         .expect("swaks")
@@ -271,7 +264,7 @@ fn sighup_reloads_the_daemon() {
     let lab = lab("hu");
     let notify = NotifySocket::bind(&lab.daemon_dir().join("notify"));
     let socket = notify.path();
-    let config = write_config(&lab, "[policy]\nbundle = \"standard\"\n");
+    let config = config_file(&lab, "[policy]\nbundle = \"standard\"\n");
     // Reputation out of the way: the rejects below must come from the deny pattern alone.
     let mut daemon = Daemon::start_with_env(
         &lab,
@@ -282,7 +275,7 @@ fn sighup_reloads_the_daemon() {
     .expect("starting the daemon");
     assert!(completes(&lab, v4(0, 47001), "mail.example.net"));
 
-    write_config(
+    config_file(
         &lab,
         "[policy]\nbundle = \"standard\"\ndeny_helo = [\"mail.example.net\"]\n",
     );
@@ -303,7 +296,7 @@ fn sighup_reloads_the_daemon() {
     assert_eq!(notify.got("RELOADING=1").len(), 1, "{:?}", notify.all());
 
     // A file that does not validate: refused, logged, the previous one in force.
-    write_config(&lab, "[policy]\nbundle = \"paranoid\"\n");
+    config_file(&lab, "[policy]\nbundle = \"paranoid\"\n");
     daemon.signal(libc::SIGHUP);
     let refusal = daemon
         .wait_for(Duration::from_secs(10), |l| {

@@ -136,14 +136,6 @@ fn verdict_of(daemon: &mut Daemon, client: SocketAddr) -> String {
         .unwrap_or_else(|e| panic!("no verdict for {client}: {e}"))
 }
 
-/// A config file in the lab's daemon directory.
-fn config_file(lab: &Lab, text: &str) -> String {
-    std::fs::create_dir_all(lab.daemon_dir()).expect("daemon dir");
-    let path = lab.daemon_dir().join("reputation.toml");
-    std::fs::write(&path, text).expect("config");
-    path.to_string_lossy().into_owned()
-}
-
 /// Plays one session per port from the relay, greeting with a name that resolves elsewhere:
 /// each must be accepted (its soft reasons still logged) and its message delivered.
 fn accepted_relay_sessions(lab: &Lab, daemon: &mut Daemon, ports: std::ops::Range<u16>) {

@@ -187,6 +187,16 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The daemon's process id (`ip netns exec` execs it: the child is the daemon itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the daemon still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Every line logged so far.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().expect("log lines").clone()
@@ -251,6 +261,16 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A process's resident memory (`VmRSS` in /proc/PID/status), in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
 }
 
 /// Whether `args` name a configuration file (`--config FILE` or `--config=FILE`).

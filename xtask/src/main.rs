@@ -1,4 +1,4 @@
-//! `cargo xtask setup | run | lint | test | bench | deb`.
+//! `cargo xtask setup | run | lint | test | bench | deb | fuzz | soak`.
 use std::{
     io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr},
@@ -18,6 +18,8 @@ use xtask::{
 };
 
 mod deb;
+mod fuzz;
+mod soak;
 
 #[derive(Parser)]
 #[command(about = "helo-filter developer tasks")]
@@ -40,8 +42,8 @@ enum Task {
         #[arg(last = true)]
         daemon_args: Vec<String>,
     },
-    /// The lint gate, after setup: the nightly format check (import grouping) and both
-    /// clippy passes, user space and eBPF, with warnings denied.
+    /// The lint gate, after setup: the nightly format check (import grouping) and the
+    /// clippy passes (user space as tested and as released, eBPF), with warnings denied.
     Lint,
     /// Every test, privileged ones included (needs root).
     Test,
@@ -57,6 +59,20 @@ enum Task {
     },
     /// The Debian package (cargo-deb), in target/debian/ (docs/packaging.md).
     Deb,
+    /// Every parser's fuzz target under libFuzzer (nightly, cargo-fuzz), then the XDP
+    /// program's frame fuzzer with a million frames (needs root; docs/testing.md).
+    Fuzz {
+        /// How long each parser is fuzzed.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Mixed sessions at a steady rate for N minutes, sampled every 10 s (samples in
+    /// target/soak/samples.json); fails on an unaccounted session, a panic, a bound passed
+    /// (needs root).
+    Soak {
+        #[arg(long, default_value_t = 15)]
+        minutes: u64,
+    },
 }
 
 /// The lab `cargo xtask run` uses; a crashed run's leftovers are removed at next start.
@@ -74,6 +90,12 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test(),
         Task::Bench { quick, only } => bench(quick, &only),
         Task::Deb => deb::run(),
+        Task::Fuzz { seconds } => fuzz::run(seconds),
+        Task::Soak { minutes } => {
+            setup::run()?;
+            build_daemon()?;
+            soak::run(minutes)
+        }
     }
 }
 
@@ -205,13 +227,21 @@ fn format_check() -> Command {
 /// Runs every lint step, even after a failure, and fails naming the steps that did.
 fn lint() -> anyhow::Result<()> {
     setup::run()?;
+    // The workspace as the tests build it (with the `fault-injection` feature, which some
+    // tests need), then the daemon as it is released (without it).
     let mut user_space = cargo();
     user_space
         .args(["clippy", "--workspace", "--all-targets"])
         .args(["--exclude", "helo-filter-ebpf"])
+        .args(["--features", "helo-filter/fault-injection"])
         .args(["--", "-D", "warnings"])
         // helo-filter's build script then writes placeholder objects instead of compiling
-        // the eBPF crate (its own pass is the next step).
+        // the eBPF crate (its own pass is the last step).
+        .env("AYA_BUILD_SKIP", "1");
+    let mut release = cargo();
+    release
+        .args(["clippy", "--package", "helo-filter", "--all-targets"])
+        .args(["--", "-D", "warnings"])
         .env("AYA_BUILD_SKIP", "1");
     let mut ebpf = nightly_cargo();
     ebpf.args(["clippy", "--package", "helo-filter-ebpf"])
@@ -219,7 +249,11 @@ fn lint() -> anyhow::Result<()> {
         .args(["--", "-D", "warnings"]);
     let steps = [
         ("format (cargo +nightly fmt --all --check)", format_check()),
-        ("clippy, user space (AYA_BUILD_SKIP=1)", user_space),
+        (
+            "clippy, user space as tested (AYA_BUILD_SKIP=1)",
+            user_space,
+        ),
+        ("clippy, the daemon as released (AYA_BUILD_SKIP=1)", release),
         ("clippy, eBPF (nightly, bpfel-unknown-none)", ebpf),
     ];
     let total = steps.len();

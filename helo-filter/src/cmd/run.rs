@@ -38,7 +38,7 @@ use crate::{
         known_good::{KnownGood, KnownGoodSettings},
         probe::{self, Probe},
         reputation::{Reputation, ReputationSettings},
-        stage::{Stage, policy_stage},
+        stage::{self, Stage, policy_stage},
     },
     policy::PolicyEngine,
     postfix::{Listener, PolicyService},
@@ -150,7 +150,11 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
         .dns_client(Some(Arc::new(metrics::DnsMetrics)))
         .context("setting up DNS")?;
 
-    let mut ebpf = kernel::load(&file.kernel_config(), Some(&pins))?;
+    let mut ebpf = kernel::load(
+        &file.kernel_config(),
+        file.kernel.ringbuf_bytes,
+        Some(&pins),
+    )?;
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
     let answerer = match file.enforce.enforced_action() {
         Action::Reply => {
@@ -322,6 +326,17 @@ async fn spawn(
     tasks.every(COUNTER_REFRESH, "reading kernel counters", move || {
         metrics::refresh_kernel_counters(&reading)
     });
+    let engine = Arc::clone(daemon.stage.engine());
+    tasks.every(COUNTER_REFRESH, "reading load gauges", move || {
+        let dns_in_flight = stage::current(&engine)
+            .dns()
+            .map_or(0, |dns| dns.in_flight());
+        let alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        metrics::runtime_load(dns_in_flight, alive);
+        Ok(())
+    });
     let mut heartbeat = daemon.heartbeat;
     tasks.every(
         Duration::from_millis(HEARTBEAT_INTERVAL_MS.into()),
@@ -339,7 +354,9 @@ async fn spawn(
             sweeping.sweep_reputation();
             expiring.expire();
             if sweeping.take_reputation_changed() {
-                expiring.snapshot_reputation()?;
+                // A failed write is counted and logged by the state directory (at most once
+                // a minute, not once a second); the periodic snapshot below tries again.
+                let _ = expiring.snapshot_reputation();
             }
             Ok(())
         },
@@ -347,7 +364,9 @@ async fn spawn(
     let snapshotting = Arc::clone(&daemon.operator);
     let interval = Duration::from_secs(file.state.snapshot_interval_secs.get());
     tasks.every(interval, "writing the reputation snapshot", move || {
-        snapshotting.snapshot_reputation()
+        // As above: the state directory reports a failure, the next interval tries again.
+        let _ = snapshotting.snapshot_reputation();
+        Ok(())
     });
     if file.fleet.redis.is_some() {
         join_fleet(file, &daemon.stage, &daemon.operator, tasks).await?;

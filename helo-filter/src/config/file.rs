@@ -430,8 +430,12 @@ monitor = true
                 "fleet.redis",
                 "password_file",
             ),
-            ("[fleet]\noperator = \"everywhere\"\n", 2, "fleet.operator", ""),
-
+            (
+                "[fleet]\noperator = \"everywhere\"\n",
+                2,
+                "fleet.operator",
+                "",
+            ),
         ];
         for (text, line, key, needle) in cases {
             let e = err(text);

@@ -197,6 +197,9 @@ pub struct KernelSection {
     /// TCP ports the MTA listens on, at most 8.
     pub smtp_ports: Vec<u16>,
     pub xdp_mode: XdpModeChoice,
+    /// Bytes of the ring buffer that carries captured segments to the daemon: a power of two,
+    /// at least a page. Changing it needs `helo-filter detach` (the buffer is pinned).
+    pub ringbuf_bytes: u32,
 }
 
 impl Default for KernelSection {
@@ -205,6 +208,7 @@ impl Default for KernelSection {
             interfaces: Vec::new(),
             smtp_ports: vec![25],
             xdp_mode: XdpModeChoice::Auto,
+            ringbuf_bytes: helo_filter_common::maps::EVENTS_DEFAULT_BYTES,
         }
     }
 }

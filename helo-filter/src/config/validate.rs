@@ -26,6 +26,10 @@ const MAX_KNOWN_GOOD_TTL_SECS: u64 = 30 * 86_400;
 const MAX_SOCKET_PATH: usize = 107;
 /// A Linux interface name has at most 15 bytes (IFNAMSIZ with its NUL).
 const MAX_INTERFACE_NAME: usize = 15;
+/// A BPF ring buffer is a power of two of at least a page (4 KiB on the platforms the
+/// filter runs on); past 1 GiB it is memory no HELO rate needs.
+const MIN_RINGBUF_BYTES: u32 = 4096;
+const MAX_RINGBUF_BYTES: u32 = 1 << 30;
 /// Reply texts go into one SMTP reply line (at most 512 bytes with the code and the
 /// reason appended): 200 bytes leave room for both.
 pub const MAX_REPLY_TEXT: usize = 200;
@@ -196,6 +200,15 @@ fn problems(c: &PolicyFile) -> Vec<Problem> {
         "kernel.interfaces",
         has_duplicates(interfaces),
         "an interface is given twice".into(),
+    );
+    let ringbuf = c.kernel.ringbuf_bytes;
+    refuse(
+        "kernel.ringbuf_bytes",
+        !ringbuf.is_power_of_two() || !(MIN_RINGBUF_BYTES..=MAX_RINGBUF_BYTES).contains(&ringbuf),
+        format!(
+            "a power of two from {MIN_RINGBUF_BYTES} (a page) to {MAX_RINGBUF_BYTES} bytes, \
+             {ringbuf} given"
+        ),
     );
 
     let enforce = &c.enforce;

@@ -39,8 +39,10 @@ use crate::addr;
 
 mod answer;
 mod cache;
-#[cfg(test)]
-pub(crate) mod test_server;
+/// Also for the end-to-end fault tests (`fault-injection` builds), which put it where the
+/// lab's DNS server was.
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod test_server;
 #[cfg(test)]
 mod tests;
 
@@ -556,6 +558,11 @@ impl DnsClient {
             shared: c.shared.load(Ordering::Relaxed),
             tempfails: c.tempfails.load(Ordering::Relaxed),
         }
+    }
+
+    /// Queries on the wire now (at most `max_in_flight`).
+    pub fn in_flight(&self) -> usize {
+        self.inner.settings.max_in_flight.max(1) - self.inner.slots.available_permits()
     }
 
     /// Number of cached answers.

@@ -1,19 +1,21 @@
 //! A tiny UDP "DNS server" on 127.0.0.1 that answers every query in one fixed, mostly broken
-//! way: for the tests that `check` and the client end by their deadline whatever a server sends.
+//! way: for the tests that `check` and the client end by their deadline whatever a server sends,
+//! and for the end-to-end fault tests (a slow or garbled server where the lab's was).
 
 use std::{
     net::{SocketAddr, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// How the server answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Misbehaviour {
+pub enum Misbehaviour {
     /// A well-formed answer whose message id is not the query's.
     WrongId,
     /// Junk bytes, message id included.
@@ -28,10 +30,13 @@ pub(crate) enum Misbehaviour {
     Silent,
     /// An empty answer with this response code (2 SERVFAIL, 5 REFUSED).
     Rcode(u8),
+    /// A well-formed NXDOMAIN, sent this long after the query (queries are not held up by
+    /// the answers still waiting).
+    Late(Duration),
 }
 
 /// The running server; stops when dropped.
-pub(crate) struct BadServer {
+pub struct BadServer {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Queries received so far.
@@ -41,14 +46,27 @@ pub(crate) struct BadServer {
 }
 
 impl BadServer {
-    pub(crate) fn start(how: Misbehaviour) -> BadServer {
-        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the test server");
+    /// A server on a free port of 127.0.0.1.
+    pub fn start(how: Misbehaviour) -> BadServer {
+        BadServer::start_at("127.0.0.1:0".parse().expect("an address"), how)
+    }
+
+    /// A server on `addr`, in the network namespace of the calling thread.
+    pub fn start_at(addr: SocketAddr, how: Misbehaviour) -> BadServer {
+        let socket = UdpSocket::bind(addr).expect("bind the test server");
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
             .expect("read timeout");
         let addr = socket.local_addr().expect("local address");
         let stop = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(AtomicUsize::new(0));
+        let late = match how {
+            Misbehaviour::Late(delay) => Some(late_sender(
+                socket.try_clone().expect("a second handle"),
+                delay,
+            )),
+            _ => None,
+        };
         let thread = {
             let (stop, queries) = (stop.clone(), queries.clone());
             std::thread::spawn(move || {
@@ -58,8 +76,16 @@ impl BadServer {
                         continue;
                     };
                     queries.fetch_add(1, Ordering::Relaxed);
-                    if let Some(reply) = reply(how, &buf[..len]) {
-                        let _ = socket.send_to(&reply, peer);
+                    let Some(reply) = reply(how, &buf[..len]) else {
+                        continue;
+                    };
+                    match &late {
+                        Some(later) => {
+                            let _ = later.send((Instant::now(), reply, peer));
+                        }
+                        None => {
+                            let _ = socket.send_to(&reply, peer);
+                        }
                     }
                 }
             })
@@ -80,6 +106,19 @@ impl Drop for BadServer {
             let _ = t.join();
         }
     }
+}
+
+/// Sends each reply it is given `delay` after the query came: the delay is the same for
+/// all, so they are due in the order they come. Ends when the receiving thread ends.
+fn late_sender(socket: UdpSocket, delay: Duration) -> mpsc::Sender<(Instant, Vec<u8>, SocketAddr)> {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>, SocketAddr)>();
+    std::thread::spawn(move || {
+        for (came, reply, peer) in rx {
+            std::thread::sleep((came + delay).saturating_duration_since(Instant::now()));
+            let _ = socket.send_to(&reply, peer);
+        }
+    });
+    tx
 }
 
 /// The question section of a query (name, type, class), when it parses.
@@ -146,6 +185,12 @@ fn reply(how: Misbehaviour, query: &[u8]) -> Option<Vec<u8>> {
         }
         Misbehaviour::Rcode(code) => {
             let mut r = header(id, 0, code, 0);
+            r.extend_from_slice(q);
+            r
+        }
+        Misbehaviour::Late(_) => {
+            // NXDOMAIN, authoritative: what the lab's dnsmasq says of a name it lacks.
+            let mut r = header(id, 0x0400, 3, 0);
             r.extend_from_slice(q);
             r
         }

@@ -79,14 +79,20 @@ fn check_object(bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the capture program into the kernel (not yet attached) and writes its config.
-/// With `pins`, the persistent maps are the ones pinned there (created and pinned if
-/// absent): a restarted daemon keeps its predecessor's entries.
-pub fn load(config: &KernelConfig, pins: Option<&PinDir>) -> anyhow::Result<Ebpf> {
+/// Loads the capture program into the kernel (not yet attached) and writes its config, its
+/// `EVENTS` ring buffer `ringbuf_bytes` long. With `pins`, the persistent maps are the ones
+/// pinned there (created and pinned if absent): a restarted daemon keeps its predecessor's
+/// entries.
+pub fn load(
+    config: &KernelConfig,
+    ringbuf_bytes: u32,
+    pins: Option<&PinDir>,
+) -> anyhow::Result<Ebpf> {
     check_object(CAPTURE_OBJECT)?;
     let mut loader = EbpfLoader::new();
+    loader.map_max_entries(maps::EVENTS, ringbuf_bytes);
     if let Some(pins) = pins {
-        pins.check_layouts(CAPTURE_OBJECT)?;
+        pins.check_layouts(CAPTURE_OBJECT, ringbuf_bytes)?;
         for name in PERSISTENT_MAPS {
             loader.map_pin_path(name, pins.map(name));
         }

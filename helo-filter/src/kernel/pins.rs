@@ -161,9 +161,10 @@ impl PinDir {
             .collect()
     }
 
-    /// Checks that the maps pinned here have the layout `object` defines: aya reuses a
-    /// pinned map whatever its layout, and a program of another version would misread it.
-    pub fn check_layouts(&self, object: &[u8]) -> anyhow::Result<()> {
+    /// Checks that the maps pinned here have the layout `object` defines, the `EVENTS` ring
+    /// buffer `ringbuf_bytes` long: aya reuses a pinned map whatever its layout, and a
+    /// program of another version would misread it.
+    pub fn check_layouts(&self, object: &[u8], ringbuf_bytes: u32) -> anyhow::Result<()> {
         let object = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
         for name in PERSISTENT_MAPS {
             let path = self.map(name);
@@ -172,6 +173,18 @@ impl PinDir {
             };
             let pinned = aya::maps::MapInfo::from_pin(&path)
                 .with_context(|| format!("reading the pinned map {}", path.display()))?;
+            if name == maps::EVENTS {
+                // Its size is the configuration's, not the object's.
+                if pinned.max_entries() != ringbuf_bytes {
+                    bail!(
+                        "the ring buffer pinned at {} holds {} bytes and [kernel] ringbuf_bytes \
+                         is {ringbuf_bytes}: changing its size needs `helo-filter detach` first",
+                        path.display(),
+                        pinned.max_entries()
+                    );
+                }
+                continue;
+            }
             let layout = |k: u32, v: u32, n: u32| format!("key {k} B, value {v} B, {n} entries");
             let want = layout(
                 definition.key_size(),

@@ -157,6 +157,8 @@ pub enum ErrorKind {
     Kernel,
     /// The state directory or the pins could not be written or removed.
     Io,
+    /// The daemon already serves its most control connections at once (64): try again.
+    Busy,
     /// (CLI) no daemon answers on the control socket.
     Unavailable,
     /// (CLI) the control socket is root's.
@@ -182,6 +184,7 @@ impl ErrorKind {
             ErrorKind::InvalidConfig => "invalid_config",
             ErrorKind::Kernel => "kernel",
             ErrorKind::Io => "io",
+            ErrorKind::Busy => "busy",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::BadResponse => "bad_response",

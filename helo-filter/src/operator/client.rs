@@ -55,10 +55,14 @@ pub fn call(socket: &Path, command: &Command) -> Result<Value, ControlError> {
     })
     .map_err(|e| ControlError::new(ErrorKind::BadRequest, e.to_string()))?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes()).map_err(io)?;
+    // A daemon at its connection cap answers `busy` and closes at once, maybe before the
+    // request is written: that answer is still read, and told rather than the broken pipe.
+    let written = (&stream).write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
+    let read = BufReader::new(&stream).read_line(&mut answer);
     if answer.is_empty() {
+        written.map_err(io)?;
+        read.map_err(io)?;
         return Err(ControlError::new(
             ErrorKind::BadResponse,
             "the daemon closed the control connection without answering",

@@ -10,19 +10,24 @@
 //! A malformed, oversized or wrong-version request gets an error response and the
 //! connection stays usable. The requests, results and error kinds are typed in
 //! [`super::api`]; their JSON is in `docs/operations.md`.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are served at once; one more is answered `busy`
+//! and closed. A request must be whole within [`REQUEST_DEADLINE`] of its first byte, and a
+//! connection without one for [`IDLE_TIMEOUT`] is closed: nothing holds a slot for long.
 
-use std::{future::Future, path::Path, sync::Arc};
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
 
 use log::warn;
 use serde_json::Value;
 use tokio::{
     io::{AsyncWriteExt as _, BufReader},
-    net::UnixListener,
+    net::{UnixListener, unix::OwnedWriteHalf},
+    sync::Semaphore,
 };
 
 use crate::{
     io::{
-        line_reader::{Line, read_line},
+        line_reader::{Line, REQUEST_DEADLINE, input_within, read_line},
         unix_socket::{self, SocketFile},
     },
     operator::api::{Command, ControlError, ErrorKind, Response},
@@ -32,6 +37,11 @@ use crate::{
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The longest request line, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
+/// Connections served at once (the CLI opens one per command).
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends no request for this long is closed (the CLI sends its request at
+/// once).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub use crate::config::DEFAULT_CONTROL_SOCKET as DEFAULT_SOCKET;
 
 /// Carries out commands (the daemon's operator side).
@@ -96,6 +106,7 @@ impl ControlSocket {
 
     /// Serves connections until the task is dropped.
     pub async fn serve<H: Handler>(self, handler: Arc<H>) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -106,18 +117,45 @@ impl ControlSocket {
                 }
             };
             let handler = Arc::clone(&handler);
+            let slot = Arc::clone(&slots).try_acquire_owned();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
+                let Ok(_slot) = slot else {
+                    // Told rather than left waiting: the operator sees why at once.
+                    let _ = answer(
+                        &mut write,
+                        Response::error(ControlError::new(
+                            ErrorKind::Busy,
+                            format!(
+                                "the daemon already serves {MAX_CONNECTIONS} control \
+                                 connections; try again"
+                            ),
+                        )),
+                    )
+                    .await;
+                    return;
+                };
                 let mut reader = BufReader::new(read);
                 let mut line = Vec::new();
                 loop {
-                    let response = match read_line(&mut reader, &mut line, MAX_REQUEST).await {
-                        Ok(Line::Eof) | Err(_) => return,
-                        Ok(Line::Oversized) => Response::error(ControlError::new(
+                    let read = match input_within(&mut reader, IDLE_TIMEOUT).await {
+                        Ok(true) => {
+                            tokio::time::timeout(
+                                REQUEST_DEADLINE,
+                                read_line(&mut reader, &mut line, MAX_REQUEST),
+                            )
+                            .await
+                        }
+                        Ok(false) => return,
+                        Err(e) => Ok(Err(e)),
+                    };
+                    let response = match read {
+                        Ok(Ok(Line::Eof) | Err(_)) | Err(_) => return,
+                        Ok(Ok(Line::Oversized)) => Response::error(ControlError::new(
                             ErrorKind::BadRequest,
                             format!("request longer than {MAX_REQUEST} bytes"),
                         )),
-                        Ok(Line::Complete) => match parse_request(&line) {
+                        Ok(Ok(Line::Complete)) => match parse_request(&line) {
                             Ok(command) => match handler.handle(command).await {
                                 Ok(result) => Response::ok(result),
                                 Err(e) => Response::error(e),
@@ -125,15 +163,20 @@ impl ControlSocket {
                             Err(e) => Response::error(e),
                         },
                     };
-                    let mut text = serde_json::to_string(&response).unwrap_or_default();
-                    text.push('\n');
-                    if write.write_all(text.as_bytes()).await.is_err() {
+                    if answer(&mut write, response).await.is_err() {
                         return;
                     }
                 }
             });
         }
     }
+}
+
+/// Writes `response` as one JSON line.
+async fn answer(write: &mut OwnedWriteHalf, response: Response) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(&response).unwrap_or_default();
+    text.push('\n');
+    write.write_all(text.as_bytes()).await
 }
 
 #[cfg(test)]

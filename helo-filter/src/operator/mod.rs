@@ -218,7 +218,8 @@ impl Operator {
         self.config.as_ref().map(|p| p.display().to_string())
     }
 
-    /// Writes the reputation snapshot.
+    /// Writes the reputation snapshot. A failure is counted and logged by the state
+    /// directory (at most once a minute).
     pub fn snapshot_reputation(&self) -> anyhow::Result<()> {
         let snapshot = self.stage.reputation().snapshot(Instant::now(), unix_now());
         self.state.save_reputation(&snapshot)
@@ -263,12 +264,17 @@ impl Operator {
 
     fn reputation_reset(&self, ip: IpAddr) -> Result<ReputationReset, ControlError> {
         let source = source_of(ip);
+        // Written without the source first: a reset that cannot be written is refused with
+        // reputation and the kernel as they were.
+        let mut snapshot = self.stage.reputation().snapshot(Instant::now(), unix_now());
+        snapshot.sources.retain(|s| s.source != source);
+        self.state
+            .save_reputation(&snapshot)
+            .map_err(|e| ControlError::io(&e))?;
         let known = self
             .stage
             .forget(source)
             .map_err(|e| ControlError::kernel(&e))?;
-        self.snapshot_reputation()
-            .map_err(|e| ControlError::io(&e))?;
         info!("operator: reputation of {source} reset");
         Ok(ReputationReset {
             source,

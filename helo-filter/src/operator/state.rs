@@ -4,16 +4,27 @@
 //! leaves the old file or the new one, never a torn one. A file that cannot be read or
 //! parsed stops the daemon with a message naming it: it never starts with its lists
 //! silently emptied. A missing file is a first start.
+//!
+//! A write that fails (a read-only or full file system) is counted in
+//! `helo_filter_state_write_failures_total{file}` and logged at most once per
+//! [`FAILURE_LOG_INTERVAL`] for each file, since the callers retry (the reputation snapshot
+//! every interval, the expiry of list entries every second): a full disk must not fill the
+//! log as well. The daemon keeps enforcing what it holds in memory meanwhile.
 
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use ipnet::IpNet;
+use log::{info, warn};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::metrics::StateFile;
 /// `reputation.json`'s contents: the format is Reputation's.
 pub use crate::pipeline::reputation::{ReputationSnapshot, SourceRecord};
 
@@ -21,6 +32,8 @@ pub use crate::pipeline::reputation::{ReputationSnapshot, SourceRecord};
 pub const STATE_VERSION: u32 = 1;
 const LISTS_FILE: &str = "lists.json";
 const REPUTATION_FILE: &str = "reputation.json";
+/// The shortest time between two log lines about failing writes of one file.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// An operator's allow or deny entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +81,41 @@ struct Versioned<T> {
 #[derive(Clone, Debug)]
 pub struct StateDir {
     dir: PathBuf,
+    /// Shared by the clones: the reputation snapshot and the lists are written from
+    /// several tasks.
+    failures: Arc<Mutex<[WriteFailures; 2]>>,
+}
+
+/// The failing writes of one file since it was last written.
+#[derive(Debug, Default)]
+struct WriteFailures {
+    /// Failed writes since the last success.
+    failed: u64,
+    /// Failed writes not yet told in a log line.
+    untold: u64,
+    logged_at: Option<Instant>,
+}
+
+impl WriteFailures {
+    /// Counts a failure; whether to log it now, and how many failures the line tells.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.failed += 1;
+        self.untold += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < FAILURE_LOG_INTERVAL)
+        {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some(std::mem::take(&mut self.untold))
+    }
+
+    /// A write worked: the failures before it, if any (to say that it works again).
+    fn written(&mut self) -> Option<u64> {
+        let failed = std::mem::take(self).failed;
+        (failed > 0).then_some(failed)
+    }
 }
 
 impl StateDir {
@@ -81,6 +129,7 @@ impl StateDir {
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
         Ok(StateDir {
             dir: dir.to_path_buf(),
+            failures: Arc::default(),
         })
     }
 
@@ -93,7 +142,7 @@ impl StateDir {
     }
 
     pub fn save_lists(&self, lists: &Lists) -> anyhow::Result<()> {
-        self.save(LISTS_FILE, lists)
+        self.save(StateFile::Lists, LISTS_FILE, lists)
     }
 
     pub fn load_reputation(&self) -> anyhow::Result<ReputationSnapshot> {
@@ -101,7 +150,7 @@ impl StateDir {
     }
 
     pub fn save_reputation(&self, snapshot: &ReputationSnapshot) -> anyhow::Result<()> {
-        self.save(REPUTATION_FILE, snapshot)
+        self.save(StateFile::Reputation, REPUTATION_FILE, snapshot)
     }
 
     fn load<T: DeserializeOwned + Default>(&self, name: &str) -> anyhow::Result<T> {
@@ -136,7 +185,8 @@ impl StateDir {
         Ok(file.body)
     }
 
-    fn save<T: Serialize>(&self, name: &str, body: &T) -> anyhow::Result<()> {
+    /// Writes `name` atomically; a failure is counted and logged (see the module's doc).
+    fn save<T: Serialize>(&self, file: StateFile, name: &str, body: &T) -> anyhow::Result<()> {
         let path = self.dir.join(name);
         let temporary = self.dir.join(format!(".{name}.tmp"));
         let text = serde_json::to_vec_pretty(&Versioned {
@@ -151,7 +201,41 @@ impl StateDir {
             std::fs::rename(&temporary, &path)?;
             std::fs::File::open(&self.dir)?.sync_all()
         };
-        write().with_context(|| format!("writing the state file {}", path.display()))
+        let written = write();
+        let mut failures = self.failures.lock();
+        let failures = &mut failures[file as usize];
+        match written {
+            Ok(()) => {
+                if let Some(failed) = failures.written() {
+                    info!(
+                        "state file {} written again, after {failed} failed writes",
+                        path.display()
+                    );
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // A half-written temporary file would hold on to the space a full file
+                // system needs back; the file in force is untouched.
+                let _ = std::fs::remove_file(&temporary);
+                crate::metrics::state_write_failure(file);
+                if let Some(failed) = failures.failed(Instant::now()) {
+                    let meanwhile = match file {
+                        StateFile::Lists => "list changes are refused until it can be written",
+                        StateFile::Reputation => "the snapshot is tried again every interval",
+                    };
+                    warn!(
+                        "writing the state file {}: {e} ({failed} failed writes since the last \
+                         line, at most one line every {} s); enforcement goes on with what is \
+                         in memory, {meanwhile}",
+                        path.display(),
+                        FAILURE_LOG_INTERVAL.as_secs()
+                    );
+                }
+                Err(anyhow::Error::new(e)
+                    .context(format!("writing the state file {}", path.display())))
+            }
+        }
     }
 }
 
@@ -206,6 +290,66 @@ mod tests {
         let text = std::fs::read_to_string(state.path().join(LISTS_FILE)).expect("file");
         assert!(text.contains("\"version\": 1"), "{text}");
         assert!(!state.path().join(".lists.json.tmp").exists());
+    }
+
+    #[test]
+    fn failing_writes_are_logged_once_per_interval_with_the_count_since_the_last_line() {
+        let mut failures = WriteFailures::default();
+        let start = Instant::now();
+        assert_eq!(failures.failed(start), Some(1), "the first failure is told");
+        for second in 1..60 {
+            assert_eq!(failures.failed(start + Duration::from_secs(second)), None);
+        }
+        assert_eq!(
+            failures.failed(start + FAILURE_LOG_INTERVAL),
+            Some(60),
+            "a minute later: the 59 untold and this one"
+        );
+        assert_eq!(
+            failures.written(),
+            Some(61),
+            "every failure since the last write"
+        );
+        assert_eq!(
+            failures.written(),
+            None,
+            "a write after a write tells nothing"
+        );
+        assert_eq!(
+            failures.failed(start + FAILURE_LOG_INTERVAL),
+            Some(1),
+            "a new failure after a write is told at once"
+        );
+    }
+
+    #[test]
+    fn a_failed_write_keeps_the_file_in_force_and_leaves_no_temporary_file() {
+        let state = dir("failed-write");
+        let lists = Lists::default();
+        state.save_lists(&lists).expect("save");
+        // A directory in place of the temporary file: creating it fails (even for root).
+        let temporary = state.path().join(".lists.json.tmp");
+        std::fs::create_dir(&temporary).expect("a directory in the way");
+        let mut more = lists.clone();
+        more.deny_helo.push(HeloEntry {
+            pattern: "bot.example".into(),
+            expires_at: None,
+            comment: None,
+            added_at: 1,
+        });
+        let e = format!(
+            "{:#}",
+            state.save_lists(&more).expect_err("the write fails")
+        );
+        assert!(e.contains("writing the state file"), "{e}");
+        assert_eq!(
+            state.load_lists().expect("load"),
+            lists,
+            "the old file is kept"
+        );
+        std::fs::remove_dir(&temporary).expect("out of the way");
+        state.save_lists(&more).expect("written again");
+        assert_eq!(state.load_lists().expect("load"), more);
     }
 
     #[test]

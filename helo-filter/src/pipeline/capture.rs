@@ -72,6 +72,7 @@ pub async fn run(
                     }
                     let (session, evicted) = reassembler.push(&event, Instant::now());
                     if evicted > 0 {
+                        metrics::flows_abandoned(metrics::AbandonCause::TableFull, evicted);
                         warn!("reassembly full: gave up {evicted} undecided flow(s)");
                     }
                     if let Some(session) = session {
@@ -86,8 +87,11 @@ pub async fn run(
             _ = sweep.tick() => {
                 let expired = reassembler.expire(Instant::now());
                 if expired > 0 {
+                    metrics::flows_abandoned(metrics::AbandonCause::Timeout, expired);
                     debug!("{expired} undecided flow(s) timed out");
                 }
+                let queued = sessions.max_capacity() - sessions.capacity();
+                metrics::capture_load(reassembler.flows_in_progress(), queued);
             }
         }
     }

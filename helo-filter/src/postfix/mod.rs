@@ -18,13 +18,17 @@ use tokio::{
 
 use crate::{
     config::ListenAddr,
-    io::unix_socket::{self, SocketFile},
+    io::{
+        line_reader::{REQUEST_DEADLINE, input_within},
+        unix_socket::{self, SocketFile},
+    },
 };
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
-/// A connection idle this long is closed (a little over Postfix's own 300 s
-/// `smtpd_policy_service_max_idle`, so that Postfix normally closes first).
+/// A connection idle this long between requests is closed (a little over Postfix's own
+/// 300 s `smtpd_policy_service_max_idle`, so that Postfix normally closes first). Within a
+/// request, [`REQUEST_DEADLINE`] holds.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(330);
 
 /// A bound listener (binding first lets a daemon fail at start, not later).
@@ -128,20 +132,27 @@ fn group_id(name: &str) -> Option<u32> {
 }
 
 /// Serves one persistent connection: request after request until the peer closes, an I/O
-/// error, or the idle timeout.
+/// error, the idle timeout, or a request not whole within [`REQUEST_DEADLINE`] (dropped
+/// silently: a log line per slow client would let abuse fill the log).
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(stream: S, service: &PolicyService) {
     let (read, mut write) = tokio::io::split(stream);
     let mut reader = BufReader::new(read);
     loop {
-        let received =
-            match tokio::time::timeout(IDLE_TIMEOUT, protocol::read_request(&mut reader)).await {
-                Ok(Ok(protocol::Received::Closed)) | Err(_) => return,
-                Ok(Ok(received)) => received,
-                Ok(Err(e)) => {
-                    warn!("policy connection: {e}");
-                    return;
-                }
-            };
+        let read = match input_within(&mut reader, IDLE_TIMEOUT).await {
+            Ok(true) => {
+                tokio::time::timeout(REQUEST_DEADLINE, protocol::read_request(&mut reader)).await
+            }
+            Ok(false) => return,
+            Err(e) => Ok(Err(e)),
+        };
+        let received = match read {
+            Ok(Ok(protocol::Received::Closed)) | Err(_) => return,
+            Ok(Ok(received)) => received,
+            Ok(Err(e)) => {
+                warn!("policy connection: {e}");
+                return;
+            }
+        };
         let action = service.answer(received).await;
         if let Err(e) = write.write_all(protocol::reply(&action).as_bytes()).await {
             warn!("policy connection: cannot reply: {e}");

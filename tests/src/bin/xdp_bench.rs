@@ -17,7 +17,7 @@ use std::{
 use helo_filter_common::{KernelConfig, phase};
 use helo_filter_tests::{
     packet::{ACK, CLIENT_V6, Frame, PSH, SYN, arp, flow_key_v4},
-    xdp::{BaselineProgram, CaptureProgram},
+    xdp::{BaselineProgram, CaptureProgram, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use ipnet::{IpNet, Ipv6Net};
 use xtask::bench::{
@@ -28,10 +28,7 @@ use xtask::bench::{
 /// Fresh flows captured between two drains of the ring buffer.
 const CAPTURE_BATCH: u16 = 100;
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
-const XDP_TX: u32 = 3;
 const BASELINE: &str = "empty XDP program";
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -160,7 +160,7 @@ fn session(source: SocketAddr, server: SocketAddr, helo: &str, think: Duration) 
 }
 
 /// The code of a (possibly multi-line) reply; `None` when the connection failed.
-fn reply_code(reader: &mut impl std::io::BufRead) -> Option<u16> {
+pub fn reply_code(reader: &mut impl std::io::BufRead) -> Option<u16> {
     let mut line = String::new();
     loop {
         line.clear();
