@@ -14,7 +14,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use super::{
-    Fleet, Outgoing,
+    Arrival, Fleet, Outgoing,
     wire::{Announcement, Denial},
 };
 use crate::metrics;
@@ -143,7 +143,9 @@ async fn serve(
                 match message.get_payload::<String>().map_err(|e| e.to_string()).and_then(|text| {
                     serde_json::from_str::<Announcement>(&text).map_err(|e| e.to_string())
                 }) {
-                    Ok(Announcement::Added { denial }) => fleet.receive(denial),
+                    Ok(Announcement::Added { denial }) => {
+                        fleet.receive(denial, Arrival::Announced);
+                    }
                     Ok(Announcement::Lifted { net, member }) if member != fleet.0.name => {
                         fleet.lifted(net);
                     }

@@ -57,6 +57,15 @@ pub trait Local: Send + Sync {
     fn own_shared(&self, fleet: &Fleet) -> Vec<Denial>;
 }
 
+/// How another member's denial reached this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    /// Announced on the channel as it was made.
+    Announced,
+    /// Read from its key at a (re)connection.
+    Read,
+}
+
 /// A change for the fleet.
 #[derive(Debug)]
 enum Outgoing {
@@ -295,7 +304,7 @@ impl Fleet {
     }
 
     /// Another member's denial, announced or read from Redis.
-    fn receive(&self, denial: Denial) {
+    fn receive(&self, denial: Denial, arrival: Arrival) {
         if denial.member == self.0.name {
             return;
         }
@@ -318,11 +327,19 @@ impl Fleet {
         }
         self.enforce(&denial);
         self.0.received.fetch_add(1, Ordering::Relaxed);
-        self.0.last_lag_ms.store(lag + 1, Ordering::Relaxed);
         metrics::fleet_denial("received");
-        metrics::fleet_propagation(Duration::from_millis(lag));
+        let how = match arrival {
+            // Only an announcement's age is a propagation time: a denial read at a
+            // reconnect may be hours old.
+            Arrival::Announced => {
+                self.0.last_lag_ms.store(lag + 1, Ordering::Relaxed);
+                metrics::fleet_propagation(Duration::from_millis(lag));
+                format!("{lag} ms after it was made")
+            }
+            Arrival::Read => "read from Redis".to_owned(),
+        };
         info!(
-            "fleet: denied {} until {} ({} by {}), {lag} ms after it was made",
+            "fleet: denied {} until {} ({} by {}), {how}",
             denial.net,
             denial.expires_at,
             denial.kind.as_str(),
@@ -352,7 +369,7 @@ impl Fleet {
             self.lifted(net);
         }
         for denial in current {
-            self.receive(denial);
+            self.receive(denial, Arrival::Read);
         }
     }
 
