@@ -289,6 +289,31 @@ pub struct DenyEntry {
     pub _pad: u32,
 }
 
+/// How many bytes of `word` (little-endian: its first byte the lowest) come before its
+/// first LF; 8 when it has none. The kernel's line scanner steps through a line by words
+/// with it; it lives here so that it is unit-tested.
+///
+/// One branch rather than one per byte, so that the verifier meets one unknown result
+/// instead of eight paths.
+#[inline(always)]
+pub fn bytes_before_lf(word: u64) -> u64 {
+    const LF_IN_EVERY_BYTE: u64 = 0x0A0A_0A0A_0A0A_0A0A;
+    const ONE_IN_EVERY_BYTE: u64 = 0x0101_0101_0101_0101;
+    const HIGH_BIT_OF_EVERY_BYTE: u64 = 0x8080_8080_8080_8080;
+    // LFs become zero bytes.
+    let x = word ^ LF_IN_EVERY_BYTE;
+    // The high bit of each byte that is zero in `x`: exact for the lowest such byte (a
+    // borrow can only mark bytes above a zero one, and only the lowest is used).
+    let zeros = x.wrapping_sub(ONE_IN_EVERY_BYTE) & !x & HIGH_BIT_OF_EVERY_BYTE;
+    if zeros == 0 {
+        return 8;
+    }
+    // 1 << 8n for the first LF at byte n; times this constant, whose byte k is 7 - k, the
+    // top byte of the product is n.
+    let first = (zeros & zeros.wrapping_neg()) >> 7;
+    first.wrapping_mul(0x0001_0203_0405_0607) >> 56
+}
+
 /// `DenyEntry::origin` values.
 pub mod origin {
     pub const OPERATOR: u32 = 1;
@@ -317,8 +342,9 @@ pub struct FlowState {
     pub line_len: u16,
     pub segments: u8,
     pub phase: u8,
-    /// Where in the last scanned segment the deciding line ended (the scanner's result,
-    /// passed through map memory to keep the verifier's work small).
+    /// The line scanner's position in the segment it scans, and once it has found the
+    /// deciding line, where that line ended (kept in map memory to keep the verifier's work
+    /// small).
     pub scan_end: u16,
 }
 
@@ -372,3 +398,46 @@ const _: () =
 const _: () = assert!(core::mem::size_of::<KernelConfig>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 32);
 const _: () = assert!(core::mem::size_of::<DenyEntry>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::bytes_before_lf;
+
+    fn word(bytes: &[u8; 8]) -> u64 {
+        u64::from_le_bytes(*bytes)
+    }
+
+    #[test]
+    fn the_first_lf_of_a_word_is_found_at_every_position() {
+        for at in 0..8 {
+            let mut bytes = *b"EHLO abc";
+            bytes[at] = b'\n';
+            assert_eq!(bytes_before_lf(word(&bytes)), at as u64, "{bytes:?}");
+            // Only the first counts, whatever follows it.
+            bytes[7] = b'\n';
+            assert_eq!(bytes_before_lf(word(&bytes)), at as u64, "{bytes:?}");
+        }
+        assert_eq!(bytes_before_lf(word(b"mail.exa")), 8);
+        assert_eq!(bytes_before_lf(0), 8, "zero bytes are no LF");
+    }
+
+    #[test]
+    fn bytes_next_to_an_lf_are_no_lf() {
+        // 0x0B and 0x09 differ from LF by one; 0x8A by the high bit; a borrow from a zero
+        // byte must not mark the byte above it first.
+        for other in [0x0B, 0x09, 0x8A, 0x0A ^ 0x80, 0x00, 0xFF, 0x01] {
+            let mut bytes = [other; 8];
+            assert_eq!(bytes_before_lf(word(&bytes)), 8, "{other:#x}");
+            bytes[5] = b'\n';
+            assert_eq!(bytes_before_lf(word(&bytes)), 5, "{other:#x}");
+        }
+        for lf_at in 0..8 {
+            for byte in 0..=255u8 {
+                let mut bytes = [byte; 8];
+                bytes[lf_at] = b'\n';
+                let expected = bytes.iter().position(|&b| b == b'\n').unwrap() as u64;
+                assert_eq!(bytes_before_lf(word(&bytes)), expected, "{bytes:?}");
+            }
+        }
+    }
+}

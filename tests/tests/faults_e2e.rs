@@ -17,6 +17,7 @@ use xtask::{
     daemon::{Daemon, metric_value},
     lab::{self, Lab},
     netns, process,
+    sessions::CONNECT_TIMEOUT,
 };
 
 /// A HELO the lab's DNS knows (its A record is the first client's address).
@@ -46,6 +47,7 @@ fn good_load(count: usize, concurrency: usize) -> Load {
         count,
         concurrency,
         think: Duration::ZERO,
+        connect_timeout: CONNECT_TIMEOUT,
     }
 }
 
@@ -67,6 +69,7 @@ fn bogus_load(count: usize, concurrency: usize) -> Load {
         count,
         concurrency,
         think: Duration::ZERO,
+        connect_timeout: CONNECT_TIMEOUT,
     }
 }
 

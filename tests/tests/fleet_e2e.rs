@@ -37,6 +37,15 @@ fn dropped_within(lab: &Lab, client: SocketAddr, within: Duration) -> bool {
     process::wait_until(within, || !connects(lab, client)).is_ok()
 }
 
+/// Waits up to `within` for every member's `status` to say `connected` (true or false).
+fn fleet_connected_within(labs: [&Lab; 2], connected: bool, within: Duration) -> bool {
+    process::wait_until(within, || {
+        labs.iter()
+            .all(|lab| status(lab)["fleet"]["connected"] == connected)
+    })
+    .is_ok()
+}
+
 fn bogus_session(lab: &Lab, client: SocketAddr) {
     let _ = sessions::swaks_transcript(lab, client, Greeting::Ehlo, "localhost");
 }
@@ -158,10 +167,10 @@ fn a_fleet_shares_its_denials_through_redis() {
     // Redis killed: both keep enforcing and judging, mail flows, errors counted.
     fleet.redis_mut().stop();
     let (lab1, lab2) = (&fleet.members[0], &fleet.members[1]);
-    let gone = process::wait_until(Duration::from_secs(10), || {
-        status(lab1)["fleet"]["connected"] == false && status(lab2)["fleet"]["connected"] == false
-    });
-    assert!(gone.is_ok(), "the members did not notice Redis gone");
+    assert!(
+        fleet_connected_within([lab1, lab2], false, Duration::from_secs(10)),
+        "the members did not notice Redis gone"
+    );
     assert!(
         !connects(lab2, source),
         "MX2 stopped enforcing without Redis"
@@ -192,10 +201,10 @@ fn a_fleet_shares_its_denials_through_redis() {
     );
     fleet.redis_mut().start().expect("restarting Redis");
     let (lab1, lab2) = (&fleet.members[0], &fleet.members[1]);
-    let back = process::wait_until(Duration::from_secs(15), || {
-        status(lab1)["fleet"]["connected"] == true && status(lab2)["fleet"]["connected"] == true
-    });
-    assert!(back.is_ok(), "the members did not reconnect");
+    assert!(
+        fleet_connected_within([lab1, lab2], true, Duration::from_secs(15)),
+        "the members did not reconnect"
+    );
     assert!(
         dropped_within(lab2, meanwhile, Duration::from_secs(5)),
         "the denial made while Redis was down did not reach MX2"

@@ -279,6 +279,66 @@ fn rows() -> Vec<(&'static str, Vec<Step>)> {
         ],
     ));
 
+    // Past a line's first five bytes the scanner steps 8 bytes at a time: the LF at every
+    // place of a word, with and without a command pipelined after it (which must be seen),
+    // a long NOOP line skipped on the way, and a long line split mid-word.
+    for name_len in 1..=17 {
+        let line = format!("EHLO {}\r\n", "a".repeat(name_len)).into_bytes();
+        let flow = next(name_len % 2 == 0);
+        let name = format!("EHLO line of {} bytes", line.len());
+        rows.push((
+            Box::leak(name.into_boxed_str()),
+            vec![
+                pass(flow.syn()),
+                captured(flow.data(0, &line), &line, HELO_DONE),
+            ],
+        ));
+        let mut pipelined = line.clone();
+        pipelined.extend_from_slice(b"MAIL FROM:<>\r\n");
+        let flow = next(name_len % 2 == 1);
+        let name = format!(
+            "EHLO line of {} bytes, then a pipelined command",
+            line.len()
+        );
+        rows.push((
+            Box::leak(name.into_boxed_str()),
+            vec![
+                pass(flow.syn()),
+                captured(
+                    flow.data(0, &pipelined),
+                    &pipelined,
+                    HELO_DONE | flags::PIPELINED,
+                ),
+            ],
+        ));
+    }
+    let flow = next(false);
+    let noop_then_ehlo = b"NOOP spanning a few words of the scan\r\nEHLO mail.example.net\r\n";
+    rows.push((
+        "a long NOOP line, then EHLO, in one segment",
+        vec![
+            pass(flow.syn()),
+            captured(flow.data(0, noop_then_ehlo), noop_then_ehlo, HELO_DONE),
+        ],
+    ));
+    let flow = next(true);
+    rows.push((
+        "a long EHLO line split mid-word",
+        vec![
+            pass(flow.syn()),
+            captured(
+                flow.data(0, b"EHLO a-name-that-spans-several-words"),
+                b"EHLO a-name-that-spans-several-words",
+                0,
+            ),
+            captured(
+                flow.data(36, b".example.net\r\nQUIT\r\n"),
+                b".example.net\r\nQUIT\r\n",
+                CONT | HELO_DONE | flags::PIPELINED,
+            ),
+        ],
+    ));
+
     let flow = next(false);
     rows.push((
         "retransmitted first segment, then segments after the HELO",
@@ -1245,6 +1305,39 @@ fn fill_the_ring_buffer(program: &mut CaptureProgram) -> (Vec<Flow>, Flow) {
         "{} EHLO events written and the ring buffer still not full",
         reported.len()
     );
+}
+
+/// The line scanner reads whole words, the last one partly past the copied bytes, into
+/// whatever an earlier lap of the ring buffer left there: an LF there must not end a line.
+#[test]
+fn stale_ring_buffer_bytes_never_end_a_line() {
+    let mut program = CaptureProgram::load(&KernelConfig::default());
+    // 1 MiB holds about 1,770 records of 592 bytes: fill the first lap with LFs, 512 bytes
+    // of each record, so that the second lap's events lie on them (shifted by what the
+    // last record of the lap left over).
+    let lfs = [b'\n'; 512];
+    for port in 50_000..51_800u16 {
+        let flow = Flow::v4(port);
+        program.run(&flow.syn().bytes(), 1);
+        program.run(&flow.data(0, &lfs).bytes(), 1);
+        assert_eq!(program.drain().len(), 1, "flow {port}: one event of LFs");
+    }
+    for port in 51_800..53_600u16 {
+        let name_len = usize::from(port % 40) + 1;
+        let unfinished = format!("EHLO {}", "a".repeat(name_len)).into_bytes();
+        let flow = Flow::v4(port);
+        program.run(&flow.syn().bytes(), 1);
+        program.run(&flow.data(0, &unfinished).bytes(), 1);
+        let events = program.drain();
+        assert_eq!(events.len(), 1, "flow {port}: one event");
+        assert_eq!(events[0].payload(), unfinished.as_slice());
+        assert_eq!(
+            events[0].flags,
+            0,
+            "flow {port}: `{}` has no line end yet",
+            String::from_utf8_lossy(&unfinished)
+        );
+    }
 }
 
 const FULL_EHLO: &[u8] = b"EHLO mail.example.net\r\n";

@@ -3,7 +3,7 @@
 //! segment, a command other than HELO first).
 
 use std::{
-    io::{BufRead as _, BufReader, Read, Write as _},
+    io::{BufRead, BufReader, Read, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
     process::{Command, Output, Stdio},
     thread,
@@ -263,15 +263,12 @@ pub fn raw_session(
     let chunks: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
     in_netns(&lab.client_ns, move || -> anyhow::Result<String> {
         let server = SocketAddr::new(mx_for(client.ip()), SMTP_PORT);
-        let stream = connect_from(client, server)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut reader = BufReader::new(stream.try_clone()?);
+        let (mut reader, mut writer) =
+            conversation(connect_from(client, server)?, Duration::from_secs(10))?;
         let mut line = String::new();
         reader
             .read_line(&mut line)
             .context("reading the greeting")?;
-        let mut writer = stream;
         for chunk in &chunks {
             writer.write_all(chunk)?;
             writer.flush()?;
@@ -285,10 +282,41 @@ pub fn raw_session(
     })
 }
 
+/// A connected client's stream made ready for a conversation: Nagle off (each command its
+/// own segment, as the tests mean), reads bounded by `read_timeout`, and split into a
+/// buffered reader of replies and the writer.
+pub fn conversation(
+    stream: TcpStream,
+    read_timeout: Duration,
+) -> std::io::Result<(BufReader<TcpStream>, TcpStream)> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(read_timeout))?;
+    Ok((BufReader::new(stream.try_clone()?), stream))
+}
+
+/// The code of a (possibly multi-line) reply; `None` when the connection failed.
+pub fn reply_code(reader: &mut impl BufRead) -> Option<u16> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line.len() >= 4 && line.as_bytes()[3] == b'-' {
+            continue;
+        }
+        return line.get(..3)?.parse().ok();
+    }
+}
+
+/// How long the lab's clients wait for a connection: long enough for a SYN lost in a
+/// burst (a full listen queue) to be sent again after a second.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Connects from `client` (address and port) with SO_REUSEADDR, so that the fixed
 /// ports the tests use are free again right after a session.
 pub fn connect_from(client: SocketAddr, server: SocketAddr) -> anyhow::Result<TcpStream> {
-    connect_from_within(client, server, Duration::from_secs(5))
+    connect_from_within(client, server, CONNECT_TIMEOUT)
 }
 
 /// [`connect_from`] with a time limit of `timeout`.

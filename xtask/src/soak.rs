@@ -23,17 +23,20 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use socket2::SockRef;
 use xtask::{
-    bench::load::reply_code,
     daemon::{Daemon, metric_value, rss_kib},
     lab::{self, Lab, SMTP_PORT},
     netns::{in_netns, ip_in},
     paths,
     process::output,
-    sessions::{connect_from_within, mx_for},
+    sessions::{connect_from_within, conversation, mx_for, reply_code},
 };
 
-/// The lab of the soak; a crashed run's leftovers are removed at next start.
-const LAB_NAME: &str = "hfsoak";
+/// The soak's lab, named after this process so that two soaks (a developer's and CI's on
+/// one machine) do not tear down each other's; a crashed run's lab is removed by the next
+/// lab created (its creator is gone).
+fn lab_name() -> String {
+    format!("hfsoak{}", std::process::id() % 100_000)
+}
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 /// Sessions started per second.
 const RATE: f64 = 20.0;
@@ -170,11 +173,11 @@ pub fn run(minutes: u64) -> anyhow::Result<()> {
     }
     ctrlc::set_handler(|| {
         println!("\ninterrupted: tearing the soak lab down");
-        lab::remove(LAB_NAME);
+        lab::remove(&lab_name());
         std::process::exit(130);
     })
     .context("installing the Ctrl-C handler")?;
-    let lab = Lab::create_serving(LAB_NAME)?;
+    let lab = Lab::create_serving(&lab_name())?;
     let bogus = add_bogus_sources(&lab)?;
     let mut daemon = Daemon::start(&lab, &[], false)?;
     let flows_pin = lab.bpffs_dir()?.join("maps").join("FLOWS");
@@ -575,13 +578,9 @@ fn session(kind: Kind, source: IpAddr) -> End {
     else {
         return End::NoConnection;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else {
+    let Ok((mut reader, mut writer)) = conversation(stream, Duration::from_secs(10)) else {
         return End::Cut;
     };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = stream;
     if reply_code(&mut reader) != Some(220) {
         return End::Cut;
     }

@@ -158,13 +158,7 @@ impl Local for Operator {
                     .iter()
                     .any(|e| e.net == net && in_force(e.expires_at, now))
         };
-        local
-            || self
-                .stage
-                .reputation()
-                .list(Instant::now())
-                .iter()
-                .any(|s| s.source == net && s.denied_for.is_some())
+        local || self.stage.reputation().is_denied(net)
     }
 
     fn own_shared(&self, fleet: &Fleet) -> Vec<Denial> {

@@ -246,20 +246,7 @@ impl Operator {
     }
 
     fn reputation_show(&self, ip: IpAddr) -> SourceScore {
-        let source = source_of(ip);
-        self.stage
-            .reputation()
-            .list(Instant::now())
-            .iter()
-            .find(|s| s.source == source)
-            .map_or(
-                SourceScore {
-                    source,
-                    score: 0.0,
-                    denied_for_secs: None,
-                },
-                Self::source_score,
-            )
+        Self::source_score(&self.stage.reputation().state(source_of(ip), Instant::now()))
     }
 
     fn reputation_reset(&self, ip: IpAddr) -> Result<ReputationReset, ControlError> {

@@ -250,6 +250,24 @@ impl Reputation {
         released
     }
 
+    /// Whether the source is on reputation's deny list.
+    pub fn is_denied(&self, source: IpNet) -> bool {
+        self.denied.contains_key(&source)
+    }
+
+    /// One source's score and denial at `now` (zero and none for a source unknown here),
+    /// without listing every source as `list` does.
+    pub fn state(&self, source: IpNet, now: Instant) -> SourceState {
+        SourceState {
+            source,
+            score: self.score(source, now),
+            denied_for: self
+                .denied
+                .get(&source)
+                .map(|d| d.until.saturating_duration_since(now)),
+        }
+    }
+
     /// Every source with a score or a denial at `now`, highest score first.
     pub fn list(&self, now: Instant) -> Vec<SourceState> {
         let mut all: HashMap<IpNet, SourceState> = HashMap::new();
@@ -535,6 +553,37 @@ mod tests {
         assert_eq!(r.record(ip, &verdict(true, 0), now), None, "already denied");
         assert_eq!(r.denied(), 1);
         assert_eq!(r.score(source_of(ip), now), 9.0);
+    }
+
+    #[test]
+    fn one_sources_state_agrees_with_the_list() {
+        let r = Reputation::new(settings());
+        let now = Instant::now();
+        let denied: IpAddr = "203.0.113.12".parse().unwrap();
+        let scored: IpAddr = "203.0.113.13".parse().unwrap();
+        for _ in 0..3 {
+            r.record(denied, &verdict(true, 0), now);
+        }
+        r.record(scored, &verdict(true, 0), now);
+        let later = now + Duration::from_secs(10);
+        for state in r.list(later) {
+            assert_eq!(r.state(state.source, later), state);
+            assert_eq!(r.is_denied(state.source), state.denied_for.is_some());
+        }
+        assert_eq!(
+            r.state(source_of(denied), later).denied_for,
+            Some(Duration::from_secs(20))
+        );
+        let unknown = source_of("203.0.113.14".parse().unwrap());
+        assert_eq!(
+            r.state(unknown, later),
+            SourceState {
+                source: unknown,
+                score: 0.0,
+                denied_for: None
+            }
+        );
+        assert!(!r.is_denied(unknown));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! a SYN flood with hping3, and the host's CPU time from `/proc/stat`.
 
 use std::{
-    io::{BufReader, Write as _},
-    net::{IpAddr, SocketAddr},
+    io::Write as _,
+    net::{IpAddr, SocketAddr, TcpStream},
     process::{Child, Stdio},
     sync::{
         Arc,
@@ -20,7 +20,7 @@ use anyhow::{Context as _, bail};
 use crate::{
     lab::{Lab, SMTP_PORT},
     netns::in_netns,
-    sessions::{connect_from, mx_for},
+    sessions::{connect_from_within, conversation, mx_for, reply_code},
 };
 
 /// How the sessions of one load ended.
@@ -32,12 +32,15 @@ pub struct Outcomes {
     pub refused: usize,
     /// The connection was reset, closed or timed out mid-session.
     pub cut: usize,
+    /// No connection: the SYN went unanswered for the load's `connect_timeout` (a source
+    /// denied at the SYN) or was refused.
+    pub unanswered: usize,
     pub elapsed: Duration,
 }
 
 impl Outcomes {
     pub fn total(&self) -> usize {
-        self.delivered + self.refused + self.cut
+        self.delivered + self.refused + self.cut + self.unanswered
     }
 
     /// Sessions per second, however they ended.
@@ -57,6 +60,9 @@ pub struct Load {
     /// Waited after each reply before the next command: a client this far away (one round
     /// trip) sends its next command this late. The lab's own round trip is about 50 µs.
     pub think: Duration,
+    /// How long a client waits for its connection (the SYN-ACK) before it gives the session
+    /// up: a bot whose SYNs a denial drops gives up too, and tries again later.
+    pub connect_timeout: Duration,
 }
 
 impl Load {
@@ -67,12 +73,14 @@ impl Load {
             AtomicUsize::new(0),
             AtomicUsize::new(0),
             AtomicUsize::new(0),
+            AtomicUsize::new(0),
         ]);
-        let (sources, helos, count, think) = (
+        let (sources, helos, count, think, connect_timeout) = (
             self.sources.clone(),
             self.helos.clone(),
             self.count,
             self.think,
+            self.connect_timeout,
         );
         let workers = self.concurrency;
         let started = Instant::now();
@@ -92,7 +100,11 @@ impl Load {
                             let source = sources[i % sources.len()];
                             let server = SocketAddr::new(mx_for(source), SMTP_PORT);
                             let helo = helos[i % helos.len()];
-                            let end = session(SocketAddr::new(source, 0), server, helo, think);
+                            let client = SocketAddr::new(source, 0);
+                            let end = match connect_from_within(client, server, connect_timeout) {
+                                Ok(stream) => session(stream, helo, think),
+                                Err(_) => End::Unanswered,
+                            };
                             tallies[end as usize].fetch_add(1, Ordering::Relaxed);
                         }
                     })
@@ -106,6 +118,7 @@ impl Load {
             delivered: tallies[End::Delivered as usize].load(Ordering::Relaxed),
             refused: tallies[End::Refused as usize].load(Ordering::Relaxed),
             cut: tallies[End::Cut as usize].load(Ordering::Relaxed),
+            unanswered: tallies[End::Unanswered as usize].load(Ordering::Relaxed),
             elapsed: started.elapsed(),
         }
     }
@@ -116,20 +129,14 @@ enum End {
     Delivered = 0,
     Refused = 1,
     Cut = 2,
+    Unanswered = 3,
 }
 
-/// One session as smtp-source plays it: EHLO, MAIL, RCPT, DATA, QUIT.
-fn session(source: SocketAddr, server: SocketAddr, helo: &str, think: Duration) -> End {
-    let Ok(stream) = connect_from(source, server) else {
+/// One session on a connected stream as smtp-source plays it: EHLO, MAIL, RCPT, DATA, QUIT.
+fn session(stream: TcpStream, helo: &str, think: Duration) -> End {
+    let Ok((mut reader, mut writer)) = conversation(stream, Duration::from_secs(10)) else {
         return End::Cut;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.set_nodelay(true);
-    let Ok(read_half) = stream.try_clone() else {
-        return End::Cut;
-    };
-    let mut reader = BufReader::new(read_half);
-    let mut writer = stream;
     let steps: [(&str, u16); 6] = [
         ("", 220),
         (&format!("EHLO {helo}\r\n"), 250),
@@ -157,21 +164,6 @@ fn session(source: SocketAddr, server: SocketAddr, helo: &str, think: Duration) 
     let _ = writer.write_all(b"QUIT\r\n");
     let _ = reply_code(&mut reader);
     End::Delivered
-}
-
-/// The code of a (possibly multi-line) reply; `None` when the connection failed.
-pub fn reply_code(reader: &mut impl std::io::BufRead) -> Option<u16> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line.len() >= 4 && line.as_bytes()[3] == b'-' {
-            continue;
-        }
-        return line.get(..3)?.parse().ok();
-    }
 }
 
 /// `count` good sessions with smtp-source (`concurrency` at once) greeting with `helo`, from
