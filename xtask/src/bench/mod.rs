@@ -105,7 +105,8 @@ const SECTIONS: [(&str, &str, &str); 6] = [
          enforcing `rst`, reputation off so that every bogus session is judged; (c) the same with \
          `reply`; (d) `rst` with reputation at its defaults, so that the recurring addresses are \
          denied at the SYN, their bots waiting 100 ms for each connection. Host CPU is user + \
-         system + softirq from `/proc/stat` over the flood.",
+         system + softirq from `/proc/stat` over the flood, less what the good sessions cost \
+         when played alone just before it.",
     ),
     (
         "flood",
