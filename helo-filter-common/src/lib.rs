@@ -168,7 +168,7 @@ impl KernelConfig {
     /// `options`: a denied source's SYN is answered with a RST instead of dropped.
     pub const DENY_WITH_RST: u32 = 1 << 0;
     /// `options`: each segment the gate holds is reported (`flags::CLIENT_SEGMENT`), for
-    /// action `reply` to answer; other actions need no copy of it.
+    /// action `reply` to answer, and for the daemon to re-inject when the flow is accepted.
     pub const REPORT_HELD: u32 = 1 << 1;
     /// `options`: TC egress drops every MTA packet to a condemned client (action `drop`);
     /// without it, only the RSTs of destroyed sockets concern it (action `reply`), and

@@ -43,6 +43,7 @@ pub const POLICY_REQUESTS: &str = "helo_filter_policy_requests_total";
 pub const TASK_PANICS: &str = "helo_filter_task_panics_total";
 pub const REPLIES: &str = "helo_filter_replies_total";
 pub const KNOWN_GOOD: &str = "helo_filter_known_good_total";
+pub const HELD_SEGMENTS: &str = "helo_filter_held_segments_total";
 pub const BUILD_INFO: &str = "helo_filter_build_info";
 pub const FLEET_CONNECTED: &str = "helo_filter_fleet_connected";
 pub const FLEET_DENIALS: &str = "helo_filter_fleet_denials_total";
@@ -161,6 +162,30 @@ impl KnownGoodEvent {
             KnownGoodEvent::Added => "added",
             KnownGoodEvent::Ended => "ended",
             KnownGoodEvent::Fallback => "fallback",
+        }
+    }
+}
+
+/// What became of a segment the gate held, past its keeping: the label of
+/// `helo_filter_held_segments_total{fate}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldFate {
+    /// Its flow accepted, it was handed to the MTA.
+    Reinjected,
+    /// The kernel refused the re-injection: TCP retransmits it.
+    Failed,
+    /// The table of held segments was full: TCP retransmits it.
+    NotKept,
+}
+
+impl HeldFate {
+    pub const ALL: [HeldFate; 3] = [HeldFate::Reinjected, HeldFate::Failed, HeldFate::NotKept];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HeldFate::Reinjected => "reinjected",
+            HeldFate::Failed => "failed",
+            HeldFate::NotKept => "not_kept",
         }
     }
 }
@@ -313,6 +338,9 @@ pub fn install(addr: SocketAddr) -> anyhow::Result<()> {
     for event in KnownGoodEvent::ALL {
         counter!(KNOWN_GOOD, "event" => event.as_str()).absolute(0);
     }
+    for fate in HeldFate::ALL {
+        counter!(HELD_SEGMENTS, "fate" => fate.as_str()).absolute(0);
+    }
     list_sizes(0, 0);
     reputation(0, 0);
     counter!(DENY_EVICTIONS).absolute(0);
@@ -436,6 +464,12 @@ fn describe_series() {
     describe_counter!(
         GATE_HELD,
         "Client segments the gate dropped while their verdict was pending"
+    );
+    describe_counter!(
+        HELD_SEGMENTS,
+        "Held segments, by fate (reinjected: handed to the MTA when their flow was \
+         accepted; failed: the kernel refused that, and TCP retransmits them; not_kept: \
+         the table of held segments was full)"
     );
     describe_counter!(
         SYN_DROPPED,
@@ -650,6 +684,11 @@ pub fn sock_destroy(outcome: DestroyOutcome) {
 /// A change of a source's known-good standing.
 pub fn known_good(event: KnownGoodEvent) {
     counter!(KNOWN_GOOD, "event" => event.as_str()).increment(1);
+}
+
+/// One held segment's fate.
+pub fn held_segment(fate: HeldFate) {
+    counter!(HELD_SEGMENTS, "fate" => fate.as_str()).increment(1);
 }
 
 /// One segment sent (or not) for action `reply`.

@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -563,4 +563,17 @@ pub fn cli_ok(lab: &Lab, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A UDP socket bound to the lab's DNS server address where the filter runs, in place of the
+/// fixture DNS server (stopped): it never answers, so every lookup runs to the DNS deadline.
+pub fn silence_dns(lab: &mut Lab) -> UdpSocket {
+    lab.stop_dns();
+    // The stopped server's port can take a moment to be free again.
+    let mut bound = Err(std::io::Error::other("never tried"));
+    let _ = process::wait_until(Duration::from_secs(5), || {
+        bound = netns::in_netns(&lab.filter_ns, || UdpSocket::bind(lab::DNS_SERVER));
+        bound.is_ok()
+    });
+    bound.unwrap_or_else(|e| panic!("binding the silent DNS server {}: {e}", lab::DNS_SERVER))
 }

@@ -12,15 +12,14 @@
 //! (`mx`, `gateway`): bogus sessions complete, their verdicts are logged and counted.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use helo_filter_tests::e2e::*;
 use xtask::{
     daemon::{Daemon, metric_value},
-    lab::{self, Lab},
-    netns, process,
+    lab::Lab,
     sessions::{self, Greeting},
 };
 
@@ -129,19 +128,6 @@ fn monitor_mode_holds_nothing_where_enforcing_holds_until_the_verdict() {
         status.success(),
         "the enforcing daemon exited with {status}"
     );
-}
-
-/// A UDP socket bound to the lab's DNS server address where the filter runs, in place of the
-/// fixture DNS server (stopped): it never answers, so every lookup runs to the DNS deadline.
-fn silence_dns(lab: &mut Lab) -> UdpSocket {
-    lab.stop_dns();
-    // The stopped server's port can take a moment to be free again.
-    let mut bound = Err(std::io::Error::other("never tried"));
-    let _ = process::wait_until(Duration::from_secs(5), || {
-        bound = netns::in_netns(&lab.filter_ns, || UdpSocket::bind(lab::DNS_SERVER));
-        bound.is_ok()
-    });
-    bound.unwrap_or_else(|e| panic!("binding the silent DNS server {}: {e}", lab::DNS_SERVER))
 }
 
 /// Enforcing, with verdicts far slower than the gate deadline (the DNS server never answers;

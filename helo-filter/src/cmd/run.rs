@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, RingBuf},
 };
-use helo_filter_common::{REPLY_MARK, maps};
+use helo_filter_common::{KernelConfig, REPLY_MARK, maps};
 use log::{error, info, warn};
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
@@ -24,7 +24,9 @@ use crate::{
         notify::{self, Notifier},
         raw_socket::RawSockets,
     },
-    kernel::{self, CounterReader, Heartbeat, lists::KernelLists, pins::PinDir},
+    kernel::{
+        self, CounterReader, Heartbeat, lists::KernelLists, pass_through::PassThrough, pins::PinDir,
+    },
     metrics,
     operator::{
         self, Operator,
@@ -35,10 +37,12 @@ use crate::{
         answer::{Answerer, FREE_UNANSWERED_AFTER},
         capture::{self, Limits},
         enforce::Enforcer,
+        held::HeldSegments,
         known_good::{KnownGood, KnownGoodSettings},
         probe::{self, Probe},
+        reinject::Reinjector,
         reputation::{Reputation, ReputationSettings},
-        stage::{self, Stage, policy_stage},
+        stage::{self, Judge, Stage, policy_stage},
     },
     policy::PolicyEngine,
     postfix::{Listener, PolicyService},
@@ -48,7 +52,8 @@ use crate::{
 /// Sessions waiting for the policy stage; past this they are passed unjudged (counted).
 const POLICY_QUEUE: usize = 4096;
 const COUNTER_REFRESH: Duration = Duration::from_secs(1);
-/// How often action `reply` forgets the flows it answered long ago.
+/// How often action `reply` forgets the flows it answered long ago, and held segments and
+/// verdicts' marks their time.
 const ANSWERED_SWEEP: Duration = Duration::from_secs(1);
 /// How often action `reply` frees the MTA of clients that sent nothing more: a tenth of
 /// the wait, so a flow is freed within 10% of it.
@@ -80,6 +85,8 @@ struct Daemon {
     heartbeat: Heartbeat,
     /// Action `reply` only.
     answerer: Option<Arc<Answerer>>,
+    /// When the kernel reports held segments (action `reply`, or re-injection on).
+    held: Option<Arc<HeldSegments>>,
 }
 
 /// Runs the daemon; returns its exit status.
@@ -156,14 +163,16 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
         Some(&pins),
     )?;
     let flows = HashMap::try_from(ebpf.take_map(maps::FLOWS).context("FLOWS map missing")?)?;
-    let answerer = match file.enforce.enforced_action() {
-        Action::Reply => {
+    let held = held_segments(file)?;
+    let answerer = match (file.enforce.enforced_action(), &held) {
+        (Action::Reply, Some(held)) => {
             let sockets = RawSockets::open(REPLY_MARK)
                 .context("opening the raw sockets of action reply (CAP_NET_RAW needed)")?;
             Some(Arc::new(Answerer::new(
                 enforce.deployment,
                 sockets,
                 file.replies(),
+                Arc::clone(held),
             )))
         }
         _ => None,
@@ -190,6 +199,7 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
             file.enforce.enforced_action(),
             answerer.clone(),
             known_good,
+            held.clone(),
         ),
         Reputation::new(reputation_settings(file)),
         KernelLists::new(&mut ebpf)?,
@@ -216,7 +226,27 @@ fn build(file: &PolicyFile, args: RunArgs) -> anyhow::Result<Daemon> {
         counters,
         heartbeat,
         answerer,
+        held,
     })
+}
+
+/// The store of held segments, where the kernel reports them (the same condition as
+/// `KernelConfig::REPORT_HELD`), with the re-injector when re-injection is on.
+fn held_segments(file: &PolicyFile) -> anyhow::Result<Option<Arc<HeldSegments>>> {
+    let enforce = &file.enforce;
+    if file.kernel_config().options & KernelConfig::REPORT_HELD == 0 {
+        return Ok(None);
+    }
+    let reinjector = if enforce.reinjects() {
+        let pass = PassThrough::load().context(
+            "loading the program that re-injects held segments \
+             ([enforce] reinject_held = false, or --no-reinject, does without)",
+        )?;
+        Some(Reinjector::new(pass))
+    } else {
+        None
+    };
+    Ok(Some(Arc::new(HeldSegments::new(reinjector))))
 }
 
 /// Joins the fleet (`[fleet]`, docs/fleet.md): its link to Redis runs as a task, reputation
@@ -401,6 +431,13 @@ async fn spawn(
     // One probe at a time; without a watchdog the sender is dropped and capture stops
     // listening for probes.
     let (probes, probed) = mpsc::channel::<Probe>(1);
+    if let Some(held) = &daemon.held {
+        let forgetting = Arc::clone(held);
+        tasks.every(ANSWERED_SWEEP, "forgetting held segments", move || {
+            forgetting.expire(std::time::Instant::now());
+            Ok(())
+        });
+    }
     if let Some(answerer) = &daemon.answerer {
         let forgetting = Arc::clone(answerer);
         tasks.every(ANSWERED_SWEEP, "forgetting answered flows", move || {
@@ -417,14 +454,20 @@ async fn spawn(
             },
         );
     }
+    let judge = Arc::new(Judge::new(daemon.stage, tasks.clone()));
     tasks.spawn_vital(
         "capture",
-        capture::run(ring, tx, probed, Limits::default(), daemon.answerer),
+        capture::run(
+            ring,
+            Arc::clone(&judge),
+            tx,
+            probed,
+            Limits::default(),
+            daemon.answerer,
+            daemon.held,
+        ),
     );
-    tasks.spawn(
-        "policy stage",
-        policy_stage(rx, daemon.stage, tasks.clone()),
-    );
+    tasks.spawn("policy stage", policy_stage(rx, judge));
     if let Some(watchdog) = notify::watchdog_interval() {
         let period = watchdog / 3;
         info!(

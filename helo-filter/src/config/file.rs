@@ -178,10 +178,12 @@ impl PolicyFile {
         if enforce.deny_answer == DenyAnswer::Rst {
             config.options |= KernelConfig::DENY_WITH_RST;
         }
-        match enforce.enforced_action() {
-            Action::Reply => config.options |= KernelConfig::REPORT_HELD,
-            Action::Drop => config.options |= KernelConfig::DROP_MTA_PACKETS,
-            Action::Rst | Action::Monitor => {}
+        if enforce.enforced_action() == Action::Drop {
+            config.options |= KernelConfig::DROP_MTA_PACKETS;
+        }
+        // Held segments are answered under `reply`, and re-injected on an accept.
+        if enforce.enforced_action() == Action::Reply || enforce.reinjects() {
+            config.options |= KernelConfig::REPORT_HELD;
         }
         config.ports[..ports.len()].copy_from_slice(ports);
         config

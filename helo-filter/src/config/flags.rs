@@ -161,6 +161,10 @@ pub struct RunArgs {
     /// gated (its HELO still judged; a reject of it answered with a RST) [default: 0, off].
     #[arg(long, value_name = "N")]
     pub known_good_after: Option<u32>,
+    /// Leave an accepted flow's segment that the gate held to the client's retransmission
+    /// (≥ 200 ms) instead of handing it to the MTA at the verdict.
+    #[arg(long)]
+    pub no_reinject: bool,
     /// A daemon heartbeat older than this turns the gate off (the daemon is gone):
     /// milliseconds, or 500ms, 3s [default: 3s].
     #[arg(long, value_name = "DURATION", value_parser = duration::flag::<u32>(Unit::Millis))]
@@ -300,6 +304,12 @@ impl RunArgs {
             "--known-good-after",
             self.known_good_after,
             &mut enforce.known_good_after,
+        );
+        flags.set(
+            "enforce.reinject_held",
+            "--no-reinject",
+            self.no_reinject.then_some(false),
+            &mut enforce.reinject_held,
         );
         flags.set(
             "enforce.heartbeat_timeout_ms",

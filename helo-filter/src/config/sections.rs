@@ -93,6 +93,9 @@ pub struct EnforceSection {
     /// How long a source stays known-good after its last accepted session.
     #[serde(deserialize_with = "duration::secs")]
     pub known_good_ttl_secs: u64,
+    /// Whether an accepted flow's segment that the gate held is handed to the MTA at the
+    /// verdict (re-injected) rather than left to the client's retransmission.
+    pub reinject_held: bool,
 }
 
 impl EnforceSection {
@@ -103,6 +106,11 @@ impl EnforceSection {
         } else {
             self.action
         }
+    }
+
+    /// Whether held segments are re-injected: the gate holds nothing in monitor mode.
+    pub fn reinjects(&self) -> bool {
+        self.reinject_held && self.enforced_action() != Action::Monitor
     }
 }
 
@@ -117,6 +125,7 @@ impl Default for EnforceSection {
             heartbeat_timeout_ms: KernelConfig::DEFAULT_HEARTBEAT_TIMEOUT_MS,
             known_good_after: 0,
             known_good_ttl_secs: 86_400,
+            reinject_held: true,
         }
     }
 }
@@ -298,21 +307,29 @@ mod tests {
         assert_eq!(settings.soft_score_weight, 0.0, "off unless set");
         assert!(file.reputation.warnings().is_empty());
         assert_eq!(file.lists.allow, ["192.0.2.0/24".parse::<IpNet>().unwrap()]);
-        let kernel = PolicyFile {
+        let mut file = PolicyFile {
             kernel: KernelSection {
                 smtp_ports: vec![25, 587],
                 ..KernelSection::default()
             },
             ..file
-        }
-        .kernel_config();
+        };
+        let kernel = file.kernel_config();
         assert_eq!(
             (kernel.port_count, kernel.options, kernel.gate_deadline_ms),
             (
                 2,
-                KernelConfig::DENY_WITH_RST | KernelConfig::DROP_MTA_PACKETS,
+                KernelConfig::DENY_WITH_RST
+                    | KernelConfig::DROP_MTA_PACKETS
+                    | KernelConfig::REPORT_HELD,
                 800
-            )
+            ),
+            "held segments are reported to be re-injected"
+        );
+        file.enforce.reinject_held = false;
+        assert_eq!(
+            file.kernel_config().options,
+            KernelConfig::DENY_WITH_RST | KernelConfig::DROP_MTA_PACKETS
         );
         let default = PolicyFile::default();
         assert_eq!(

@@ -19,6 +19,7 @@ use log::warn;
 use tokio::io::{Interest, unix::AsyncFd};
 
 pub mod lists;
+pub mod pass_through;
 pub mod pins;
 
 use pins::{PERSISTENT_MAPS, PinDir};
@@ -28,7 +29,8 @@ use crate::clock::boot_time_ns;
 /// The helo-filter XDP object, built by build.rs.
 pub static CAPTURE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/helo-filter"));
-/// An XDP program that only returns XDP_PASS: the baseline for per-packet figures.
+/// An XDP program that only returns XDP_PASS: the baseline for per-packet figures, and the
+/// program through which held segments are re-injected (see [`pass_through`]).
 pub static BASELINE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baseline-pass"));
 

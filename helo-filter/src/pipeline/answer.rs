@@ -35,6 +35,7 @@
 use std::{
     collections::VecDeque,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -48,6 +49,7 @@ use parking_lot::Mutex;
 
 use super::{
     enforce::destroy,
+    held::HeldSegments,
     reassembly::endpoints,
     segment::{Header, Reported, Timestamps, ip_packet},
     session::{DecisiveSegment, Opening, Session},
@@ -63,8 +65,6 @@ use crate::{
 /// A condemned flow's state is forgotten this long after its verdict: a client still
 /// sending by then gets no answer, and its segments stay dropped by the kernel.
 const FORGET_AFTER: Duration = Duration::from_secs(120);
-/// A held segment waits this long for its flow's verdict (normally milliseconds).
-const HELD_FOR: Duration = Duration::from_secs(10);
 /// On an MX, a condemned client that has sent nothing more by then has its MTA socket
 /// destroyed anyway (and its HELO answered by the filter if the MTA had not): the MTA's
 /// slot is not held for a silent client, nor a client waiting for a slow MTA.
@@ -217,15 +217,6 @@ enum Decision {
     Ignore,
 }
 
-/// A client segment held by the gate, before its flow's verdict.
-struct Held {
-    stream_start_seq: u32,
-    /// From its TCP header on, as reported.
-    bytes: Vec<u8>,
-    wire_len: u16,
-    since: Instant,
-}
-
 /// Answers the clients of flows condemned with `reply`, from the segments the kernel reports.
 pub struct Answerer {
     deployment: Deployment,
@@ -233,19 +224,26 @@ pub struct Answerer {
     /// The reply table (the policy service answers from it too).
     replies: Replies,
     condemned: DashMap<FlowKey, Condemned>,
-    held: DashMap<FlowKey, Held>,
+    /// Segments the gate held, until their verdict (shared with the enforcer and the
+    /// ring-buffer reader).
+    held: Arc<HeldSegments>,
     /// On an MX, the condemned flows whose MTA is not freed yet, in the order condemned.
     unfreed: Mutex<VecDeque<(Instant, FlowKey, u32)>>,
 }
 
 impl Answerer {
-    pub fn new(deployment: Deployment, sockets: RawSockets, replies: Replies) -> Answerer {
+    pub fn new(
+        deployment: Deployment,
+        sockets: RawSockets,
+        replies: Replies,
+        held: Arc<HeldSegments>,
+    ) -> Answerer {
         Answerer {
             deployment,
             sockets,
             replies,
             condemned: DashMap::new(),
-            held: DashMap::new(),
+            held,
             unfreed: Mutex::new(VecDeque::new()),
         }
     }
@@ -272,9 +270,7 @@ impl Answerer {
                 since: Instant::now(),
             },
         );
-        if let Some((_, held)) = self.held.remove(&session.flow)
-            && held.stream_start_seq == session.stream_start_seq
-        {
+        if let Some(held) = self.held.take(&session.flow, session.stream_start_seq) {
             self.client_segment(
                 &session.flow,
                 held.stream_start_seq,
@@ -344,11 +340,6 @@ impl Answerer {
         );
     }
 
-    /// A session accepted: nothing of it is to be answered.
-    pub fn release(&self, session: &Session) {
-        self.held.remove(&session.flow);
-    }
-
     /// Handles one reported client segment: answered if its flow is condemned, kept until
     /// the verdict if not.
     pub fn answer(&self, event: &CaptureEvent) {
@@ -360,19 +351,11 @@ impl Answerer {
                 event.wire_len,
             );
         } else {
-            self.held.insert(
-                event.key,
-                Held {
-                    stream_start_seq: event.stream_start_seq,
-                    bytes: event.payload().to_vec(),
-                    wire_len: event.wire_len,
-                    since: Instant::now(),
-                },
-            );
+            self.held.hold(event);
             // The verdict may have come in between, its `condemn` finding nothing held yet:
-            // then the segment is answered here (whichever side removes it answers it).
+            // then the segment is answered here (whichever side takes it answers it).
             if self.is_condemned(event)
-                && let Some((_, held)) = self.held.remove(&event.key)
+                && let Some(held) = self.held.take(&event.key, event.stream_start_seq)
             {
                 self.client_segment(
                     &event.key,
@@ -390,13 +373,10 @@ impl Answerer {
             .is_some_and(|c| c.stream_start_seq == event.stream_start_seq)
     }
 
-    /// Forgets flows condemned longer ago than [`FORGET_AFTER`], and held segments whose
-    /// verdict never came.
+    /// Forgets flows condemned longer ago than [`FORGET_AFTER`].
     pub fn expire(&self, now: Instant) {
         self.condemned
             .retain(|_, c| now.duration_since(c.since) < FORGET_AFTER);
-        self.held
-            .retain(|_, h| now.duration_since(h.since) < HELD_FOR);
     }
 
     /// A client segment of a condemned flow: its first data segment gets the reply (a

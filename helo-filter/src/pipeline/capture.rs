@@ -12,7 +12,13 @@ use log::{debug, warn};
 use tokio::sync::mpsc;
 
 pub use super::reassembly::{Limits, Reassembler};
-use super::{answer::Answerer, probe::Probe, session::Session, stage::Queued};
+use super::{
+    answer::Answerer,
+    held::HeldSegments,
+    probe::Probe,
+    session::Session,
+    stage::{Judge, Queued},
+};
 use crate::{kernel, metrics};
 
 /// Events handled per wake-up before yielding, so a busy ring cannot starve other tasks.
@@ -20,16 +26,20 @@ const DRAIN_BUDGET: usize = 256;
 /// How often undecided flows are checked for their time-out.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Drains the ring buffer forever, sending each decided session to `sessions`, and each
-/// segment of a flow condemned with `reply` to `answerer`. A full channel never blocks the
-/// reader: the session is passed (not judged) and counted. The
-/// watchdog's `probes` take the same loop into the same channel (see [`super::probe`]).
+/// Drains the ring buffer forever, judging each decided session at once (`judge`) or, with
+/// every validation slot taken, sending it to the policy queue (`sessions`); each segment of
+/// a flow condemned with `reply` goes to `answerer`, and each segment the gate held to
+/// `held` (through `answerer` under `reply`). A full queue never blocks the reader: the
+/// session is passed (not judged) and counted. The watchdog's `probes` take the same loop
+/// into the same queue (see [`super::probe`]).
 pub async fn run(
     ring: RingBuf<MapData>,
+    judge: Arc<Judge>,
     sessions: mpsc::Sender<Queued>,
     mut probes: mpsc::Receiver<Probe>,
     limits: Limits,
     answerer: Option<Arc<Answerer>>,
+    held: Option<Arc<HeldSegments>>,
 ) -> anyhow::Result<()> {
     let mut ring = kernel::readable_fd(ring)?;
     let mut reassembler = Reassembler::new(limits);
@@ -63,10 +73,10 @@ pub async fn run(
                         continue;
                     }
                     if event.flags & flags::CLIENT_SEGMENT != 0 {
-                        // Held segments are reported whatever the action: answered
-                        // under `reply` only.
                         if let Some(answerer) = &answerer {
                             answerer.answer(&event);
+                        } else if let Some(held) = &held {
+                            held.hold(&event);
                         }
                         continue;
                     }
@@ -75,7 +85,9 @@ pub async fn run(
                         metrics::flows_abandoned(metrics::AbandonCause::TableFull, evicted);
                         warn!("reassembly full: gave up {evicted} undecided flow(s)");
                     }
-                    if let Some(session) = session {
+                    if let Some(session) = session
+                        && let Some(session) = judge.now(session)
+                    {
                         forward(&sessions, session);
                     }
                 }

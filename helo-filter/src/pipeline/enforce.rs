@@ -17,7 +17,8 @@
 //! `rst` (counted `helo_filter_known_good_total{event="fallback"}`).
 //!
 //! `--monitor` enforces nothing and counts what would have been done. An accept opens the
-//! kernel's gate for its flow: the client's held segments are retransmitted and delivered.
+//! kernel's gate for its flow: the segment the gate held is re-injected (see
+//! [`super::reinject`]), and TCP delivers the rest.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -30,7 +31,7 @@ use crate::{
     config::{Action, Deployment},
     metrics,
     metrics::{DestroyOutcome, KnownGoodEvent},
-    pipeline::{answer::Answerer, known_good::KnownGood, session::Session},
+    pipeline::{answer::Answerer, held::HeldSegments, known_good::KnownGood, session::Session},
     policy::Verdict,
 };
 
@@ -53,6 +54,9 @@ pub struct Enforcer {
     answerer: Option<Arc<Answerer>>,
     /// The known-good cache (when on, and not in monitor mode).
     known_good: Option<KnownGood>,
+    /// The segments the gate held (when the kernel reports them: action `reply`, or
+    /// re-injection on).
+    held: Option<Arc<HeldSegments>>,
 }
 
 impl Enforcer {
@@ -62,6 +66,7 @@ impl Enforcer {
         action: Action,
         answerer: Option<Arc<Answerer>>,
         known_good: Option<KnownGood>,
+        held: Option<Arc<HeldSegments>>,
     ) -> Self {
         Enforcer {
             deployment,
@@ -69,6 +74,7 @@ impl Enforcer {
             flows: Mutex::new(flows),
             answerer,
             known_good,
+            held,
         }
     }
 
@@ -84,10 +90,10 @@ impl Enforcer {
             known_good.record(session.client.ip(), session.gated, !verdict.is_reject());
         }
         if !verdict.is_reject() {
-            self.set_phase(session, phase::DONE);
-            if let Some(answerer) = &self.answerer {
-                answerer.release(session);
-            }
+            // Re-injected only where the gate still held the flow: past its deadline (or
+            // with the daemon gone) the kernel let the client's retransmission through.
+            let held = self.set_phase(session, phase::DONE) == Some(phase::GATED);
+            self.decided(session, held);
             return None;
         }
         // A known-good source's flow was not gated: its next command may have reached the
@@ -100,7 +106,9 @@ impl Enforcer {
         };
         let mut destroyed = None;
         match (self.deployment, action) {
-            (_, Action::Monitor) => self.set_phase(session, phase::DONE),
+            (_, Action::Monitor) => {
+                self.set_phase(session, phase::DONE);
+            }
             (Deployment::Mx, Action::Rst) => {
                 destroyed = Some(destroy_session(session));
                 self.set_phase(session, phase::DONE);
@@ -113,13 +121,31 @@ impl Enforcer {
             (_, Action::Reply) => {
                 self.set_phase(session, phase::CONDEMNED_REPLY);
                 if let (Some(answerer), Some(reason)) = (&self.answerer, verdict.primary()) {
+                    // The answerer takes the held segment, to answer it.
                     answerer.condemn(session, reason);
                 }
+                return Some(Enforcement { action, destroyed });
             }
-            (Deployment::Gateway, Action::Rst) => self.set_phase(session, phase::CONDEMNED_RST),
-            (Deployment::Gateway, Action::Drop) => self.set_phase(session, phase::CONDEMNED),
+            (Deployment::Gateway, Action::Rst) => {
+                self.set_phase(session, phase::CONDEMNED_RST);
+            }
+            (Deployment::Gateway, Action::Drop) => {
+                self.set_phase(session, phase::CONDEMNED);
+            }
         }
+        self.decided(session, false);
         Some(Enforcement { action, destroyed })
+    }
+
+    /// Tells the held segments a gated flow's verdict (once the kernel has it): the held
+    /// segment of an accepted flow the gate still held goes to the MTA (`reinject`), any
+    /// other is forgotten.
+    fn decided(&self, session: &Session, reinject: bool) {
+        if let Some(held) = &self.held
+            && session.gated
+        {
+            held.decided(session.flow, session.stream_start_seq, reinject);
+        }
     }
 
     /// The watchdog's probe: the flow table can be locked and read (a key no flow has).
@@ -132,20 +158,27 @@ impl Enforcer {
     }
 
     /// Sets the flow's phase, unless its 4-tuple has since been reused by a new connection;
-    /// times the verdict from its HELO (`helo_filter_helo_to_verdict_seconds`).
-    fn set_phase(&self, session: &Session, to: u8) {
+    /// times the verdict from its HELO (`helo_filter_helo_to_verdict_seconds`). Returns the
+    /// phase it replaced, if it was written.
+    fn set_phase(&self, session: &Session, to: u8) -> Option<u8> {
         let mut flows = self.flows.lock();
-        let Ok(mut state) = flows.get(&session.flow, 0) else {
-            return;
-        };
-        if state.stream_start_seq == session.stream_start_seq {
-            state.phase = to;
-            match flows.insert(session.flow, state, 0) {
-                Ok(()) => metrics::verdict_written(session.timestamp_ns),
-                Err(e) => warn!(
+        let mut state = flows.get(&session.flow, 0).ok()?;
+        if state.stream_start_seq != session.stream_start_seq {
+            return None;
+        }
+        let was = state.phase;
+        state.phase = to;
+        match flows.insert(session.flow, state, 0) {
+            Ok(()) => {
+                metrics::verdict_written(session.timestamp_ns);
+                Some(was)
+            }
+            Err(e) => {
+                warn!(
                     "{}: cannot write the verdict to the kernel: {e}",
                     session.client
-                ),
+                );
+                None
             }
         }
     }

@@ -3,10 +3,12 @@
 pub mod answer;
 pub mod capture;
 pub mod enforce;
+pub mod held;
 pub mod history;
 pub mod known_good;
 pub mod probe;
 pub mod reassembly;
+pub mod reinject;
 pub mod reputation;
 pub mod segment;
 pub mod session;

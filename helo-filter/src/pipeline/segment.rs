@@ -1,6 +1,7 @@
-//! TCP segments of action `reply`: reading the client segment the kernel reported (its TCP
-//! header and payload), and building the IP packets the daemon sends in answer, checksums
-//! in full.
+//! TCP segments the daemon reads and writes: reading the client segment the kernel reported
+//! (its TCP header and payload), building the IP packets action `reply` sends in answer,
+//! and wrapping a reported segment in its IP header again for re-injection, checksums in
+//! full.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -118,8 +119,15 @@ pub fn ip_packet(from: SocketAddr, to: SocketAddr, header: Header, payload: &[u8
         tcp.extend_from_slice(&ts.echo_reply.to_be_bytes());
     }
     tcp.extend_from_slice(payload);
+    around_tcp(from.ip(), to.ip(), tcp)
+}
 
-    let (mut packet, pseudo) = match (from.ip(), to.ip()) {
+/// The IP packet (IPv4 or IPv6 after `from`'s family) from `from` to `to` carrying `tcp`, a
+/// TCP segment whose checksum field is overwritten with its checksum in full. `from` and
+/// `to` must be of one family.
+pub fn around_tcp(from: IpAddr, to: IpAddr, mut tcp: Vec<u8>) -> Vec<u8> {
+    let tcp_len = tcp.len();
+    let (mut packet, pseudo) = match (from, to) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let mut ip = Vec::with_capacity(IPV4_HEADER + tcp_len);
             ip.extend_from_slice(&[0x45, 0]);
@@ -147,6 +155,7 @@ pub fn ip_packet(from: SocketAddr, to: SocketAddr, header: Header, payload: &[u8
             (ip, pseudo)
         }
     };
+    tcp[16..18].fill(0);
     let checksum = fold(sum(&tcp, pseudo));
     tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
     packet.extend_from_slice(&tcp);
@@ -155,7 +164,7 @@ pub fn ip_packet(from: SocketAddr, to: SocketAddr, header: Header, payload: &[u8
 
 /// The one's-complement sum of `bytes` as 16-bit words (a last odd byte padded), added to
 /// `initial`.
-fn sum(bytes: &[u8], initial: u32) -> u32 {
+pub(super) fn sum(bytes: &[u8], initial: u32) -> u32 {
     let mut total = u64::from(initial);
     for pair in bytes.chunks(2) {
         let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
@@ -168,7 +177,7 @@ fn sum(bytes: &[u8], initial: u32) -> u32 {
 }
 
 /// Folds a sum to 16 bits and complements it: the checksum field's value.
-fn fold(mut total: u32) -> u16 {
+pub(super) fn fold(mut total: u32) -> u16 {
     while total > 0xFFFF {
         total = (total & 0xFFFF) + (total >> 16);
     }

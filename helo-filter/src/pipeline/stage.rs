@@ -7,6 +7,7 @@ use std::{
         Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Waker},
     time::Instant,
 };
 
@@ -14,7 +15,7 @@ use helo_filter_common::origin;
 use ipnet::IpNet;
 use log::{info, warn};
 use parking_lot::{Mutex, MutexGuard, RwLock};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::{
     config::Action,
@@ -69,27 +70,80 @@ pub enum Queued {
     Probe(Probe),
 }
 
-/// Judges every session, many at once (a slow DNS answer for one HELO never holds up the
-/// verdicts of others), and acts on each verdict.
-pub async fn policy_stage(mut sessions: mpsc::Receiver<Queued>, stage: Arc<Stage>, tasks: Tasks) {
-    let in_flight = Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT));
-    while let Some(queued) = sessions.recv().await {
-        // A stage that stops taking from its queue: the watchdog's probe never comes back.
-        #[cfg(feature = "fault-injection")]
-        if matches!(queued, Queued::Session(_)) && crate::fault::armed("stage_stall") {
-            std::future::pending::<()>().await;
+/// Starts the judging of sessions, many at once (a slow DNS answer for one HELO never holds
+/// up the verdicts of others), at most [`VALIDATIONS_IN_FLIGHT`].
+///
+/// A validation starts in its caller and goes on in a task of its own only if it has to
+/// wait (a DNS answer not in the cache): the ring-buffer reader judges a session whose
+/// answers are cached itself, from the wake-up that brought its HELO, where a hand-over to
+/// the policy stage's task, then to a validation task, cost a wake-up of a worker each.
+pub struct Judge {
+    stage: Arc<Stage>,
+    in_flight: Arc<Semaphore>,
+    tasks: Tasks,
+}
+
+impl Judge {
+    pub fn new(stage: Arc<Stage>, tasks: Tasks) -> Judge {
+        Judge {
+            stage,
+            in_flight: Arc::new(Semaphore::new(VALIDATIONS_IN_FLIGHT)),
+            tasks,
         }
-        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-            break;
-        };
-        let stage = Arc::clone(&stage);
-        tasks.spawn("policy stage", async move {
-            match queued {
-                Queued::Session(session) => stage.judge(&session).await,
-                Queued::Probe(probe) => stage.probe(probe),
+    }
+
+    /// Judges `session` now if a validation slot is free; gives it back if not (it then
+    /// waits in the policy queue).
+    pub fn now(&self, session: Session) -> Option<Session> {
+        // The stage's faults are drilled on the stage's own task.
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::armed("stage_stall") || crate::fault::armed("stage_panic") {
+            return Some(session);
+        }
+        match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(permit) => {
+                self.start(session, permit);
+                None
             }
+            Err(_) => Some(session),
+        }
+    }
+
+    /// Runs the validation until it completes or must wait; then it goes on in a task.
+    fn start(&self, session: Session, permit: OwnedSemaphorePermit) {
+        let stage = Arc::clone(&self.stage);
+        let mut judging = Box::pin(async move {
+            stage.judge(&session).await;
             drop(permit);
         });
+        // A waker that does nothing: a validation that has to wait is polled again by
+        // its task, which registers the task's own waker.
+        let mut context = Context::from_waker(Waker::noop());
+        if judging.as_mut().poll(&mut context).is_pending() {
+            self.tasks.spawn("policy stage", judging);
+        }
+    }
+}
+
+/// Judges the sessions the ring-buffer reader could not judge at once (no validation slot
+/// was free), as slots free up, and answers the watchdog's probes.
+pub async fn policy_stage(mut queue: mpsc::Receiver<Queued>, judge: Arc<Judge>) {
+    while let Some(queued) = queue.recv().await {
+        match queued {
+            Queued::Session(session) => {
+                // A stage that stops taking from its queue: the watchdog's probe never
+                // comes back.
+                #[cfg(feature = "fault-injection")]
+                if crate::fault::armed("stage_stall") {
+                    std::future::pending::<()>().await;
+                }
+                let Ok(permit) = Arc::clone(&judge.in_flight).acquire_owned().await else {
+                    break;
+                };
+                judge.start(session, permit);
+            }
+            Queued::Probe(probe) => judge.stage.probe(probe),
+        }
     }
 }
 
