@@ -3,7 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Child, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex},
     thread,
     time::Duration,
@@ -16,7 +16,7 @@ use crate::{
     lab::{DNS_SERVER, Lab},
     netns::in_netns,
     paths::daemon_binary,
-    process::wait_until,
+    process::{output, wait_until},
 };
 
 /// Where the daemon's metrics listen inside the MX namespace.
@@ -348,6 +348,34 @@ pub fn metric_value(page: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// The sum of every labelled series of the family `name` on a metrics page.
+pub fn family_sum(page: &str, name: &str) -> f64 {
+    let prefix = format!("{name}{{");
+    page.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Entries in a pinned map: bpftool's plain dump ends with `Found N elements`.
+pub fn map_entries(pin: &std::path::Path) -> anyhow::Result<usize> {
+    let dump = output(
+        Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(pin),
+    )
+    .context("bpftool (Debian package bpftool)")?;
+    dump.lines()
+        .rev()
+        .find_map(|l| {
+            l.strip_prefix("Found ")?
+                .strip_suffix(" elements")?
+                .parse()
+                .ok()
+        })
+        .context("bpftool's dump has no `Found N elements` line")
 }
 
 #[cfg(test)]

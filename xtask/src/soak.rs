@@ -10,7 +10,6 @@ use std::{
     fs,
     io::{BufReader, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -23,11 +22,10 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use socket2::SockRef;
 use xtask::{
-    daemon::{Daemon, metric_value, rss_kib},
+    daemon::{Daemon, family_sum, map_entries, metric_value, rss_kib},
     lab::{self, Lab, SMTP_PORT},
     netns::{in_netns, ip_in},
     paths,
-    process::output,
     sessions::{connect_from_within, conversation, mx_for, reply_code},
 };
 
@@ -156,15 +154,6 @@ fn accounting(page: &str) -> anyhow::Result<(f64, f64, f64, f64)> {
         one("helo_filter_syn_dropped_total")?,
         family_sum(page, "helo_filter_flows_abandoned_total"),
     ))
-}
-
-/// The sum of every labelled series of the family `name` on a metrics page.
-fn family_sum(page: &str, name: &str) -> f64 {
-    let prefix = format!("{name}{{");
-    page.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 pub fn run(minutes: u64) -> anyhow::Result<()> {
@@ -360,25 +349,6 @@ fn take_sample(
         syn_dropped,
         abandoned,
     })
-}
-
-/// Entries in a pinned map: bpftool's plain dump ends with `Found N elements`.
-fn map_entries(pin: &std::path::Path) -> anyhow::Result<usize> {
-    let dump = output(
-        Command::new("bpftool")
-            .args(["map", "dump", "pinned"])
-            .arg(pin),
-    )
-    .context("bpftool (Debian package bpftool)")?;
-    dump.lines()
-        .rev()
-        .find_map(|l| {
-            l.strip_prefix("Found ")?
-                .strip_suffix(" elements")?
-                .parse()
-                .ok()
-        })
-        .context("bpftool's dump has no `Found N elements` line")
 }
 
 const COLUMNS: [(&str, usize); 14] = [

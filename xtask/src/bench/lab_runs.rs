@@ -35,6 +35,13 @@ pub struct Sizes {
     pub idle_sessions: usize,
     /// Fleet denials timed, each way.
     pub fleet_denials: usize,
+    /// The knee's rates (sessions/s), raised until drops or overflows appear.
+    pub knee_rates: &'static [usize],
+    /// How long each knee rate is played.
+    pub knee_step: Duration,
+    /// Sessions held open at once, and the rate they open at.
+    pub scale_sessions: usize,
+    pub scale_rate: usize,
 }
 
 impl Sizes {
@@ -49,6 +56,10 @@ impl Sizes {
         flood_good: 1000,
         idle_sessions: 300,
         fleet_denials: 100,
+        knee_rates: &[500, 1000, 2000, 4000, 8000, 16000],
+        knee_step: Duration::from_secs(2),
+        scale_sessions: 10_000,
+        scale_rate: 2000,
     };
     /// A smoke test: every figure produced, none of them meaningful.
     pub const QUICK: Sizes = Sizes {
@@ -62,28 +73,32 @@ impl Sizes {
         flood_good: 80,
         idle_sessions: 10,
         fleet_denials: 6,
+        knee_rates: &[100, 200, 400],
+        knee_step: Duration::from_millis(500),
+        scale_sessions: 200,
+        scale_rate: 400,
     };
 }
 
 /// The five bogus HELOs of the mission, played in turn by bogus loads.
-const BOGUS: [&str; 5] = [
+pub(super) const BOGUS: [&str; 5] = [
     "127.0.0.1",
     "[192.168.1.1]",
     "localhost",
     "mon-serveur",
     "fakedomain.xyz",
 ];
-const GOOD: &str = "mail.example.net";
+pub(super) const GOOD: &str = "mail.example.net";
 /// The filter as these runs measure it: action `rst` (the figures' baseline since the first
 /// rounds; `reply` is measured beside it where said), and reputation that must not deny the
 /// load's sources midway: each run measures per-session work.
-fn filter_args(action: &str) -> [&str; 4] {
+pub(super) fn filter_args(action: &str) -> [&str; 4] {
     ["--action", action, "--reputation-threshold", "1000000000"]
 }
 /// The source the SYN flood spoofs, and the denial of it.
 const DENIED: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 14));
 
-fn lab_named(suffix: &str) -> anyhow::Result<Lab> {
+pub(super) fn lab_named(suffix: &str) -> anyhow::Result<Lab> {
     let mut lab = Lab::create(&format!("hfb{suffix}"))?;
     lab.start_dns()?;
     Ok(lab)
@@ -357,11 +372,9 @@ fn wait_for_actions(daemon: &Daemon, before: &str, at_least: usize) -> anyhow::R
     daemon.scrape()
 }
 
-/// Quantile `q` of a histogram's observations between two scrapes, interpolated linearly
-/// within its bucket as Prometheus's `histogram_quantile` does.
 /// The daemon's histogram of the time from the kernel's capture of a session's deciding
 /// segment to its verdict written into the flow table.
-const HELO_TO_VERDICT: &str = "helo_filter_helo_to_verdict_seconds";
+pub(super) const HELO_TO_VERDICT: &str = "helo_filter_helo_to_verdict_seconds";
 
 /// A verdict-latency figure in milliseconds from a histogram quantile (seconds), with its
 /// goal.
@@ -386,7 +399,14 @@ fn verdict_latency(
         ))
 }
 
-fn histogram_quantile(before: &str, after: &str, histogram: &str, q: f64) -> Option<f64> {
+/// Quantile `q` of a histogram's observations between two scrapes, interpolated linearly
+/// within its bucket as Prometheus's `histogram_quantile` does.
+pub(super) fn histogram_quantile(
+    before: &str,
+    after: &str,
+    histogram: &str,
+    q: f64,
+) -> Option<f64> {
     let buckets = |page: &str| -> Vec<(f64, f64)> {
         let prefix = format!("{histogram}_bucket{{le=\"");
         page.lines()

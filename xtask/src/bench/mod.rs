@@ -3,6 +3,7 @@
 //! `BENCHMARKS.md`. The kernel and policy figures come from the tests crate's `xdp-bench` and
 //! `policy-bench` programs (they need the daemon's library); the lab figures are run here.
 
+pub mod capacity_runs;
 pub mod figure;
 pub mod fleet_runs;
 pub mod lab_runs;
@@ -24,7 +25,7 @@ use crate::{
 };
 
 /// Every figure a run must produce, in report order.
-pub const EXPECTED: [&str; 37] = [
+pub const EXPECTED: [&str; 43] = [
     "kernel.arp",
     "kernel.tcp_other_port",
     "kernel.smtp_accepted_flow",
@@ -51,6 +52,12 @@ pub const EXPECTED: [&str; 37] = [
     "lab.helo_to_verdict_p99",
     "lab.burst_ringbuf_drops",
     "lab.burst_fail_open",
+    "lab.knee_helos_per_s",
+    "lab.scale_sessions_open",
+    "lab.scale_helo_to_verdict_p50",
+    "lab.scale_helo_to_verdict_p99",
+    "lab.scale_flows",
+    "lab.scale_daemon_rss",
     "peer.cpu_per_1000_bogus",
     "peer.good_sessions_per_s",
     "peer.cpu_per_1000_bogus_recurring",
@@ -91,7 +98,9 @@ const SECTIONS: [(&str, &str, &str); 6] = [
          build) attached to the MX side and enforcing (`rst`); reputation denial off so that every \
          session is judged. Good sessions with smtp-source, and with xtask's own SMTP client \
          waiting one peer round trip (5 ms) before each command; bogus ones with that client too \
-         (no wait), because smtp-source stops at the first refused or reset session.",
+         (no wait), because smtp-source stops at the first refused or reset session. The knee \
+         and the scale rows run in a lab of their own, set up the same way, with xtask's client \
+         pacing sessions that stop after the EHLO reply.",
     ),
     (
         "peer",
@@ -159,6 +168,8 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     if wanted("lab") {
         println!("bench: end to end in the lab");
         figures.extend(lab_runs::end_to_end(&sizes)?);
+        println!("bench: the knee and the scale");
+        figures.extend(capacity_runs::capacity(&sizes)?);
     }
     if wanted("peer") {
         println!("bench: against Postfix");
