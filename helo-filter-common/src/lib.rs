@@ -107,8 +107,10 @@ pub const REPLY_MARK: u32 = u32::from_be_bytes(*b"HELO");
 
 /// One client payload segment of a flow that is still being captured.
 ///
-/// Written by the kernel straight into reserved ring-buffer memory (it is larger than
-/// the BPF stack).
+/// The kernel builds it in a per-CPU scratch slot (it is larger than the BPF stack) and
+/// puts into the ring buffer only its header and the `len` bytes of `data` copied
+/// ([`CAPTURE_EVENT_HEADER`] + `len`): a HELO segment's record is a few dozen bytes, not
+/// the whole struct. The reports of `reply` are written whole.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CaptureEvent {
@@ -132,6 +134,10 @@ pub struct CaptureEvent {
     pub ack: u32,
     pub data: [u8; MAX_CAPTURE_BYTES],
 }
+
+/// The bytes of a [`CaptureEvent`] before its `data`: a ring-buffer record holds at least
+/// these.
+pub const CAPTURE_EVENT_HEADER: usize = core::mem::offset_of!(CaptureEvent, data);
 
 impl CaptureEvent {
     pub fn payload(&self) -> &[u8] {

@@ -6,14 +6,15 @@ use aya_ebpf::{
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use helo_filter_common::{
-    Counter, DenyEntry, FlowKey, FlowState, KernelConfig, known_good_key, maps, trie_address,
+    CaptureEvent, Counter, DenyEntry, FlowKey, FlowState, KernelConfig, known_good_key, maps,
+    trie_address,
 };
 
 use crate::parse::TcpSegment;
 
-/// Capture events for the daemon. 1 MiB holds about 1,700 events: HELOs arrive at most
-/// a few thousand per second, and the daemon drains continuously. The loader sets the size
-/// in force (`[kernel] ringbuf_bytes`).
+/// Capture events for the daemon, each as long as its header and the bytes it copied: 1 MiB
+/// holds about 10,000 HELO segments (and 1,770 of the longest). The daemon drains
+/// continuously. The loader sets the size in force (`[kernel] ringbuf_bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(maps::EVENTS_DEFAULT_BYTES, 0);
 
@@ -44,6 +45,11 @@ pub static ALLOW: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(maps::ALLOW_
 pub static SEGMENTS: PerCpuArray<TcpSegment> = PerCpuArray::with_max_entries(2, 0);
 pub const SLOT_XDP: u32 = 0;
 pub const SLOT_TC: u32 = 1;
+
+/// Per-CPU scratch for the capture event being built (the XDP program's only), put into
+/// `EVENTS` as long as it needs to be.
+#[map]
+pub static EVENT_SCRATCH: PerCpuArray<CaptureEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Known-good sources (`helo_filter_common::known_good_key`) and until when (boot clock):
 /// their flows are captured and judged, but not gated.

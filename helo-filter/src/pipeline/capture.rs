@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use helo_filter_common::{CaptureEvent, flags};
+use helo_filter_common::{CAPTURE_EVENT_HEADER, CaptureEvent, flags};
 use log::{debug, warn};
 use tokio::sync::mpsc;
 
@@ -109,14 +109,20 @@ pub async fn run(
     }
 }
 
-/// Reads one ring-buffer record as a capture event; `None` if it is too short.
+/// Reads one ring-buffer record as a capture event: its header, then the `len` bytes of
+/// data it copied (a record is as long as those, or the whole event); `None` if it is
+/// shorter than that.
 pub fn decode(record: &[u8]) -> Option<CaptureEvent> {
-    if record.len() < size_of::<CaptureEvent>() {
+    if record.len() < CAPTURE_EVENT_HEADER {
         return None;
     }
-    // SAFETY: the record holds at least one CaptureEvent, a plain-old-data type written
-    // by the kernel; it may be unaligned.
-    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) })
+    let mut bytes = [0u8; size_of::<CaptureEvent>()];
+    let taken = record.len().min(bytes.len());
+    bytes[..taken].copy_from_slice(&record[..taken]);
+    // SAFETY: `bytes` has the size of a CaptureEvent, a plain-old-data type (any bytes are
+    // a valid value), read unaligned.
+    let event: CaptureEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    (CAPTURE_EVENT_HEADER + usize::from(event.len) <= taken).then_some(event)
 }
 
 fn forward(sessions: &mpsc::Sender<Queued>, session: Session) {
@@ -133,5 +139,54 @@ fn forward(sessions: &mpsc::Sender<Queued>, session: Session) {
             );
         }
         Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use helo_filter_common::MAX_CAPTURE_BYTES;
+
+    use super::*;
+
+    /// A record as the kernel writes one: the header, then `copied` bytes of data.
+    fn record(len: u16, copied: usize) -> Vec<u8> {
+        let mut event = CaptureEvent {
+            key: Default::default(),
+            ifindex: 3,
+            flags: flags::FINAL,
+            timestamp_ns: 9,
+            seq: 100,
+            stream_start_seq: 100,
+            len,
+            wire_len: len,
+            ack: 7,
+            data: [b'x'; MAX_CAPTURE_BYTES],
+        };
+        event.data[..4].copy_from_slice(b"EHLO");
+        // SAFETY: a plain-old-data struct viewed as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<CaptureEvent>())
+        };
+        bytes[..CAPTURE_EVENT_HEADER + copied].to_vec()
+    }
+
+    #[test]
+    fn a_record_as_long_as_its_data_reads_back_whole() {
+        let event = decode(&record(20, 20)).expect("a valid record");
+        assert_eq!(
+            (event.ifindex, event.seq, event.ack, event.len),
+            (3, 100, 7, 20)
+        );
+        assert_eq!(&event.payload()[..4], b"EHLO");
+        assert_eq!(event.payload().len(), 20);
+        let whole = decode(&record(20, MAX_CAPTURE_BYTES)).expect("a whole event");
+        assert_eq!(whole.payload(), event.payload());
+    }
+
+    #[test]
+    fn a_record_short_of_its_header_or_its_data_is_refused() {
+        assert!(decode(&record(0, 0)[..CAPTURE_EVENT_HEADER - 1]).is_none());
+        assert!(decode(&record(20, 19)).is_none(), "a byte of data missing");
+        assert!(decode(&record(0, 0)).is_some(), "no data, none missing");
     }
 }
