@@ -393,9 +393,14 @@ fn verdict_latency(
                 "{how} From the kernel's capture timestamp to the verdict written into the flow \
                  table, interpolated in the histogram's buckets (10 µs and up)."
             ),
-            "the verdict crosses three tasks (the ring-buffer reader, the policy stage, the \
-             enforcer) and their channels, each a wake-up of a tokio worker on a 2-core machine \
-             shared with the load.",
+            "the ring-buffer reader judges a session itself when its DNS answers are cached \
+             (no hand-over between tasks), so what remains is the reader's wake-up and the \
+             CPU's state: a probe in the daemon measured, idle, a median of 143 µs from the \
+             kernel's timestamp to the judging, 69 µs evaluating and 32 µs writing the flow \
+             table, where under load the latter two take 9 and 6 µs. Between sessions the \
+             vCPUs of this VM sleep, and an idle verdict pays their wake-up and cold caches; \
+             under load a verdict waits behind others and behind the load's own processes on \
+             the same two cores. Busy-polling the ring would buy idle latency with a core.",
         ))
 }
 
