@@ -101,6 +101,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         bail!("no interface to attach to: --iface IFACE, or [kernel] interfaces in the config");
     }
     let mut daemon = build(&file, args)?;
+    // Each eBPF object's loading parsed the kernel's BTF (tens of MB) and freed it; glibc
+    // keeps freed heap for reuse unless asked, and the daemon never needs that much again.
+    // SAFETY: malloc_trim(3) only hands free heap pages back to the kernel.
+    unsafe { libc::malloc_trim(0) };
     attach(&file, &mut daemon)?;
     let (tasks, ended) = Tasks::new();
     let running = spawn(&file, daemon, &tasks, &notifier).await?;
