@@ -399,7 +399,18 @@ pub fn raw_connect(lab: &Lab, client: SocketAddr) -> (TcpStream, BufReader<TcpSt
 
 /// [`raw_connect`], then `EHLO helo` sent and the MTA's whole 250 reply read.
 pub fn raw_ehlo(lab: &Lab, client: SocketAddr, helo: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let (stream, reader, _) = timed_raw_ehlo(lab, client, helo);
+    (stream, reader)
+}
+
+/// [`raw_ehlo`], with when the EHLO was written.
+pub fn timed_raw_ehlo(
+    lab: &Lab,
+    client: SocketAddr,
+    helo: &str,
+) -> (TcpStream, BufReader<TcpStream>, std::time::Instant) {
     let (mut stream, mut reader) = raw_connect(lab, client);
+    let sent = std::time::Instant::now();
     stream
         .write_all(format!("EHLO {helo}\r\n").as_bytes())
         .expect("EHLO");
@@ -411,7 +422,7 @@ pub fn raw_ehlo(lab: &Lab, client: SocketAddr, helo: &str) -> (TcpStream, BufRea
             break;
         }
     }
-    (stream, reader)
+    (stream, reader, sent)
 }
 
 /// Segments the socket has sent so far, retransmissions and bare ACKs included

@@ -20,7 +20,7 @@ use helo_filter_tests::e2e::*;
 use xtask::{
     daemon::{Daemon, metric_value},
     lab::Lab,
-    netns, sessions,
+    netns,
 };
 
 const VERDICT_DELAY: Duration = Duration::from_millis(300);
@@ -44,29 +44,7 @@ impl FastSession {
     /// Connects from `client`, sends EHLO, reads its reply, sends MAIL FROM at once and
     /// reads that reply.
     fn play(lab: &Lab, client: SocketAddr) -> FastSession {
-        let server = server_of(client);
-        let (stream, mut reader, helo_sent) =
-            netns::in_netns(&lab.client_ns, move || -> anyhow::Result<_> {
-                let stream = sessions::connect_from(client, server)?;
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-                let mut reader = BufReader::new(stream.try_clone()?);
-                let mut line = String::new();
-                reader.read_line(&mut line)?;
-                anyhow::ensure!(line.starts_with("220"), "greeting: {line:?}");
-                let helo_sent = Instant::now();
-                (&stream).write_all(b"EHLO mail.example.net\r\n")?;
-                loop {
-                    line.clear();
-                    reader.read_line(&mut line)?;
-                    anyhow::ensure!(line.starts_with("250"), "EHLO reply: {line:?}");
-                    if line.starts_with("250 ") {
-                        break;
-                    }
-                }
-                Ok((stream, reader, helo_sent))
-            })
-            .unwrap_or_else(|e| panic!("{client}: {e:#}"));
+        let (stream, mut reader, helo_sent) = timed_raw_ehlo(lab, client, "mail.example.net");
         (&stream)
             .write_all(b"MAIL FROM:<alice@example.net>\r\n")
             .expect("MAIL FROM");
